@@ -1,0 +1,143 @@
+"""Any transformers ``CLIPModel`` (hub id or local folder) as a ModelAdapter.
+
+Score = logit-scaled cosine between image and prompt embeddings (CLIP, Radford et al. 2021).
+Text features are computed once per prompt and cached; the model runs in fp32 for gradients.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from .base import CamLayer, ModelAdapter
+
+# Local folders are a way to read arbitrary files from the server, so they are opt-in.
+ALLOW_LOCAL_ENV = "SALIENCY_LAB_ALLOW_LOCAL_MODELS"
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ClipAdapter(ModelAdapter):
+    """A CLIP model scoring prompts by logit-scaled cosine similarity."""
+
+    max_batch = 16
+
+    def __init__(self, model, tokenizer, name: str = "clip", mean=OPENAI_MEAN, std=OPENAI_STD) -> None:
+        super().__init__()
+        self.model = model.float().eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        vision = model.config.vision_config
+        self.input_size = (vision.image_size, vision.image_size)
+        self.patch_grid = (vision.image_size // vision.patch_size,) * 2
+        self.max_prompt_tokens = model.config.text_config.max_position_embeddings
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._text_features: dict[str, torch.Tensor] = {}
+
+    def prompt_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt)["input_ids"])
+
+    def text_features(self, prompts: tuple[str, ...]) -> torch.Tensor:
+        """``[P, D]`` unit-norm text embeddings; each prompt is encoded once and cached."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_features]
+        if missing:
+            tokens = self.tokenizer(
+                missing, padding=True, truncation=True, max_length=self.max_prompt_tokens,
+                return_tensors="pt",
+            )
+            with torch.no_grad():
+                pooled = self.model.text_model(
+                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+                ).pooler_output
+                features = self.model.text_projection(pooled)
+            features = features / features.norm(dim=-1, keepdim=True)
+            self._text_features.update(zip(missing, features))
+        return torch.stack([self._text_features[p] for p in prompts])
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - self.mean) / self.std
+        pooled = self.model.vision_model(pixel_values=x).pooler_output
+        features = self.model.visual_projection(pooled)
+        return features / features.norm(dim=-1, keepdim=True)
+
+    def prompt_scores(self, pixels: torch.Tensor, prompts: tuple[str, ...]) -> torch.Tensor:
+        text = self.text_features(prompts)
+        return self.model.logit_scale.exp() * self.image_features(pixels) @ text.T
+
+    def cam_layer(self) -> CamLayer:
+        # Only CLS reaches the embedding, so the last block's patch *outputs* get no gradient.
+        # The input of its first layer norm carries the patch tokens that CLS attends to.
+        grid_h, grid_w = self.patch_grid
+
+        def to_grid(tokens: torch.Tensor) -> torch.Tensor:
+            patches = tokens[:, 1:, :]  # drop CLS
+            return patches.reshape(tokens.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2)
+
+        return CamLayer(self.model.vision_model.encoder.layers[-1].layer_norm1, "input", to_grid)
+
+    def describe(self) -> str:
+        return f"{self.name} (CLIP, logit-scaled cosine)"
+
+
+def _mean_std(source: str) -> tuple[tuple, tuple]:
+    """The normalisation the checkpoint's image processor declares (OpenAI's if none)."""
+    try:
+        from transformers import CLIPImageProcessor
+
+        processor = CLIPImageProcessor.from_pretrained(source)
+        return tuple(processor.image_mean), tuple(processor.image_std)
+    except Exception:  # noqa: BLE001 - a missing processor config is normal; fall back
+        return OPENAI_MEAN, OPENAI_STD
+
+
+def load_clip(source: str) -> ClipAdapter:
+    """Load ``CLIPModel`` + tokenizer from a hub id or (when allowed) a local folder.
+
+    Raises ModelLoadError saying what was tried and why it failed. Never runs remote code.
+    """
+    from transformers import AutoTokenizer, CLIPModel
+
+    source = source.strip()
+    is_folder = Path(source).expanduser().is_dir() or source.startswith(("/", ".", "~"))
+    if is_folder:
+        if os.environ.get(ALLOW_LOCAL_ENV) != "1":
+            raise ModelLoadError(
+                f"loading a model from a local folder ({source!r}) is disabled; "
+                f"set {ALLOW_LOCAL_ENV}=1 to allow it"
+            )
+        folder = Path(source).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"the folder {source!r} has no config.json, so it is not a saved CLIP model")
+        try:
+            model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"the config.json in {source!r} cannot be read: {error}") from None
+        if model_type != "clip":
+            raise ModelLoadError(f"the folder {source!r} holds a {model_type!r} model, not a CLIP model")
+        where = f"the local folder {source!r}"
+    else:
+        if not HUB_ID.match(source):
+            raise ModelLoadError(
+                f"{source!r} is not a Hugging Face model id (expected 'owner/name', e.g. "
+                "'openai/clip-vit-base-patch32') nor an existing folder"
+            )
+        where = f"the Hugging Face Hub id {source!r}"
+    try:
+        model = CLIPModel.from_pretrained(source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 - turned into one plain sentence
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        offline = "" if is_folder else (
+            " (this machine may be offline: only models already in the local Hugging Face cache can load)"
+        )
+        raise ModelLoadError(f"could not load CLIP from {where}{offline}: {reason[:300]}") from None
+    mean, std = _mean_std(source)
+    return ClipAdapter(model, tokenizer, name=f"clip:{source}", mean=mean, std=std)
