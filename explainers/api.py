@@ -183,3 +183,14 @@ def explain(
         random=reference, params={"methods": methods, **params}, seconds=time.perf_counter() - started,
         notes=tuple(notes),
     )
+
+
+def describe_prompt(model: str, prompt: str) -> Optional[list[tuple[str, float]]]:
+    """What a prompt means to ``model`` where the model can say: the bundled model's matched
+    ImageNet classes with their weights (best 3); None for models that score text directly (CLIP)."""
+    adapter = load_model(model)
+    matched = getattr(adapter, "matched_classes", None)
+    if matched is None:
+        return None
+    target, _ = clean_prompts(prompt, None)
+    return matched(target.prompt)
