@@ -176,15 +176,17 @@ def _score_markdown(result, classes) -> str:
         lines.append("The model compares the prompts with each other; the bars show each one's share. "
                      "The maps explain this probability.")
     else:
-        lines.append(f"### Score of “{prompt}”: {result.score:.3f}")
         if result.model == DEFAULT_MODEL:
-            lines.append(f"The bundled model is an ImageNet classifier: the score is the log of the probability "
-                         f"it gives to the classes the prompt matches, here **{_exp(result.score):.1%}**.")
+            lines.append(f"### Score of “{prompt}”: {result.score:.3f} (probability {_exp(result.score):.1%})")
+            lines.append("The bundled model is an ImageNet classifier. It matches the prompt to some of its "
+                         "1000 classes and gives the probability of those classes; the score is the log of "
+                         "that probability (0 would be 100 %).")
         else:
+            lines.append(f"### Score of “{prompt}”: {result.score:.3f}")
             lines.append("CLIP's score: how closely the photo and the prompt match (scaled cosine similarity; "
                          "higher is closer).")
     if classes:
-        matched = ", ".join(f"{name} ({weight:.0%})" for name, weight in classes)
+        matched = ", ".join(f"{name} ({weight:.0%})" for name, weight in classes if weight >= 0.01)
         lines.append(f"ImageNet classes the prompt is matched to: {matched}.")
     lines.append(f"Model: `{result.model}` · {result.seconds:.1f} s in all · seed {result.params.get('seed')}.")
     for note in result.notes:
@@ -199,6 +201,11 @@ def _exp(value: float) -> float:
         return math.exp(value)
     except OverflowError:
         return float("inf")
+
+
+def _leaves_band(values, margin: float = 0.25) -> bool:
+    finite = [float(v) for v in values if v == v and abs(float(v)) != float("inf")]
+    return bool(finite) and (min(finite) < -margin or max(finite) > 1 + margin)
 
 
 def _caption(name: str, r) -> str:
@@ -225,6 +232,12 @@ def _how_to_read(result) -> str:
     if result.methods:
         best = max(result.methods, key=lambda n: result.methods[n].insertion.auc)
         verdicts.append(f"Highest insertion AUC: {render.METHOD_TITLES.get(best, best)}.")
+    wild = [render.METHOD_TITLES.get(n, n) for n, r in [*result.methods.items(), ("random", result.random)]
+            for curve in (r.deletion, r.insertion) if _leaves_band(curve.normalized)]
+    if wild:
+        verdicts.append("Careful: some curves leave the band from 0 to 1, so some partly covered pictures score "
+                        "higher than the whole photo (or lower than the blank one). This happens when the model "
+                        "is unsure about the photo; compare AUCs with caution then.")
     parts += ["#### This run", " ".join(verdicts)]
     return "\n\n".join(parts)
 
@@ -312,15 +325,16 @@ def _outputs(result, classes, photo_size, opacity: float, colour_map: str) -> li
 # The page.
 
 INTRO = """
-# 🔍 Saliency Lab
+# Saliency Lab
 **Where does an image model look when it decides that a photo shows your prompt?**
 Pick a photo, say what to look for, and press **Run**. Three methods each paint a heat map
 (red = important), and two tests (deletion and insertion) check how faithful each map is.
 """
 
 CSS = """
-.caption p { text-align: center; margin: 0.2em 0 0.8em 0; }
-#score h3 { margin-top: 0; }
+.caption p { font-size: 1.05rem; margin: 0.2em 0 0.8em 0; }
+#score { padding: 0.4em 0.8em; }
+#score h3 { margin-top: 0; font-size: 1.35rem; }
 """
 
 
@@ -331,21 +345,48 @@ def _examples_cache_mode() -> tuple[Any, Optional[str]]:
     return True, ("lazy" if mode == "lazy" else "eager")
 
 
+def _result_components() -> dict[str, Any]:
+    """The outputs, created unrendered so that the page can place the examples above them."""
+    c: dict[str, Any] = {
+        "score": gr.Markdown(label="Score", elem_id="score", render=False),
+        "probabilities": gr.Label(label="Probability of each prompt", visible=False, render=False,
+                                  elem_id="probabilities"),
+    }
+    for title, name in METHOD_CHOICES:
+        c[f"overlay-{name}"] = gr.Image(label=title, type="pil", format="png", interactive=False,
+                                        elem_id=f"overlay-{name}", height=300, render=False)
+        c[f"caption-{name}"] = gr.Markdown(label=f"{title} caption", elem_classes="caption",
+                                           elem_id=f"caption-{name}", render=False)
+    c["deletion"] = gr.Image(label="Deletion curve", type="pil", format="png", interactive=False,
+                             elem_id="deletion-plot", render=False)
+    c["insertion"] = gr.Image(label="Insertion curve", type="pil", format="png", interactive=False,
+                              elem_id="insertion-plot", render=False)
+    c["auc"] = gr.Dataframe(headers=AUC_HEADERS, label="Area under the curves (AUC)", interactive=False,
+                            elem_id="auc-table", render=False)
+    c["how_to_read"] = gr.Markdown(
+        label="How to read this", render=False,
+        value="\n\n".join(["#### The methods", *METHOD_NOTES.values(), "#### The curves", CURVE_NOTES]))
+    c["download"] = gr.File(label="Download everything: overlays (PNG), curves (CSV + PNG), result.json",
+                            elem_id="download", render=False)
+    return c
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="Saliency Lab", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 image = gr.Image(label="Photo (upload, paste or webcam)", type="pil",
-                                 sources=["upload", "clipboard", "webcam"], height=340)
+                                 sources=["upload", "clipboard", "webcam"], height=340, elem_id="photo")
             with gr.Column(scale=6):
                 prompt = gr.Textbox(label="Prompt: what should the model look for?", value="",
-                                    placeholder="e.g. a cat", max_lines=1)
+                                    placeholder="e.g. a cat", max_lines=1, elem_id="prompt")
                 contrast = gr.Textbox(label="Contrast prompts (optional, separated by commas)",
                                       placeholder="e.g. a tiger, a lynx: “why a cat rather than a tiger?”",
-                                      value="", max_lines=2)
-                model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model")
-                methods = gr.CheckboxGroup(METHOD_CHOICES, value=list(ALL_METHODS), label="Methods")
+                                      value="", max_lines=2, elem_id="contrast")
+                model = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model", elem_id="model")
+                methods = gr.CheckboxGroup(METHOD_CHOICES, value=list(ALL_METHODS), label="Methods",
+                                           elem_id="methods")
                 with gr.Accordion("Advanced", open=False):
                     with gr.Row():
                         ig_steps = gr.Slider(2, 256, value=DEFAULTS["ig_steps"], step=1,
@@ -371,49 +412,44 @@ def build_demo() -> gr.Blocks:
                         opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
                         colour_map = gr.Dropdown(COLOUR_MAPS, value="jet", label="Colour map")
                 with gr.Row():
-                    run = gr.Button("Run", variant="primary", elem_id="run")
-                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
-
-        with gr.Group():
-            score = gr.Markdown(label="Score", elem_id="score")
-            probabilities = gr.Label(label="Probability of each prompt", visible=False)
-        with gr.Row(equal_height=True):
-            overlays, captions = [], []
-            for title, name in METHOD_CHOICES:
-                with gr.Column(min_width=220):
-                    overlays.append(gr.Image(label=title, type="pil", format="png", interactive=False,
-                                             elem_id=f"overlay-{name}", height=300))
-                    captions.append(gr.Markdown(label=f"{title} caption", elem_classes="caption",
-                                                elem_id=f"caption-{name}"))
-        with gr.Row(equal_height=True):
-            deletion_plot = gr.Image(label="Deletion curve", type="pil", format="png", interactive=False,
-                                     elem_id="deletion-plot")
-            insertion_plot = gr.Image(label="Insertion curve", type="pil", format="png", interactive=False,
-                                      elem_id="insertion-plot")
-        auc = gr.Dataframe(headers=AUC_HEADERS, label="Area under the curves (AUC)", interactive=False,
-                           elem_id="auc-table")
-        download = gr.File(label="Download everything: overlays (PNG), curves (CSV + PNG), result.json",
-                           elem_id="download")
-        with gr.Accordion("How to read this", open=True):
-            how_to_read = gr.Markdown(
-                label="How to read this", value="\n\n".join(["#### The methods", *METHOD_NOTES.values(), "#### The curves", CURVE_NOTES]))
+                    run = gr.Button("Run", variant="primary", elem_id="run", scale=3)
+                    cancel = gr.Button("Cancel", variant="secondary", elem_id="cancel", scale=1)
 
         inputs = [image, prompt, contrast, model, methods, ig_steps, ig_baseline, n_regions, region_kind,
                   region_search, curve_steps, substrate, seed, opacity, colour_map]
-        outputs = [score, probabilities]
-        for picture, caption in zip(overlays, captions):
-            outputs += [picture, caption]
-        outputs += [deletion_plot, insertion_plot, auc, how_to_read, download]
+        c = _result_components()
+        outputs = [c["score"], c["probabilities"]]
+        for _, name in METHOD_CHOICES:
+            outputs += [c[f"overlay-{name}"], c[f"caption-{name}"]]
+        outputs += [c["deletion"], c["insertion"], c["auc"], c["how_to_read"], c["download"]]
 
         defaults = [DEFAULT_MODEL, list(ALL_METHODS), DEFAULTS["ig_steps"], DEFAULTS["ig_baseline"],
                     DEFAULTS["n_regions"], DEFAULTS["region_kind"], DEFAULTS["region_search"],
                     DEFAULTS["curve_steps"], DEFAULTS["substrate"], DEFAULTS["seed"], 0.5, "jet"]
         cache, cache_mode = _examples_cache_mode()
         gr.Examples(
-            examples=[[str(ASSETS / f), p, c, *defaults] for f, p, c in EXAMPLES],
+            examples=[[str(ASSETS / f), p, x, *defaults] for f, p, x in EXAMPLES],
             inputs=inputs, outputs=outputs, fn=run_explain, cache_examples=cache, cache_mode=cache_mode,
-            visible_columns=[0, 1, 2], label="Examples (click one)", api_visibility="undocumented", preload=False,
+            visible_columns=[0, 1, 2], label="Examples: click one (it also resets the settings)",
+            examples_per_page=len(EXAMPLES), api_visibility="undocumented", preload=False,
         )
+
+        gr.Markdown("## Result")
+        with gr.Group():
+            c["score"].render()
+            c["probabilities"].render()
+        with gr.Row(equal_height=True):
+            for _, name in METHOD_CHOICES:
+                with gr.Column(min_width=220):
+                    c[f"overlay-{name}"].render()
+                    c[f"caption-{name}"].render()
+        with gr.Row(equal_height=True):
+            c["deletion"].render()
+            c["insertion"].render()
+        c["auc"].render()
+        c["download"].render()
+        with gr.Accordion("How to read this", open=True):
+            c["how_to_read"].render()
 
         event = gr.on([run.click, prompt.submit], run_explain, inputs=inputs, outputs=outputs,
                       api_name="explain", concurrency_limit=1 + len(CLIP_CHOICES),
@@ -427,4 +463,4 @@ demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    demo.launch(max_file_size="10mb", allowed_paths=[str(ASSETS)], show_error=False)
+    demo.launch(max_file_size="10mb", allowed_paths=[str(ASSETS)], show_error=False, css=CSS)
