@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -50,65 +51,139 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value as a message shows it: its repr, cut short (a 1e300 or a 10 kB string stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def validate_params(params: dict[str, Any]) -> dict[str, Any]:
     """Defaults filled in; every value checked. Raises UserError naming the parameter and its range."""
     unknown = set(params) - set(DEFAULTS)
     if unknown:
-        raise UserError(f"unknown parameter(s): {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")
+        raise UserError(f"unknown parameter(s): {', '.join(sorted(map(str, unknown)))}; known: {', '.join(DEFAULTS)}")
     out = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
     for name, spec in NUMERIC.items():
         value = out[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise UserError(f"{name} must be a whole number from {spec.low} to {spec.high}, not {value!r}")
+        allowed = f"{name} must be a whole number from {spec.low} to {spec.high}"
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise UserError(f"{allowed}, not {_shown(value)}")
         if isinstance(value, (float, np.floating)):
             if not math.isfinite(value) or value != int(value):
-                raise UserError(f"{name} must be a whole number from {spec.low} to {spec.high}, not {value!r}")
-        value = int(value)
+                raise UserError(f"{allowed}, not {_shown(float(value))}")
         if not spec.low <= value <= spec.high:
-            raise UserError(f"{name} must be from {spec.low} to {spec.high}, not {value}")
-        out[name] = value
+            raise UserError(f"{allowed}, not {_shown(value if isinstance(value, int) else float(value))}")
+        out[name] = int(value)
     for name, choices in CHOICES.items():
-        if out[name] not in choices:
-            raise UserError(f"{name} must be one of {', '.join(choices)}, not {out[name]!r}")
+        value = out[name]
+        if isinstance(value, str):
+            value = value.strip().lower()
+        if not isinstance(value, str) or value not in choices:
+            raise UserError(f"{name} must be one of {', '.join(choices)}, not {_shown(out[name])}")
+        out[name] = value
     return out
 
 
+def clean_methods(methods: Any) -> list[str]:
+    """``"gradcam,ig"`` or a list of method names -> the distinct names, in order; UserError otherwise."""
+    known = ", ".join(METHODS)
+    if methods is None:
+        methods = DEFAULT_METHODS
+    if isinstance(methods, str):
+        methods = methods.split(",")
+    if not isinstance(methods, (list, tuple, set, frozenset)):
+        raise UserError(f"methods must be a list of names from {known}, not {_shown(methods)}")
+    names = []
+    for name in methods:
+        if not isinstance(name, str):
+            raise UserError(f"methods must be names from {known}, not {_shown(name)}")
+        name = name.strip().lower()
+        if name:
+            get_method(name)  # UserError naming the unknown method and the known ones
+            names.append(name)
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise UserError(f"choose at least one method from {known}")
+    return names
+
+
+def clean_model(model: Any) -> str:
+    """The model name as load_model takes it; names that are not text are refused here."""
+    if model is None:
+        return DEFAULT_MODEL
+    if not isinstance(model, str):
+        raise UserError(f"the model must be a name such as 'bundled' or 'clip:<hub id>', not {_shown(model)}")
+    return model.strip() or DEFAULT_MODEL
+
+
+def _clean_text(text: str) -> str:
+    """Control characters -> spaces, lone surrogates dropped, NFC-normalised, whitespace runs -> one
+    space. Emoji (with their joiners), CJK and right-to-left text (with its direction marks) are kept."""
+    kept = {"Cc": " ", "Cs": ""}
+    text = "".join(kept.get(unicodedata.category(ch), ch) for ch in text)
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
 def clean_prompts(prompt: Any, contrast: Optional[Sequence[Any]]) -> tuple[Target, list[str]]:
-    """Validate the prompt and contrast prompts -> (Target, notes for the user)."""
+    """Validate the prompt and contrast prompts -> (Target, notes for the user).
+
+    Empty prompts are refused; prompts over MAX_PROMPT_CHARS are cut (with a note); contrast prompts
+    that are blank, equal to the prompt or repeated are dropped (with a note for the last two).
+    """
     notes: list[str] = []
-    if not isinstance(prompt, str) or not prompt.strip():
+    if prompt is not None and not isinstance(prompt, str):
+        raise UserError(f"the prompt must be text, not {type(prompt).__name__}")
+    prompt = _clean_text(prompt or "")
+    if not prompt:
         raise UserError("the prompt is empty; type what to look for, e.g. 'a cat'")
-    prompt = " ".join(prompt.split())
     if len(prompt) > MAX_PROMPT_CHARS:
-        prompt = prompt[:MAX_PROMPT_CHARS]
+        prompt = prompt[:MAX_PROMPT_CHARS].rstrip()
         notes.append(f"the prompt was cut to its first {MAX_PROMPT_CHARS} characters")
-    if isinstance(contrast, str):
+    if contrast is None:
+        contrast = []
+    elif isinstance(contrast, str):
         contrast = [contrast]
+    elif not isinstance(contrast, (list, tuple)):
+        raise UserError(f"contrast prompts must be a list of texts, not {type(contrast).__name__}")
     cleaned: list[str] = []
-    for c in contrast or ():
+    for c in contrast:
+        if c is None:
+            continue
         if not isinstance(c, str):
             raise UserError(f"contrast prompts must be text, not {type(c).__name__}")
-        c = " ".join(c.split())[:MAX_PROMPT_CHARS]
+        c = _clean_text(c)
+        cut = len(c) > MAX_PROMPT_CHARS
+        c = c[:MAX_PROMPT_CHARS].rstrip()
         if not c:
             continue
         if c.casefold() == prompt.casefold():
-            notes.append(f"the contrast prompt {c!r} equals the prompt and was dropped")
+            notes.append(f"the contrast prompt {_shown(c)} equals the prompt and was dropped")
         elif c.casefold() in (x.casefold() for x in cleaned):
-            notes.append(f"the duplicate contrast prompt {c!r} was dropped")
+            notes.append(f"the duplicate contrast prompt {_shown(c)} was dropped")
         else:
             cleaned.append(c)
+            if cut:
+                notes.append(f"the contrast prompt {_shown(c)} was cut to its first {MAX_PROMPT_CHARS} characters")
     if len(cleaned) > MAX_CONTRAST:
         raise UserError(f"at most {MAX_CONTRAST} contrast prompts, not {len(cleaned)}")
     return Target(prompt, tuple(cleaned)), notes
 
 
 def _token_notes(adapter, target: Target) -> list[str]:
+    """Notes on prompts the model will cut (over its token limit) or cannot read (no known word)."""
+    notes = []
     count = getattr(adapter, "prompt_tokens", None)
-    limit = adapter.max_prompt_tokens
-    if count is None or limit is None:
-        return []
-    return [f"the prompt {p[:40]!r}... is longer than the model's {limit} tokens and was cut"
-            for p in target.prompts if count(p) > limit]
+    limit = getattr(adapter, "max_prompt_tokens", None)
+    unknown = getattr(adapter, "prompt_unknown", None)
+    for i, p in enumerate(target.prompts):
+        which = "the prompt" if i == 0 else "the contrast prompt"
+        if count is not None and limit is not None and count(p) > limit:
+            notes.append(f"{which} {_shown(p)} is longer than the model's limit of {limit} tokens; "
+                         f"only its first {limit} tokens were used")
+        if unknown is not None and unknown(p):
+            notes.append(f"the model's text encoder knows none of the words in {which} {_shown(p)}, "
+                         "so its score means little")
+    return notes
 
 
 def explain(
@@ -129,13 +204,8 @@ def explain(
     """
     started = time.perf_counter()
     params = validate_params(params)
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    methods = list(dict.fromkeys(methods))
-    if not methods:
-        raise UserError(f"choose at least one method from {', '.join(METHODS)}")
-    for name in methods:
-        get_method(name)
+    methods = clean_methods(methods)
+    model = clean_model(model)
     target, notes = clean_prompts(prompt, contrast)
     pil = open_image(image)
     adapter = load_model(model)

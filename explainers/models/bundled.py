@@ -100,6 +100,16 @@ class BundledAdapter(ModelAdapter):
             self._class_weights[prompt] = (best.indices, weights)
         return self._class_weights[prompt]
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """MiniLM tokens in ``prompt`` ([CLS] and [SEP] included), to compare with max_prompt_tokens."""
+        return len(self.embedder.tokenizer(prompt, verbose=False)["input_ids"])
+
+    def prompt_unknown(self, prompt: str) -> bool:
+        """True when MiniLM knows none of the prompt's words (all [UNK], e.g. emoji only)."""
+        tokenizer = self.embedder.tokenizer
+        ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+        return bool(ids) and all(i == tokenizer.unk_token_id for i in ids)
+
     def matched_classes(self, prompt: str, top: int = 3) -> list[tuple[str, float]]:
         """The ImageNet classes a prompt is matched to, with their weights (for display)."""
         indices, weights = self.class_weights(prompt)
