@@ -12,6 +12,7 @@ from .base import CamLayer, ModelAdapter
 DEFAULT_MODEL = "bundled"
 # What the app offers; the API and CLI accept any CLIP hub id or (opt-in) folder.
 CLIP_CHOICES = ("clip:openai/clip-vit-base-patch32", "clip:openai/clip-vit-base-patch16")
+MAX_NAME_CHARS = 1000
 
 
 def list_models() -> list[str]:
@@ -24,6 +25,9 @@ def load_model(name: str) -> ModelAdapter:
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError("the model name is empty; use 'bundled' or 'clip:<hub id>'")
     name = name.strip()
+    if len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise ModelLoadError(f"the model name is too long or holds control characters; use 'bundled' or "
+                             f"'clip:<hub id or folder>' (at most {MAX_NAME_CHARS} characters)")
     if name == "bundled":
         from .bundled import load_bundled
 
@@ -31,7 +35,10 @@ def load_model(name: str) -> ModelAdapter:
     if name.startswith("clip:") and name[5:].strip():
         from .clip import load_clip
 
-        return load_clip(name[5:])
+        try:
+            return load_clip(name[5:])
+        except OSError as error:  # e.g. a folder name too long for the file system
+            raise ModelLoadError(f"could not load CLIP from {name[5:]!r}: {error.strerror or error}") from None
     raise ModelLoadError(
         f"unknown model {name!r}; use 'bundled' or 'clip:<hub id or folder>' "
         f"(e.g. {CLIP_CHOICES[0]!r})"
