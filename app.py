@@ -212,7 +212,7 @@ def _caption(name: str, r) -> str:
     passes = r.saliency.forward_passes
     return (f"**{render.METHOD_TITLES.get(name, name)}** · {r.saliency.seconds:.1f} s · "
             f"{passes} forward pass{'es' if passes != 1 else ''}<br>"
-            f"deletion AUC **{r.deletion.auc:.3f}** (lower is better) · "
+            f"deletion AUC **{r.deletion.auc:.3f}** (lower is better)<br>"
             f"insertion AUC **{r.insertion.auc:.3f}** (higher is better)")
 
 
