@@ -57,15 +57,19 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def validate_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in; every value checked. Raises UserError naming the parameter and its range."""
+def validate_params(params: dict[str, Any], labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Defaults filled in; every value checked. Raises UserError naming the parameter and its range.
+
+    ``labels`` renames parameters in the messages (the CLI: ``{"curve_steps": "--steps"}``).
+    """
+    labels = labels or {}
     unknown = set(params) - set(DEFAULTS)
     if unknown:
         raise UserError(f"unknown parameter(s): {', '.join(sorted(map(str, unknown)))}; known: {', '.join(DEFAULTS)}")
     out = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
     for name, spec in NUMERIC.items():
         value = out[name]
-        allowed = f"{name} must be a whole number from {spec.low} to {spec.high}"
+        allowed = f"{labels.get(name, name)} must be a whole number from {spec.low} to {spec.high}"
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise UserError(f"{allowed}, not {_shown(value)}")
         if isinstance(value, (float, np.floating)):
@@ -79,7 +83,7 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str):
             value = value.strip().lower()
         if not isinstance(value, str) or value not in choices:
-            raise UserError(f"{name} must be one of {', '.join(choices)}, not {_shown(out[name])}")
+            raise UserError(f"{labels.get(name, name)} must be one of {', '.join(choices)}, not {_shown(out[name])}")
         out[name] = value
     return out
 
