@@ -318,6 +318,7 @@ def _outputs(result, classes, photo_size, opacity: float, colour_map: str) -> li
     files = render.save_bundle(result, folder / "saliency-lab", colour_map, opacity,
                                _fit(photo_size, min(DOWNLOAD_SIDE, max(photo_size))))
     out.append(str(render.zip_bundle(files, folder / "saliency-lab-result.zip")))
+    out.append(f"Done: {result.seconds:.1f} s on `{result.model}`. The result is below ↓")
     return out
 
 
@@ -348,6 +349,8 @@ def _examples_cache_mode() -> tuple[Any, Optional[str]]:
 def _result_components() -> dict[str, Any]:
     """The outputs, created unrendered so that the page can place the examples above them."""
     c: dict[str, Any] = {
+        "status": gr.Markdown(label="Status", elem_id="status", min_height=70, render=False,
+                              value="Press **Run**, or click an example below."),
         "score": gr.Markdown(label="Score", elem_id="score", render=False),
         "probabilities": gr.Label(label="Probability of each prompt", visible=False, render=False,
                                   elem_id="probabilities"),
@@ -409,19 +412,20 @@ def build_demo() -> gr.Blocks:
                         seed = gr.Number(value=DEFAULTS["seed"], precision=0, minimum=0,
                                          label="Seed (random reference)")
                     with gr.Row():
-                        opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
-                        colour_map = gr.Dropdown(COLOUR_MAPS, value="jet", label="Colour map")
+                        opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity (applies from the next run)")
+                        colour_map = gr.Dropdown(COLOUR_MAPS, value="jet", label="Colour map (applies from the next run)")
                 with gr.Row():
                     run = gr.Button("Run", variant="primary", elem_id="run", scale=3)
                     cancel = gr.Button("Cancel", variant="secondary", elem_id="cancel", scale=1)
+                c = _result_components()
+                c["status"].render()
 
         inputs = [image, prompt, contrast, model, methods, ig_steps, ig_baseline, n_regions, region_kind,
                   region_search, curve_steps, substrate, seed, opacity, colour_map]
-        c = _result_components()
         outputs = [c["score"], c["probabilities"]]
         for _, name in METHOD_CHOICES:
             outputs += [c[f"overlay-{name}"], c[f"caption-{name}"]]
-        outputs += [c["deletion"], c["insertion"], c["auc"], c["how_to_read"], c["download"]]
+        outputs += [c["deletion"], c["insertion"], c["auc"], c["how_to_read"], c["download"], c["status"]]
 
         defaults = [DEFAULT_MODEL, list(ALL_METHODS), DEFAULTS["ig_steps"], DEFAULTS["ig_baseline"],
                     DEFAULTS["n_regions"], DEFAULTS["region_kind"], DEFAULTS["region_search"],
@@ -453,7 +457,9 @@ def build_demo() -> gr.Blocks:
 
         event = gr.on([run.click, prompt.submit], run_explain, inputs=inputs, outputs=outputs,
                       api_name="explain", concurrency_limit=1 + len(CLIP_CHOICES),
-                      concurrency_id="explain")
+                      concurrency_id="explain",
+                      show_progress_on=[c["status"], c["score"], *(c[f"overlay-{n}"] for n in ALL_METHODS),
+                                        c["deletion"], c["insertion"]])
         cancel.click(None, cancels=[event])
     return demo
 

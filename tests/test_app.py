@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHELSEA = ROOT / "assets" / "chelsea.jpg"
 METHODS = ("gradcam", "ig", "region")
 # Output positions of /explain (see app.build_demo).
-SCORE, PROBS, OVERLAY0, DELETION, INSERTION, TABLE, HOW_TO_READ, DOWNLOAD = 0, 1, 2, 8, 9, 10, 11, 12
+SCORE, PROBS, OVERLAY0, DELETION, INSERTION, TABLE, HOW_TO_READ, DOWNLOAD, STATUS = 0, 1, 2, 8, 9, 10, 11, 12, 13
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,7 @@ def test_example_comes_back_with_overlays_curves_and_table(client, tmp_path):
     for row in table["data"]:
         assert all(isinstance(x, (int, float)) for x in row[1:3])
 
+    assert value(out[STATUS]).startswith("Done")
     assert "Deletion curve" in value(out[HOW_TO_READ]) and "This run" in value(out[HOW_TO_READ])
 
     with zipfile.ZipFile(value(out[DOWNLOAD])) as bundle:
