@@ -148,9 +148,11 @@ def test_cancel_stops_the_run_and_frees_the_model(client):
     slow = client.submit(handle_file(str(CHELSEA)), "a cat", methods=["region"], region_search="greedy",
                          n_regions=196, curve_steps=200, api_name="/explain")
     deadline = time.monotonic() + 60
-    while slow.status().code.name != "PROCESSING" and time.monotonic() < deadline:
+    while slow.status().code.name not in ("PROCESSING", "PROGRESS", "ITERATING"):
+        assert time.monotonic() < deadline, f"the run never started: {slow.status()}"
         time.sleep(0.2)
-    time.sleep(2)  # well inside the greedy search
+    time.sleep(3)  # well inside the greedy search
+    assert not slow.done()
     slow.cancel()
     started = time.monotonic()
     out = client.predict(handle_file(str(CHELSEA)), "a cat", methods=["gradcam"], curve_steps=5,
