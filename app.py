@@ -325,6 +325,23 @@ def _outputs(result, classes, photo_size, opacity: float, colour_map: str) -> li
 # --------------------------------------------------------------------------------------------
 # The page.
 
+class PhotoInput(gr.Image):
+    """``gr.Image`` whose upload failures are one plain sentence. Gradio opens every upload with PIL
+    before the handler runs; a file that is not a picture would otherwise fail without a message."""
+
+    is_template = True  # rendered by the frontend's Image component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:  # noqa: BLE001 - any decoding failure is the same sentence
+            name = getattr(payload, "orig_name", None) or "the file"
+            raise gr.Error(f"{name} is not a picture this app can read; use PNG, JPEG, GIF, WebP, BMP or TIFF.",
+                           print_exception=False) from None
+
+
 INTRO = """
 # Saliency Lab
 **Where does an image model look when it decides that a photo shows your prompt?**
@@ -379,7 +396,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                image = gr.Image(label="Photo (upload, paste or webcam)", type="pil",
+                # type="filepath": the engine decodes the file, with its size limits and plain errors.
+                image = PhotoInput(label="Photo (upload, paste or webcam)", type="filepath",
                                  sources=["upload", "clipboard", "webcam"], height=340, elem_id="photo")
             with gr.Column(scale=6):
                 prompt = gr.Textbox(label="Prompt: what should the model look for?", value="",

@@ -70,6 +70,14 @@ def test_empty_prompt_is_a_plain_error(client):
     assert_plain_error(caught.value, "prompt is empty")
 
 
+def test_a_file_that_is_not_an_image_is_a_plain_error(client, tmp_path):
+    fake = tmp_path / "holiday.png"
+    fake.write_text("this is text, not a picture")
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(fake)), "a cat", api_name="/explain")
+    assert_plain_error(caught.value, "holiday.png")
+
+
 def test_no_method_is_a_plain_error(client):
     with pytest.raises(AppError) as caught:
         client.predict(handle_file(str(CHELSEA)), "a cat", methods=[], api_name="/explain")
