@@ -325,21 +325,24 @@ def _outputs(result, classes, photo_size, opacity: float, colour_map: str) -> li
 # --------------------------------------------------------------------------------------------
 # The page.
 
-class PhotoInput(gr.Image):
-    """``gr.Image`` whose upload failures are one plain sentence. Gradio opens every upload with PIL
-    before the handler runs; a file that is not a picture would otherwise fail without a message."""
+def _plain_upload_errors(component: gr.Image) -> gr.Image:
+    """Gradio opens every upload with PIL before the handler runs; a file that is not a picture would
+    fail there without a message. Wrap this component's preprocess so it is one plain sentence.
+    (An instance attribute, not a subclass: a Component subclass makes Gradio write an app.pyi.)"""
+    original = component.preprocess
 
-    is_template = True  # rendered by the frontend's Image component
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return original(payload)
         except gr.Error:
             raise
         except Exception:  # noqa: BLE001 - any decoding failure is the same sentence
             name = getattr(payload, "orig_name", None) or "the file"
             raise gr.Error(f"{name} is not a picture this app can read; use PNG, JPEG, GIF, WebP, BMP or TIFF.",
                            print_exception=False) from None
+
+    component.preprocess = preprocess
+    return component
 
 
 INTRO = """
@@ -397,8 +400,9 @@ def build_demo() -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 # type="filepath": the engine decodes the file, with its size limits and plain errors.
-                image = PhotoInput(label="Photo (upload, paste or webcam)", type="filepath",
-                                 sources=["upload", "clipboard", "webcam"], height=340, elem_id="photo")
+                image = _plain_upload_errors(gr.Image(
+                    label="Photo (upload, paste or webcam)", type="filepath",
+                    sources=["upload", "clipboard", "webcam"], height=340, elem_id="photo"))
             with gr.Column(scale=6):
                 prompt = gr.Textbox(label="Prompt: what should the model look for?", value="",
                                     placeholder="e.g. a cat", max_lines=1, elem_id="prompt")
