@@ -67,7 +67,7 @@ def free_port() -> int:
 class Server:
     """``python app.py`` on 127.0.0.1:<free port>, its log in ``workdir/app.log``, RSS sampled."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_env: Optional[dict[str, str]] = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -81,7 +81,7 @@ class Server:
             "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio-tmp"),
             "GRADIO_EXAMPLES_CACHE": str(workdir / "examples-cache"), "SALIENCY_EXAMPLES_CACHE": "lazy",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1",
+            "PYTHONUNBUFFERED": "1", **(extra_env or {}),
         }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
@@ -377,14 +377,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-probes", action="store_true", help="only the load")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for app.py (repeatable), e.g. MALLOC_ARENA_MAX=2")
     args = parser.parse_args(argv)
     if not (1 <= args.users <= MAX_USERS and 1 <= args.seconds <= MAX_SECONDS and 0 <= args.drain <= MAX_DRAIN):
         parser.error(f"--users 1..{MAX_USERS}, --seconds 1..{MAX_SECONDS}, --drain 0..{MAX_DRAIN}")
 
     workdir = Path(tempfile.mkdtemp(prefix="saliency-load-"))
     files = make_files(workdir / "inputs")
-    server = Server(workdir)
-    figures: dict[str, Any] = {"users": args.users, "seconds": args.seconds, "cpus": os.cpu_count()}
+    extra_env = dict(item.split("=", 1) for item in args.env if "=" in item)
+    server = Server(workdir, extra_env)
+    figures: dict[str, Any] = {"users": args.users, "seconds": args.seconds, "cpus": os.cpu_count(),
+                               "env": extra_env}
     try:
         figures["startup_s"] = round(server.wait_ready(), 1)
         print(f"app.py ready at {server.url} in {figures['startup_s']} s (log: {server.log_path})")
