@@ -8,7 +8,7 @@ normalised AUC follow SMDL (Chen et al., ICLR 2024) and LIMA. The protocol (ARCH
    fraction on the substrate, at ``steps`` equal fractions (``steps + 1`` points from 0 to 1);
 3. the curve is the target's score; its AUC (trapezoid over 0..1) is taken on the curve
    normalised so that the substrate scores 0 and the full image 1; raw scores are kept;
-4. the random reference is the mean curve over ``random_orders`` seeded random orderings.
+4. the random reference is the mean curve over ``n_random`` seeded random pixel orderings.
 
 This module imports no method. All curves of one call are scored in shared batches, and the two
 end points (full image, substrate) are scored once for all of them.
@@ -31,8 +31,26 @@ def pixel_order(saliency: np.ndarray) -> np.ndarray:
     return np.argsort(-flat, kind="stable")
 
 
-def random_orders(n_pixels: int, count: int, seed: int) -> list[np.ndarray]:
-    return [np.random.default_rng([seed, i]).permutation(n_pixels) for i in range(count)]
+RANDOM_BLOCK = 1  # pixels per side of the squares a random ordering shuffles (1 = pixels)
+
+
+def random_orders(height: int, width: int, count: int, seed: int, block: int = RANDOM_BLOCK) -> list[np.ndarray]:
+    """``count`` seeded random pixel orderings; with ``block > 1`` whole squares are shuffled.
+
+    The protocol's reference shuffles single pixels. Coarser random orderings were measured
+    (bundled model, 4 assets photos, black substrate): 8-16 px blocks destroy the score even
+    faster than single pixels on deletion (chelsea: deletion AUC 0.06 with 16 px vs 0.23),
+    32 px blocks are gentler (0.40). Either way the smooth maps (Grad-CAM, region search)
+    keep a higher deletion AUC than random on most photos: see the README's findings.
+    """
+    rows, cols = np.arange(height) // block, np.arange(width) // block
+    block_id = (rows[:, None] * (cols.max() + 1) + cols[None, :]).ravel()
+    n_blocks = int(block_id.max()) + 1
+    orders = []
+    for i in range(count):
+        block_rank = np.random.default_rng([seed, i]).permutation(n_blocks)
+        orders.append(np.argsort(block_rank[block_id], kind="stable"))  # within a block: flat index order
+    return orders
 
 
 def _normalise(scores: np.ndarray, full: float, substrate: float) -> np.ndarray:
@@ -106,6 +124,7 @@ def faithfulness(
     n_random: int = 3,
     seed: int = 0,
     progress: ProgressFn = no_progress,
+    random_block: int = RANDOM_BLOCK,
 ) -> tuple[dict[str, tuple[Curve, Curve]], MethodResult]:
     """Deletion and insertion curves for every map, plus the random-order reference.
 
@@ -116,7 +135,7 @@ def faithfulness(
     started, passes_before = time.perf_counter(), adapter.forward_passes
     names = list(saliency_maps)
     orders = [pixel_order(saliency_maps[n]) for n in names]
-    orders += random_orders(pixels.shape[2] * pixels.shape[3], n_random, seed)
+    orders += random_orders(pixels.shape[2], pixels.shape[3], n_random, seed, random_block)
     raw = curves_for_orders(adapter, pixels, target, orders, steps, substrate, progress)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     seconds = (time.perf_counter() - started) / len(orders) / 2
@@ -133,7 +152,7 @@ def faithfulness(
     insertion = np.mean([r[1] for r in random_raw], axis=0)
     height, width = pixels.shape[2:]
     placeholder = SaliencyMap("random", np.zeros((height, width), np.float32), 0.0, 0,
-                              meta={"orderings": n_random, "seed": seed})
+                              meta={"orderings": n_random, "seed": seed, "block": random_block})
     reference = MethodResult(
         placeholder,
         _make_curve("deletion", fractions, deletion, full, empty, passes * n_random, seconds * n_random),

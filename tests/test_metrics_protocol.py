@@ -49,7 +49,7 @@ def test_deletion_and_insertion_follow_the_ranking_exactly():
 def test_the_ideal_map_beats_random_and_the_reversed_map_loses():
     adapter, pixels, weights = setup(1)
     curves, reference = metrics.faithfulness(
-        adapter, pixels, Target("x"), {"ideal": weights, "reversed": -weights}, steps=16, n_random=5)
+        adapter, pixels, Target("x"), {"ideal": weights, "reversed": -weights}, steps=16, n_random=5, random_block=1)
     assert curves["ideal"][1].auc > reference.insertion.auc > curves["reversed"][1].auc
     assert curves["ideal"][0].auc < reference.deletion.auc < curves["reversed"][0].auc
 
@@ -61,9 +61,9 @@ def test_ties_go_to_the_lower_flat_index():
 
 def test_random_reference_is_seeded():
     adapter, pixels, weights = setup()
-    _, a = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=3)
-    _, b = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=3)
-    _, c = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=4)
+    _, a = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=3, random_block=1)
+    _, b = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=3, random_block=1)
+    _, c = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=4, random_block=1)
     np.testing.assert_array_equal(a.insertion.scores, b.insertion.scores)
     assert not np.array_equal(a.insertion.scores, c.insertion.scores)
 
@@ -81,3 +81,14 @@ def test_blur_substrate_keeps_mean_colour():
     assert blurred.shape == pixels.shape
     assert abs(float(blurred.mean() - pixels.mean())) < 0.02
     assert float(blurred.std()) < float(pixels.std())
+
+
+def test_random_orders_shuffle_whole_blocks():
+    orders = metrics.random_orders(8, 12, count=3, seed=0, block=4)
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(96))
+        blocks = [(p // 12 // 4, p % 12 // 4) for p in order]
+        # each block's 16 pixels come out together
+        runs = [blocks[i:i + 16] for i in range(0, 96, 16)]
+        assert all(len(set(run)) == 1 for run in runs)
+    assert orders[0].tolist() != orders[1].tolist()
