@@ -10,6 +10,9 @@ import os
 import sys
 
 CLI_CURVE_STEPS = 50  # the paper protocol; the app uses fewer for speed
+FLAG_NAMES = {"curve_steps": "--steps", "substrate": "--substrate", "ig_steps": "--ig-steps",
+              "ig_baseline": "--ig-baseline", "n_regions": "--regions", "region_kind": "--region-kind",
+              "region_search": "--region-search", "seed": "--seed"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,14 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         from .images import open_image
         from .render import save_bundle
 
+        from .api import validate_params
+
+        params = {"curve_steps": _number(args.steps), "substrate": args.substrate,
+                  "ig_steps": _number(args.ig_steps), "ig_baseline": args.ig_baseline,
+                  "n_regions": _number(args.regions), "region_kind": args.region_kind,
+                  "region_search": args.region_search, "seed": _number(args.seed)}
+        validate_params(params, labels=FLAG_NAMES)  # messages name the flag the user typed
         image = open_image(args.image)
-        result = explain(
-            image, args.prompt, contrast=args.contrast, model=args.model,
-            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-            curve_steps=_number(args.steps), substrate=args.substrate, ig_steps=_number(args.ig_steps),
-            ig_baseline=args.ig_baseline, n_regions=_number(args.regions), region_kind=args.region_kind,
-            region_search=args.region_search, seed=_number(args.seed),
-        )
+        result = explain(image, args.prompt, contrast=args.contrast, model=args.model,
+                         methods=[m.strip() for m in args.methods.split(",") if m.strip()], **params)
         written = save_bundle(result, args.out, original_size=image.size)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
