@@ -399,9 +399,10 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                # type="filepath": the engine decodes the file, with its size limits and plain errors.
+                # type="filepath", image_mode=None: the engine decodes the original file (transparency
+                # on white, 16-bit scaled), with its size limits and plain errors.
                 image = _plain_upload_errors(gr.Image(
-                    label="Photo (upload, paste or webcam)", type="filepath",
+                    label="Photo (upload, paste or webcam)", type="filepath", image_mode=None,
                     sources=["upload", "clipboard", "webcam"], height=340, elem_id="photo"))
             with gr.Column(scale=6):
                 prompt = gr.Textbox(label="Prompt: what should the model look for?", value="",
