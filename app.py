@@ -55,7 +55,7 @@ RUNS_MAX_AGE_S = 3600
 # so that the cached result matches what the page shows.
 EXAMPLES = [
     ("chelsea.jpg", "a cat", ""),
-    ("coffee.jpg", "a cup of coffee", ""),
+    ("coffee.jpg", "a cup of espresso", ""),
     ("rocket.jpg", "a rocket", ""),
     ("grace_hopper.jpg", "a military uniform", ""),
     ("astronaut.jpg", "an astronaut", ""),
