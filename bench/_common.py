@@ -1,0 +1,49 @@
+"""Shared helpers for the bench scripts: the photos and prompts, timing and memory probes."""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PHOTOS = {"chelsea": "a cat", "coffee": "a cup of coffee", "rocket": "a rocket",
+          "grace_hopper": "a military uniform", "astronaut": "an astronaut"}
+CACHE = ROOT / "bench" / ".cache"
+
+
+def photo_path(name: str) -> Path:
+    return ROOT / "assets" / f"{name}.jpg"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f}/{five:.1f} on {os.cpu_count()} cores"
+
+
+class Clock:
+    """Wall and CPU seconds of a block (``with Clock() as c: ...; c.wall, c.cpu``)."""
+
+    def __enter__(self) -> "Clock":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def header(title: str) -> None:
+    import torch
+
+    print(f"\n### {title}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_average()}\n")
