@@ -84,7 +84,7 @@ def gradcam_row(adapter, pixels, target):
         ours = gradcam.explain(adapter, pixels, target).values
     cam = GradCAM(model=model, target_layers=[module], reshape_transform=reshape)
     with Clock() as theirs_clock:
-        theirs = cam(input_tensor=pixels, targets=[ClassifierOutputTarget(0)])[0]
+        theirs = cam(input_tensor=pixels.clone().requires_grad_(True), targets=[ClassifierOutputTarget(0)])[0]
     a, b = scaled(ours), scaled(theirs)
     correlation = np.corrcoef(a.ravel(), b.ravel())[0, 1]
     return (f"| Grad-CAM | {ours_clock.wall:.2f} | {theirs_clock.wall:.2f} | r = {correlation:.4f}, "
