@@ -36,8 +36,9 @@ def _path_gradients(adapter: ModelAdapter, reference: torch.Tensor, difference: 
                     target: Target, u: np.ndarray) -> torch.Tensor:
     """sum_j grad s(x' + a(u_j) (x - x')) * a'(u_j) over the points ``u``, batched. ``[1, 3, H, W]``."""
     total = torch.zeros_like(difference)
-    for start in range(0, len(u), adapter.max_batch):
-        chunk = torch.from_numpy(u[start:start + adapter.max_batch]).float().view(-1, 1, 1, 1)
+    batch = getattr(adapter, "max_grad_batch", adapter.max_batch)  # backward keeps activations: smaller
+    for start in range(0, len(u), batch):
+        chunk = torch.from_numpy(u[start:start + batch]).float().view(-1, 1, 1, 1)
         alpha = chunk ** PATH_POWER
         slope = PATH_POWER * chunk ** (PATH_POWER - 1)
         interpolants = (reference + alpha * difference).requires_grad_(True)

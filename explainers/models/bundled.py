@@ -95,6 +95,9 @@ class BundledAdapter(ModelAdapter):
     name = "bundled"
     input_size = (224, 224)
     max_batch = 32
+    # Images per forward+backward (IG): a batch of 32 keeps ~2 GB of activations for autograd
+    # and took the process to 3.1 GB peak RSS; 16 keeps it under 3 GB at the same speed (bench/speed.py).
+    max_grad_batch = 16
     max_prompt_tokens = 256  # MiniLM's sequence limit; longer prompts are cut by the tokenizer
 
     def __init__(self, network: nn.Module, embedder, class_names: list[str]) -> None:
