@@ -36,7 +36,7 @@ def _path_gradients(adapter: ModelAdapter, reference: torch.Tensor, difference: 
                     target: Target, u: np.ndarray) -> torch.Tensor:
     """sum_j grad s(x' + a(u_j) (x - x')) * a'(u_j) over the points ``u``, batched. ``[1, 3, H, W]``."""
     total = torch.zeros_like(difference)
-    batch = getattr(adapter, "max_grad_batch", adapter.max_batch)  # backward keeps activations: smaller
+    batch = adapter.max_grad_batch
     for start in range(0, len(u), batch):
         chunk = torch.from_numpy(u[start:start + batch]).float().view(-1, 1, 1, 1)
         alpha = chunk ** PATH_POWER

@@ -34,6 +34,7 @@ class ModelAdapter:
     name: str = "model"
     input_size: tuple[int, int] = (224, 224)
     max_batch: int = 32  # images per forward pass when a caller scores many at once
+    max_grad_batch: int = 16  # images per forward+backward pass: autograd keeps the activations
     max_prompt_tokens: int | None = None
 
     def __init__(self) -> None:
