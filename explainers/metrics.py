@@ -24,6 +24,9 @@ from .models.base import ModelAdapter
 from .substrates import SUBSTRATES, substrate_image  # noqa: F401 - SUBSTRATES is re-exported
 from .types import Curve, MethodResult, ProgressFn, SaliencyMap, Target, no_progress
 
+KINDS = ("deletion", "insertion")
+
+
 def pixel_order(saliency: np.ndarray) -> np.ndarray:
     """Flat pixel indices, most salient first; ties broken by the lower flat index."""
     flat = np.asarray(saliency, dtype=np.float64).ravel()
@@ -77,11 +80,13 @@ def curves_for_orders(
     steps: int = 50,
     substrate: str = "black",
     progress: ProgressFn = no_progress,
+    kinds: tuple[str, ...] = KINDS,
 ) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
     """Raw (deletion scores, insertion scores, full score, substrate score) per pixel ordering.
 
     Every interior point of every curve is one image; they are built lazily and scored in
-    batches of ``adapter.max_batch``.
+    batches of ``adapter.max_batch``. A kind left out of ``kinds`` is not scored (its interior
+    points stay 0).
     """
     _, _, height, width = pixels.shape
     n_pixels = height * width
@@ -91,7 +96,8 @@ def curves_for_orders(
     full, empty = float(ends[0]), float(ends[1])
 
     # One job per interior point: (ordering, deletion?, step).
-    jobs = [(o, kind, k) for o in range(len(orders)) for kind in (0, 1) for k in range(1, steps)]
+    wanted = [KINDS.index(kind) for kind in kinds]
+    jobs = [(o, kind, k) for o in range(len(orders)) for kind in wanted for k in range(1, steps)]
     scores = np.zeros((len(orders), 2, steps + 1))
     scores[:, 0, 0], scores[:, 0, steps] = full, empty  # deletion: full image -> substrate
     scores[:, 1, 0], scores[:, 1, steps] = empty, full  # insertion: substrate -> full image
@@ -161,13 +167,16 @@ def faithfulness(
     return out, reference
 
 
+def _single_curve(kind, adapter, pixels, target, saliency, steps, substrate) -> Curve:
+    raw = curves_for_orders(adapter, pixels, target, [pixel_order(saliency)], steps, substrate, kinds=(kind,))[0]
+    return _make_curve(kind, np.linspace(0, 1, steps + 1), raw[KINDS.index(kind)], raw[2], raw[3], 0, 0.0)
+
+
 def deletion_curve(adapter, pixels, target, saliency, steps=50, substrate="black") -> Curve:
     """The deletion curve of one map (see the module docstring)."""
-    deletion, _, full, empty = curves_for_orders(adapter, pixels, target, [pixel_order(saliency)], steps, substrate)[0]
-    return _make_curve("deletion", np.linspace(0, 1, steps + 1), deletion, full, empty, 0, 0.0)
+    return _single_curve("deletion", adapter, pixels, target, saliency, steps, substrate)
 
 
 def insertion_curve(adapter, pixels, target, saliency, steps=50, substrate="black") -> Curve:
     """The insertion curve of one map (see the module docstring)."""
-    _, insertion, full, empty = curves_for_orders(adapter, pixels, target, [pixel_order(saliency)], steps, substrate)[0]
-    return _make_curve("insertion", np.linspace(0, 1, steps + 1), insertion, full, empty, 0, 0.0)
+    return _single_curve("insertion", adapter, pixels, target, saliency, steps, substrate)
