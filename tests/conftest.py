@@ -64,3 +64,14 @@ def tiny_clip():
 @pytest.fixture(scope="session")
 def adapters(bundled, tiny_clip):
     return {"bundled": bundled, "tiny_clip": tiny_clip}
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """``app.py`` on a free port of 127.0.0.1, started once for the app and browser tests."""
+    from _app_server import app_log, running_app
+
+    workdir = tmp_path_factory.mktemp("app")
+    with running_app(workdir) as url:
+        yield url
+    print(app_log(workdir)[-3000:])

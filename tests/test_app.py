@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from _app_server import app_log, running_app
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -24,14 +23,6 @@ CHELSEA = ROOT / "assets" / "chelsea.jpg"
 METHODS = ("gradcam", "ig", "region")
 # Output positions of /explain (see app.build_demo).
 SCORE, PROBS, OVERLAY0, DELETION, INSERTION, TABLE, HOW_TO_READ, DOWNLOAD, STATUS = 0, 1, 2, 8, 9, 10, 11, 12, 13
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("app")
-    with running_app(workdir) as url:
-        yield url
-    print(app_log(workdir)[-3000:])
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from _app_server import app_log, running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -23,14 +22,6 @@ if not CHROMIUM.exists():
     pytest.skip(f"no Chromium at {CHROMIUM}: the browser test needs Debian's chromium package",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("browser-app")
-    with running_app(workdir) as url:
-        yield url
-    print(app_log(workdir)[-3000:])
 
 
 def test_upload_prompt_run_shows_overlays_and_plots(app_url, tmp_path):
