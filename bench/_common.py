@@ -11,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PHOTOS = {"chelsea": "a cat", "coffee": "a cup of coffee", "rocket": "a rocket",
-          "grace_hopper": "a military uniform", "astronaut": "an astronaut"}
+# Every assets photo with a prompt the bundled model can answer (its ImageNet classes): the
+# astronaut holds a helmet ("an astronaut" matches no class; the photo then scores like black).
+PHOTOS = {"chelsea": "a cat", "coffee": "a cup of espresso", "rocket": "a rocket",
+          "grace_hopper": "a military uniform", "astronaut": "a helmet"}
 CACHE = ROOT / "bench" / ".cache"
 
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from _common import ROOT  # noqa: F401 - puts the project on sys.path
+from _common import PHOTOS, ROOT
 
 from explainers import explain
-
-PHOTOS = {"chelsea": "a cat", "coffee": "a cup of espresso", "grace_hopper": "a military uniform",
-          "rocket": "a rocket", "astronaut": "an astronaut"}
 
 
 def main() -> None:

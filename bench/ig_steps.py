@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from explainers import metrics  # noqa: E402
-from explainers.images import open_image  # noqa: E402
-from explainers.methods import integrated_gradients as ig  # noqa: E402
-from explainers.models import load_model  # noqa: E402
-from explainers.types import Target  # noqa: E402
+from _common import PHOTOS, ROOT  # also puts the project on sys.path
+from explainers import metrics
+from explainers.images import open_image
+from explainers.methods import integrated_gradients as ig
+from explainers.models import load_model
+from explainers.types import Target
 
-PHOTOS = {"chelsea": "a cat", "coffee": "a cup of coffee", "rocket": "a rocket",
-          "grace_hopper": "a military uniform", "astronaut": "an astronaut"}
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 ARCHITECTURE.md at the app's defaults: black substrate, 20 curve steps, 3 random orderings).
 
 What holds, measured on the bundled model and asserted here: every method's INSERTION AUC
-beats the random pixel ordering on these four photos, except integrated gradients on chelsea
+beats the random pixel ordering on these five photos, except integrated gradients on chelsea
 (0.22 vs 0.24: IG's scattered pixels look like noise when revealed on black).
 
 What does not hold, and so is not asserted: DELETION AUC below random. Deleting random single
@@ -19,8 +19,10 @@ from conftest import ASSETS
 from explainers import explain
 
 # The bundled model is confident on these (the prompt's classes hold most of the probability).
+# The astronaut holds a helmet ("an astronaut" matches no ImageNet class).
 CASES = [("chelsea.jpg", "a cat"), ("coffee.jpg", "a cup of espresso"),
-         ("grace_hopper.jpg", "a military uniform"), ("rocket.jpg", "a rocket")]
+         ("grace_hopper.jpg", "a military uniform"), ("rocket.jpg", "a rocket"),
+         ("astronaut.jpg", "a helmet")]
 KNOWN_INSERTION_EXCEPTIONS = {("ig", "chelsea.jpg")}
 
 
