@@ -69,11 +69,28 @@ def test_fast_search_uses_at_most_a_fifth_of_greedys_passes_at_49_regions(photo,
     n = m.meta["n_regions"]
     assert n >= 30  # SLIC gives about the number asked for (39 on this photo)
     assert m.forward_passes <= greedy_passes(n) / 5
-    # its own count: the two end images, then 2 images per set, exactly the budget
+    # its own count: the two end images; the prior's sets come in complementary pairs that share
+    # their two images; then 2 images per set, exactly the budget: 2 + 5n passes for even n
     assert m.meta["sets_evaluated"] == region_search.FAST_BUDGET_PER_REGION * n
-    assert m.forward_passes == 2 + 2 * m.meta["sets_evaluated"]
+    prior_sets = 2 * ((n + 1) // 2)
+    assert m.forward_passes == 2 + 2 * m.meta["sets_evaluated"] - prior_sets
     assert m.backward_passes == 0
     assert sorted(m.meta["order"]) == list(range(n))
+
+
+def test_a_set_and_its_complement_cost_two_images_together(photo):
+    adapter, pixels = photo
+    image = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    masks = region_search.label_masks(region_search.make_regions(image, 16, "grid"))
+    evaluate, _, _ = region_search.smdl_objective(adapter, pixels, Target("a cat"), masks)
+    some = np.random.default_rng(0).random(16) < 0.5
+    before = adapter.forward_passes
+    together = evaluate(np.stack([some, ~some]))
+    assert adapter.forward_passes - before == 2
+    alone = evaluate(some[None])
+    assert adapter.forward_passes - before == 4
+    np.testing.assert_allclose(together[0], alone[0], rtol=1e-6)
+    np.testing.assert_allclose(together.sum(), 2.0, rtol=1e-6)  # F(S) + F(I \ S) = 2 when both weights are 1
 
 
 def test_fast_search_with_a_pool_of_every_region_is_plain_greedy(photo):

@@ -104,8 +104,9 @@ def fast_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress
     gains (lazy greedy) and single-region gains therefore mis-rank regions. Instead:
 
     - prior (RISE-style, Petsiuk et al. 2018): F of ``n`` random sets that each hold about half
-      of the regions; a region's prior is mean F of the sets holding it minus mean F of the
-      others -- its importance in the context of other regions, not alone (``n`` sets);
+      of the regions, in complementary pairs; a region's prior is mean F of the sets holding it
+      minus mean F of the others -- its importance in the context of other regions, not alone
+      (``n`` sets; with the SMDL objective ``n`` images, since a pair shares its two images);
     - each step evaluates the ``pool`` regions with the best estimate and takes the best
       (plain greedy restricted to the pool; ``pool >= n`` with no budget IS plain greedy). A
       region's estimate is its fresh gain if it was evaluated in the last ``memory`` steps, else
@@ -118,12 +119,15 @@ def fast_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress
     budget = FAST_BUDGET_PER_REGION * n if budget is None else budget
     evaluated = 0
     if prior is None:
-        sets = np.random.default_rng(seed).random((n, n)) < 0.5
+        # n sets in complementary pairs: with the SMDL objective a pair costs the two images of
+        # one set (S kept, S removed), so the prior costs n images, not 2n.
+        half = np.random.default_rng(seed).random(((n + 1) // 2, n)) < 0.5
+        sets = np.concatenate([half, ~half])
         values = evaluate(sets)
-        evaluated += n
+        evaluated += len(sets)
         inside = sets.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            prior = (values @ sets) / inside - (values @ ~sets) / (n - inside)
+            prior = (values @ sets) / inside - (values @ ~sets) / (len(sets) - inside)
         prior = np.nan_to_num(prior, nan=0.0)
     prior = np.asarray(prior, dtype=np.float64)
     selected = np.zeros(n, dtype=bool)
@@ -159,9 +163,12 @@ SEARCH_FUNCTIONS = {"greedy": greedy_order, "lazy": lazy_greedy_order, "fast": f
 
 def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: torch.Tensor,
                    lambda_consistency: float = 1.0, lambda_collaboration: float = 1.0,
-                   ) -> tuple[SetFunction, float, float]:
+                   bounded: bool = False) -> tuple[SetFunction, float, float]:
     """F(S) for sets of regions, batched: 2 images per set (S kept; S removed). Black substrate.
 
+    ``bounded=True`` clips the normalised scores to [0, 1] (SMDL scores with probabilities,
+    which are bounded; our log and logit scores are not). It exists to measure how much the
+    greedy reference itself moves under this change of scale (bench/region_search.py).
     Returns (F, score of the full image, score of the black image).
     """
     n = masks.shape[0]
@@ -171,10 +178,17 @@ def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, 
     span = full - empty if abs(full - empty) > 1e-6 else 1e-6
 
     def evaluate(sets: np.ndarray) -> np.ndarray:
-        keep = (torch.from_numpy(sets.astype(np.float32)) @ flat_masks).clamp(max=1.0)
-        keep = keep.view(len(sets), 1, *pixels.shape[2:])
-        images = torch.cat([pixels * keep, pixels * (1.0 - keep)])
+        # The regions partition the image, so "S removed" is "complement of S kept": every image
+        # is a kept set. Each distinct kept set is scored once per call, so a set and its
+        # complement asked together cost 2 images, not 4 (the fast search's prior does that).
+        sets = np.asarray(sets, dtype=bool)
+        kept_sets, index = np.unique(np.concatenate([sets, ~sets]), axis=0, return_inverse=True)
+        keep = (torch.from_numpy(kept_sets.astype(np.float32)) @ flat_masks).clamp(max=1.0)
+        images = pixels * keep.view(len(kept_sets), 1, *pixels.shape[2:])
         scores = (adapter.score_many(images, target).numpy() - empty) / span
+        if bounded:
+            scores = np.clip(scores, 0.0, 1.0)
+        scores = scores[index.ravel()]
         kept, removed = scores[: len(sets)], scores[len(sets):]
         return lambda_consistency * kept + lambda_collaboration * (1.0 - removed)
 
