@@ -94,10 +94,12 @@ class BundledAdapter(ModelAdapter):
 
     name = "bundled"
     input_size = (224, 224)
-    max_batch = 32
-    # Images per forward+backward (IG): a batch of 32 keeps ~2 GB of activations for autograd
-    # and took the process to 3.1 GB peak RSS; 16 keeps it under 3 GB at the same speed (bench/speed.py).
-    max_grad_batch = 16
+    # Small batches are faster per image on our 2-core CPU (the activations stay in cache):
+    # no-grad scoring took 11-12 ms per image at batches of 4-8 against 21 ms at 32, and
+    # forward+backward 25 ms at 8 against 33 ms at 16 (bench/batch_size.py). They also keep the
+    # autograd activations small (a batch of 32 took the process to 3.1 GB peak RSS).
+    max_batch = 8
+    max_grad_batch = 8
     max_prompt_tokens = 256  # MiniLM's sequence limit; longer prompts are cut by the tokenizer
 
     def __init__(self, network: nn.Module, embedder, class_names: list[str]) -> None:
