@@ -51,6 +51,11 @@ def mean_aucs(raws, steps):
     return f"{np.mean([p[0] for p in pairs]):.3f} / {np.mean([p[1] for p in pairs]):.3f}"
 
 
+def photo_inputs(adapter, photo):
+    """(target, pixels) for one assets photo and its prompt."""
+    return Target(PHOTOS[photo]), adapter.load_image(open_image(photo_path(photo)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
@@ -62,8 +67,7 @@ def main() -> None:
     print("| photo | " + " | ".join(LAYERS) + " | random pixels |")
     print("|---" * (len(LAYERS) + 2) + "|")
     for photo in photos:
-        target = Target(PHOTOS[photo])
-        pixels = adapter.load_image(open_image(photo_path(photo)))
+        target, pixels = photo_inputs(adapter, photo)
         orders = []
         for block in LAYERS.values():
             if block is None:
@@ -88,8 +92,7 @@ def main() -> None:
     print("| photo, substrate | Grad-CAM | IG | region | " + " | ".join(references) + " |")
     print("|---" * (len(references) + 4) + "|")
     for photo in photos:
-        target = Target(PHOTOS[photo])
-        pixels = adapter.load_image(open_image(photo_path(photo)))
+        target, pixels = photo_inputs(adapter, photo)
         maps = [gradcam.explain(adapter, pixels, target).values,
                 integrated_gradients.explain(adapter, pixels, target).values,
                 region_search.explain(adapter, pixels, target).values]

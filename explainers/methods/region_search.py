@@ -164,7 +164,8 @@ SEARCH_FUNCTIONS = {"greedy": greedy_order, "lazy": lazy_greedy_order, "fast": f
 def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: torch.Tensor,
                    lambda_consistency: float = 1.0, lambda_collaboration: float = 1.0,
                    bounded: bool = False) -> tuple[SetFunction, float, float]:
-    """F(S) for sets of regions, batched: 2 images per set (S kept; S removed). Black substrate.
+    """F(S) for sets of regions, batched: 2 images per set (S kept; S removed), each distinct image
+    scored once per call. Black substrate.
 
     ``bounded=True`` clips the normalised scores to [0, 1] (SMDL scores with probabilities,
     which are bounded; our log and logit scores are not). It exists to measure how much the
