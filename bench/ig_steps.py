@@ -23,7 +23,6 @@ from explainers.models import load_model
 from explainers.types import Target
 
 
-
 def main() -> None:
     adapter = load_model("bundled")
     initial = [int(s) for s in (sys.argv[1:] or ["32"])]

@@ -24,39 +24,26 @@ from explainers import metrics
 from explainers.images import open_image
 from explainers.methods import region_search
 from explainers.models import load_model
-from explainers.regions import label_masks, make_regions
+from explainers.regions import label_masks
 from explainers.types import Target
 
 
-def region_labels(pixels, n, kind):
-    image = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return make_regions(image, n, kind)
-
-
-def order_map(order, labels):
-    rank = np.empty(len(order), np.float32)
-    rank[order] = 1.0 - np.arange(len(order), dtype=np.float32) / len(order)
-    return rank[labels]
-
-
-def bounded_greedy(adapter, pixels, target, n, kind):
+def bounded_greedy(adapter, pixels, target, labels):
     """Plain greedy on F with the normalised scores clipped to [0, 1]."""
-    labels = region_labels(pixels, n, kind)
     forward_before = adapter.forward_passes
     evaluate, _, _ = region_search.smdl_objective(adapter, pixels, target, label_masks(labels), bounded=True)
     order, _, _ = region_search.greedy_order(int(labels.max()) + 1, evaluate)
     return order, adapter.forward_passes - forward_before
 
 
-def run_search(adapter, pixels, target, n, kind, search):
+def run_search(adapter, pixels, target, n, kind, labels, search):
     cache = CACHE / f"{search}-{adapter.name}-{kind}-{n}-{target.prompt.replace(' ', '_')}.json"
-    labels = region_labels(pixels, n, kind)
     if search.startswith("greedy") and cache.is_file():
         saved = json.loads(cache.read_text())
-        return order_map(saved["order"], labels), saved
+        return region_search.order_map(saved["order"], labels), saved
     with Clock() as clock:
         if search == "greedy-bounded":
-            order, forward = bounded_greedy(adapter, pixels, target, n, kind)
+            order, forward = bounded_greedy(adapter, pixels, target, labels)
             info = {"order": order, "forward": forward, "backward": 0}
         else:
             m = region_search.explain(adapter, pixels, target, n_regions=n, regions=kind, search=search)
@@ -65,12 +52,11 @@ def run_search(adapter, pixels, target, n, kind, search):
     if search.startswith("greedy"):
         CACHE.mkdir(exist_ok=True)
         cache.write_text(json.dumps(info))
-    return order_map(info["order"], labels), info
+    return region_search.order_map(info["order"], labels), info
 
 
-def path_objective(adapter, pixels, target, n, kind, order):
+def path_objective(adapter, pixels, target, labels, order):
     """Mean of F (raw normalised score) over the order's prefixes: what greedy maximises step by step."""
-    labels = region_labels(pixels, n, kind)
     evaluate, _, _ = region_search.smdl_objective(adapter, pixels, target, label_masks(labels))
     prefixes = np.zeros((len(order), len(order)), dtype=bool)
     for step, region in enumerate(order):
@@ -98,16 +84,17 @@ def main() -> None:
         pixels = adapter.load_image(open_image(photo_path(photo)))
         with torch.no_grad():
             adapter.score_many(torch.cat([pixels] * 4), target)  # warm-up
+        labels = region_search.region_labels(pixels, args.n, args.regions)
         maps, infos = {}, {}
         for search in searches:
-            maps[search], infos[search] = run_search(adapter, pixels, target, args.n, args.regions, search)
+            maps[search], infos[search] = run_search(adapter, pixels, target, args.n, args.regions, labels, search)
         curves, _ = metrics.faithfulness(adapter, pixels, target, maps, steps=args.curve_steps)
         base = curves.get("greedy")
         for search in searches:
             deletion, insertion = curves[search]
             i = infos[search]
             rel = (f"{insertion.auc / base[1].auc:.3f} | {deletion.auc - base[0].auc:+.3f}" if base else "- | -")
-            objective = path_objective(adapter, pixels, target, args.n, args.regions, i["order"])
+            objective = path_objective(adapter, pixels, target, labels, i["order"])
             print(f"| {photo} | {search} | {i['forward']} | {i['backward']} | {i['seconds']:.1f} | {i['cpu']:.1f} "
                   f"| {insertion.auc:.3f} | {deletion.auc:.3f} | {rel} | {objective:.3f} |", flush=True)
 

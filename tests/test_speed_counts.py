@@ -80,8 +80,7 @@ def test_fast_search_uses_at_most_a_fifth_of_greedys_passes_at_49_regions(photo,
 
 def test_a_set_and_its_complement_cost_two_images_together(photo):
     adapter, pixels = photo
-    image = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    masks = region_search.label_masks(region_search.make_regions(image, 16, "grid"))
+    masks = region_search.label_masks(region_search.region_labels(pixels, 16, "grid"))
     evaluate, _, _ = region_search.smdl_objective(adapter, pixels, Target("a cat"), masks)
     some = np.random.default_rng(0).random(16) < 0.5
     before = adapter.forward_passes
@@ -96,8 +95,7 @@ def test_a_set_and_its_complement_cost_two_images_together(photo):
 def test_fast_search_with_a_pool_of_every_region_is_plain_greedy(photo):
     adapter, pixels = photo
     greedy = region_search.explain(adapter, pixels, Target("a cat"), n_regions=16, regions="grid", search="greedy")
-    image = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    masks = region_search.label_masks(region_search.make_regions(image, 16, "grid"))
+    masks = region_search.label_masks(region_search.region_labels(pixels, 16, "grid"))
     evaluate, _, _ = region_search.smdl_objective(adapter, pixels, Target("a cat"), masks)
     order, _, evaluated = region_search.fast_order(16, evaluate, prior=np.zeros(16), pool=16,
                                                    budget=10**6)

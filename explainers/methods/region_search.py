@@ -196,6 +196,20 @@ def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, 
     return evaluate, full, empty
 
 
+def region_labels(pixels: torch.Tensor, n_regions: int, kind: str = "slic") -> np.ndarray:
+    """``[1, 3, H, W]`` pixels in [0, 1] -> ``[H, W]`` region labels (see explainers.regions)."""
+    image = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return make_regions(image, n_regions, kind)
+
+
+def order_map(order: list[int], labels: np.ndarray) -> np.ndarray:
+    """Paint each region 1 - rank/n (the first region chosen = 1), as the map of an order."""
+    n = len(order)
+    rank_value = np.empty(n, dtype=np.float32)
+    rank_value[order] = 1.0 - np.arange(n, dtype=np.float32) / n
+    return rank_value[labels]
+
+
 def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, n_regions: int = 49,
             regions: str = "slic", search: str = "fast", lambda_consistency: float = 1.0,
             lambda_collaboration: float = 1.0, progress: ProgressFn = no_progress,
@@ -206,18 +220,15 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, n_regio
     started, forward_before = time.perf_counter(), adapter.forward_passes
     backward_before = adapter.backward_passes
     pixels = pixels.detach()
-    image = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    labels = make_regions(image, n_regions, regions)
+    labels = region_labels(pixels, n_regions, regions)
     masks = label_masks(labels)
     n = masks.shape[0]
     evaluate, full, empty = smdl_objective(adapter, pixels, target, masks, lambda_consistency,
                                            lambda_collaboration)
     # F(empty set) = l_c * s(black) + l_k * (1 - s(full)) = 0 after normalisation.
     order, gains, evaluated = SEARCH_FUNCTIONS[search](n, evaluate, progress, 0.0)
-    rank_value = np.empty(n, dtype=np.float32)
-    rank_value[order] = 1.0 - np.arange(n, dtype=np.float32) / n
     return SaliencyMap(
-        "region", rank_value[labels], time.perf_counter() - started,
+        "region", order_map(order, labels), time.perf_counter() - started,
         forward_passes=adapter.forward_passes - forward_before,
         backward_passes=adapter.backward_passes - backward_before,
         meta={"search": search, "regions": regions, "n_regions": n, "order": order, "gains": gains,
