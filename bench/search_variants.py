@@ -21,7 +21,9 @@ explainers.metrics):
      placing its 3 lowest per evaluation;
    - ``batch-greedy``: greedy on F placing its 6 best per full evaluation;
    - ``periodic``: greedy on F with a full evaluation every 10 steps and, between them, only the
-     2 best regions of the last full evaluation evaluated.
+     2 best regions of the last full evaluation evaluated;
+   - ``greedy-ties-e``: plain greedy taking the runner-up wherever it is within e of the best:
+     how far the reference itself moves with its tie-breaking (same cost as greedy).
 
 Kept-set scores are memoised within a run so the variants cost seconds; pass counts are what
 each search would cost on its own. The README and bench/RESULTS.md quote this table.
@@ -152,6 +154,20 @@ def periodic(n: int, paid: Counted, full_every: int = 10, pool: int = 2) -> list
     return order
 
 
+def greedy_near_ties(n: int, paid: Counted, tie: float = 0.005) -> list[int]:
+    """Plain greedy, but where the runner-up is within ``tie`` of the best (F differs by less than
+    that), take the runner-up: how far greedy's own AUCs move with its tie-breaking."""
+    selected, order = np.zeros(n, dtype=bool), []
+    for _ in range(n):
+        candidates = np.flatnonzero(~selected)
+        values = paid.objective(with_each(selected, candidates))
+        ranked = np.lexsort((candidates, -values))
+        pick = ranked[1] if len(ranked) > 1 and values[ranked[0]] - values[ranked[1]] < tie else ranked[0]
+        order.append(int(candidates[pick]))
+        selected[candidates[pick]] = True
+    return order
+
+
 def fast(n: int, paid: Counted) -> list[int]:
     return region_search.fast_order(n, paid.objective)[0]
 
@@ -162,6 +178,8 @@ SEARCHES: dict[str, Callable[[int, Counted], list[int]]] = {
     "bidirectional-pooled": lambda n, paid: bidirectional(n, paid, front_pool=8, tail_batch=3),
     "batch-greedy": batch_greedy,
     "periodic": periodic,
+    "greedy-ties-0.002": lambda n, paid: greedy_near_ties(n, paid, 0.002),
+    "greedy-ties-0.005": greedy_near_ties,
 }
 
 
@@ -213,7 +231,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=49)
     parser.add_argument("--photos", default=",".join(PHOTOS))
     parser.add_argument("--curve-steps", type=int, default=50)
+    parser.add_argument("--searches", default=",".join(SEARCHES), help="comma-separated; greedy always runs")
     args = parser.parse_args()
+    searches = {name: SEARCHES[name] for name in args.searches.split(",")}
     adapter = load_model("bundled")
     header(f"Region-search variants, bundled, {args.n} {args.regions} regions, {args.curve_steps} curve steps")
     diagnostics, rows = [], []
@@ -226,7 +246,7 @@ def main() -> None:
         paid = Counted(scores)
         greedy, trace = greedy_trace(n, paid)
         orders, passes = {"greedy": greedy}, {"greedy": paid.images}
-        for name, search in SEARCHES.items():
+        for name, search in searches.items():
             paid = Counted(scores)
             orders[name], passes[name] = search(n, paid), paid.images
             assert sorted(orders[name]) == list(range(n)), name
