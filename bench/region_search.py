@@ -58,10 +58,7 @@ def run_search(adapter, pixels, target, n, kind, labels, search):
 def path_objective(adapter, pixels, target, labels, order):
     """Mean of F (raw normalised score) over the order's prefixes: what greedy maximises step by step."""
     evaluate, _, _ = region_search.smdl_objective(adapter, pixels, target, label_masks(labels))
-    prefixes = np.zeros((len(order), len(order)), dtype=bool)
-    for step, region in enumerate(order):
-        prefixes[step:, region] = True
-    return float(np.mean(evaluate(prefixes)))
+    return float(np.mean(evaluate(region_search.prefix_sets(order))))
 
 
 def main() -> None:

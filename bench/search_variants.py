@@ -63,8 +63,7 @@ class KeptSetScores:
         keys = [np.packbits(row).tobytes() for row in kept]
         new = list({key: i for i, key in enumerate(keys) if key not in self.memo}.values())
         if new:
-            keep = (torch.from_numpy(kept[new].astype(np.float32)) @ self.flat).clamp(max=1.0)
-            images = self.pixels * keep.view(len(new), 1, *self.pixels.shape[2:])
+            images = region_search.keep_regions(self.pixels, self.flat, torch.from_numpy(kept[new].astype(np.float32)))
             scores = (self.adapter.score_many(images, self.target).numpy() - self.empty) / (self.full - self.empty)
             self.memo.update({keys[i]: float(s) for i, s in zip(new, scores)})
         return np.array([self.memo[key] for key in keys])
@@ -186,15 +185,20 @@ SEARCHES: dict[str, Callable[[int, Counted], list[int]]] = {
 # --- diagnostics along greedy's path ------------------------------------------------------------
 
 def greedy_trace(n: int, paid: Counted) -> tuple[list[int], list[dict[int, float]]]:
-    """Plain greedy, keeping every candidate's F at every step."""
-    selected, order, trace = np.zeros(n, dtype=bool), [], []
-    for _ in range(n):
-        candidates = np.flatnonzero(~selected)
-        values = paid.objective(with_each(selected, candidates))
-        trace.append(dict(zip(candidates.tolist(), values.tolist())))
-        best = int(candidates[int(np.argmax(values))])
-        order.append(best)
-        selected[best] = True
+    """The project's plain greedy (``region_search.greedy_order``), keeping every candidate's F at
+    every step. Step t's rows are "the first t regions of the order plus r" for each remaining r
+    in increasing order, so each call's values map back to regions once the order is known."""
+    calls: list[np.ndarray] = []
+
+    def recording(sets: np.ndarray) -> np.ndarray:
+        calls.append(paid.objective(sets))
+        return calls[-1]
+
+    order, _, _ = region_search.greedy_order(n, recording)
+    selected, trace = np.zeros(n, dtype=bool), []
+    for values, region in zip(calls, order):
+        trace.append(dict(zip(np.flatnonzero(~selected).tolist(), values.tolist())))
+        selected[region] = True
     return order, trace
 
 
@@ -212,16 +216,14 @@ def gradient_estimates(scores: KeptSetScores, order: list[int]) -> list[np.ndarr
 
     The first-order gain of adding r: its insertion gain plus the drop of removing it.
     """
-    n, selected, out = scores.n, np.zeros(scores.n, dtype=bool), []
+    selected, out = np.zeros(scores.n, dtype=bool), []
     for region in order[:-1]:
         soft = torch.tensor(np.stack([selected, ~selected]).astype(np.float32), requires_grad=True)
-        keep = (soft @ scores.flat).clamp(max=1.0)
-        images = scores.pixels * keep.view(2, 1, *scores.pixels.shape[2:])
+        images = region_search.keep_regions(scores.pixels, scores.flat, soft)
         scores.adapter.score(images, scores.target).sum().backward()
         grad = soft.grad.numpy() / (scores.full - scores.empty)
         out.append(grad[0] + grad[1])
         selected[region] = True
-    assert len(out) == n - 1
     return out
 
 
@@ -266,8 +268,7 @@ def main() -> None:
         base_deletion, base_insertion = curves["greedy"]
         for name, order in orders.items():
             deletion, insertion = curves[name]
-            prefixes = np.tril(np.ones((n, n), dtype=bool))[:, np.argsort(order)]  # row k: the first k+1 of order
-            mean_f = float(np.mean(Counted(scores).objective(prefixes)))
+            mean_f = float(np.mean(Counted(scores).objective(region_search.prefix_sets(order))))
             meets = (passes[name] <= passes["greedy"] / 5 and insertion.auc >= 0.98 * base_insertion.auc
                      and deletion.auc <= base_deletion.auc + 0.02)
             rows.append(f"| {photo} | {name} | {passes[name]} | {passes[name] / passes['greedy']:.2f} "

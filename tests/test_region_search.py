@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from explainers.methods.region_search import greedy_order, lazy_greedy_order, smdl_objective
+from explainers.methods.region_search import greedy_order, lazy_greedy_order, prefix_sets, smdl_objective
 from explainers.models.base import ModelAdapter
 from explainers.regions import grid, label_masks
 from explainers.types import Target
@@ -72,3 +72,10 @@ def test_bounded_objective_clips_each_normalised_score_to_the_unit_interval():
     bounded, _, _ = smdl_objective(adapter, pixels, Target("x"), masks, bounded=True)
     expected = np.clip(raw_kept, 0, 1) + 1.0 - np.clip(raw_removed, 0, 1)
     np.testing.assert_allclose(bounded(sets), expected, rtol=1e-6)
+
+
+def test_prefix_sets_row_k_holds_exactly_the_first_k_plus_one_regions_of_the_order():
+    order = [3, 0, 4, 1, 2]
+    prefixes = prefix_sets(order)
+    for k in range(len(order)):
+        assert set(np.flatnonzero(prefixes[k])) == set(order[: k + 1])

@@ -161,6 +161,13 @@ def fast_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress
 SEARCH_FUNCTIONS = {"greedy": greedy_order, "lazy": lazy_greedy_order, "fast": fast_order}
 
 
+def keep_regions(pixels: torch.Tensor, flat_masks: torch.Tensor, kept_sets: torch.Tensor) -> torch.Tensor:
+    """``[1, 3, H, W]`` pixels, ``[n, H*W]`` region masks, ``[B, n]`` sets (0/1, or soft weights) ->
+    ``[B, 3, H, W]`` images that keep those regions, black elsewhere."""
+    keep = (kept_sets @ flat_masks).clamp(max=1.0)
+    return pixels * keep.view(len(kept_sets), 1, *pixels.shape[2:])
+
+
 def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: torch.Tensor,
                    lambda_consistency: float = 1.0, lambda_collaboration: float = 1.0,
                    bounded: bool = False) -> tuple[SetFunction, float, float]:
@@ -184,8 +191,7 @@ def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, 
         # complement asked together cost 2 images, not 4 (the fast search's prior does that).
         sets = np.asarray(sets, dtype=bool)
         kept_sets, index = np.unique(np.concatenate([sets, ~sets]), axis=0, return_inverse=True)
-        keep = (torch.from_numpy(kept_sets.astype(np.float32)) @ flat_masks).clamp(max=1.0)
-        images = pixels * keep.view(len(kept_sets), 1, *pixels.shape[2:])
+        images = keep_regions(pixels, flat_masks, torch.from_numpy(kept_sets.astype(np.float32)))
         scores = (adapter.score_many(images, target).numpy() - empty) / span
         if bounded:
             scores = np.clip(scores, 0.0, 1.0)
@@ -208,6 +214,12 @@ def order_map(order: list[int], labels: np.ndarray) -> np.ndarray:
     rank_value = np.empty(n, dtype=np.float32)
     rank_value[order] = 1.0 - np.arange(n, dtype=np.float32) / n
     return rank_value[labels]
+
+
+def prefix_sets(order: list[int]) -> np.ndarray:
+    """``[n, n]`` bool: row k holds the first k + 1 regions of ``order`` (the sets an order's curve passes)."""
+    n = len(order)
+    return np.tril(np.ones((n, n), dtype=bool))[:, np.argsort(order)]
 
 
 def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, n_regions: int = 49,
