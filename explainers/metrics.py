@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .models.base import ModelAdapter
-from .substrates import SUBSTRATES, substrate_image  # noqa: F401 - SUBSTRATES is re-exported
+from .substrates import SUBSTRATES, make_substrate, substrate_image  # noqa: F401 - re-exported
 from .types import Curve, MethodResult, ProgressFn, SaliencyMap, Target, no_progress
 
 KINDS = ("deletion", "insertion")
@@ -81,6 +81,7 @@ def curves_for_orders(
     substrate: str = "black",
     progress: ProgressFn = no_progress,
     kinds: tuple[str, ...] = KINDS,
+    seed: int = 0,
 ) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
     """Raw (deletion scores, insertion scores, full score, substrate score) per pixel ordering.
 
@@ -90,9 +91,9 @@ def curves_for_orders(
     """
     _, _, height, width = pixels.shape
     n_pixels = height * width
-    base = substrate_image(pixels, substrate)
+    fill = make_substrate(pixels, substrate, seed).fill
     counts = np.round(np.linspace(0.0, 1.0, steps + 1) * n_pixels).astype(np.int64)
-    ends = adapter.score_many(torch.cat([pixels, base]), target)
+    ends = adapter.score_many(torch.cat([pixels, fill(torch.zeros_like(pixels[:, :1]))]), target)
     full, empty = float(ends[0]), float(ends[1])
 
     # One job per interior point: (ordering, deletion?, step).
@@ -111,8 +112,7 @@ def curves_for_orders(
         masks = torch.cat([(ranks_t[o] < int(counts[k])).float() for o, _, k in chunk])
         kinds = torch.tensor([kind for _, kind, _ in chunk], dtype=torch.float32).view(-1, 1, 1, 1)
         # deletion (kind 0): chosen pixels become substrate; insertion (kind 1): only they show.
-        keep_image = torch.where(kinds == 0, 1.0 - masks, masks)
-        images = base + keep_image * (pixels - base)
+        images = fill(torch.where(kinds == 0, 1.0 - masks, masks))
         batch_scores = adapter.score_many(images, target).numpy()
         for (o, kind, k), value in zip(chunk, batch_scores):
             scores[o, kind, k] = value
@@ -142,7 +142,7 @@ def faithfulness(
     names = list(saliency_maps)
     orders = [pixel_order(saliency_maps[n]) for n in names]
     orders += random_orders(pixels.shape[2], pixels.shape[3], n_random, seed, random_block)
-    raw = curves_for_orders(adapter, pixels, target, orders, steps, substrate, progress)
+    raw = curves_for_orders(adapter, pixels, target, orders, steps, substrate, progress, seed=seed)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     seconds = (time.perf_counter() - started) / len(orders) / 2
     passes = (adapter.forward_passes - passes_before) // len(orders) // 2

@@ -27,6 +27,7 @@ import torch
 
 from ..models.base import ModelAdapter
 from ..regions import label_masks, make_regions
+from ..substrates import Substrate, make_substrate
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
 
 SEARCHES = ("fast", "lazy", "greedy")
@@ -161,18 +162,21 @@ def fast_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress
 SEARCH_FUNCTIONS = {"greedy": greedy_order, "lazy": lazy_greedy_order, "fast": fast_order}
 
 
-def keep_regions(pixels: torch.Tensor, flat_masks: torch.Tensor, kept_sets: torch.Tensor) -> torch.Tensor:
-    """``[1, 3, H, W]`` pixels, ``[n, H*W]`` region masks, ``[B, n]`` sets (0/1, or soft weights) ->
-    ``[B, 3, H, W]`` images that keep those regions, black elsewhere."""
+def keep_regions(substrate: Substrate, flat_masks: torch.Tensor, kept_sets: torch.Tensor) -> torch.Tensor:
+    """``[n, H*W]`` region masks, ``[B, n]`` sets (0/1, or soft weights) -> ``[B, 3, H, W]`` images
+    that keep those regions of the substrate's photo and remove the rest."""
+    _, _, height, width = substrate.pixels.shape
     keep = (kept_sets @ flat_masks).clamp(max=1.0)
-    return pixels * keep.view(len(kept_sets), 1, *pixels.shape[2:])
+    return substrate.fill(keep.view(len(kept_sets), 1, height, width))
 
 
 def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: torch.Tensor,
                    lambda_consistency: float = 1.0, lambda_collaboration: float = 1.0,
-                   bounded: bool = False) -> tuple[SetFunction, float, float]:
+                   bounded: bool = False, substrate: str = "black",
+                   seed: int = 0) -> tuple[SetFunction, float, float]:
     """F(S) for sets of regions, batched: 2 images per set (S kept; S removed), each distinct image
-    scored once per call. Black substrate.
+    scored once per call. Removed regions become ``substrate`` (SMDL: black), and s is normalised
+    so that the fully removed image scores 0.
 
     ``bounded=True`` clips the normalised scores to [0, 1] (SMDL scores with probabilities,
     which are bounded; our log and logit scores are not). It exists to measure how much the
@@ -181,7 +185,8 @@ def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, 
     """
     n = masks.shape[0]
     flat_masks = masks.reshape(n, -1)
-    ends = adapter.score_many(torch.cat([pixels, torch.zeros_like(pixels)]), target)
+    removed = make_substrate(pixels, substrate, seed)
+    ends = adapter.score_many(torch.cat([pixels, removed.fill(torch.zeros_like(pixels[:, :1]))]), target)
     full, empty = float(ends[0]), float(ends[1])
     span = full - empty if abs(full - empty) > 1e-6 else 1e-6
 
@@ -191,7 +196,7 @@ def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, 
         # complement asked together cost 2 images, not 4 (the fast search's prior does that).
         sets = np.asarray(sets, dtype=bool)
         kept_sets, index = np.unique(np.concatenate([sets, ~sets]), axis=0, return_inverse=True)
-        images = keep_regions(pixels, flat_masks, torch.from_numpy(kept_sets.astype(np.float32)))
+        images = keep_regions(removed, flat_masks, torch.from_numpy(kept_sets.astype(np.float32)))
         scores = (adapter.score_many(images, target).numpy() - empty) / span
         if bounded:
             scores = np.clip(scores, 0.0, 1.0)

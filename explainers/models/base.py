@@ -27,8 +27,8 @@ class CamLayer:
 class ModelAdapter:
     """Base for model adapters. Subclasses implement ``prompt_scores`` and ``cam_layer``.
 
-    ``forward_passes``/``backward_passes`` count images (not calls) through the model, so
-    batched and unbatched code report comparable figures.
+    An adapter is shared (the registry caches it across calls and threads), so it keeps no
+    per-call state: passes are counted by a ``Metered`` view made for each call.
     """
 
     name: str = "model"
@@ -36,10 +36,6 @@ class ModelAdapter:
     max_batch: int = 32  # images per forward pass when a caller scores many at once
     max_grad_batch: int = 16  # images per forward+backward pass: autograd keeps the activations
     max_prompt_tokens: int | None = None
-
-    def __init__(self) -> None:
-        self.forward_passes = 0
-        self.backward_passes = 0
 
     # --- images -----------------------------------------------------------------------
     def load_image(self, image: Image.Image) -> torch.Tensor:
@@ -59,7 +55,6 @@ class ModelAdapter:
     def score(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B]``: the target score (differentiable). See ``Target``."""
         scores = self.prompt_scores(pixels, target.prompts)
-        self.forward_passes += pixels.shape[0]
         if target.contrast:
             return torch.softmax(scores, dim=1)[:, 0]
         return scores[:, 0]
@@ -74,9 +69,11 @@ class ModelAdapter:
     def prompt_probabilities(self, pixels: torch.Tensor, target: Target) -> dict[str, float]:
         """With contrast prompts: the softmax probability of each prompt for one image."""
         scores = self.prompt_scores(pixels, target.prompts)
-        self.forward_passes += pixels.shape[0]
         probabilities = torch.softmax(scores, dim=1)[0]
         return {p: float(v) for p, v in zip(target.prompts, probabilities)}
+
+    def count_backward(self, images: int) -> None:
+        """Methods report their backward passes here; a plain adapter does not count (``Metered`` does)."""
 
     # --- what Grad-CAM needs --------------------------------------------------------------
     def cam_layer(self) -> CamLayer:
@@ -84,3 +81,38 @@ class ModelAdapter:
 
     def describe(self) -> str:
         return self.name
+
+
+class Metered:
+    """A per-call view of a shared adapter that counts the images it scores and the backward
+    passes methods report (images, not calls, so batched and unbatched code compare).
+
+    Everything else is the adapter's own. One view per call (``explain`` makes one per method
+    and one for the curves), so two threads explaining on one cached model count correctly.
+    """
+
+    def __init__(self, adapter: "ModelAdapter | Metered") -> None:
+        self.adapter = adapter
+        self.forward_passes = 0
+        self.backward_passes = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.adapter, name)
+
+    def score(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
+        scores = self.adapter.score(pixels, target)
+        self.forward_passes += pixels.shape[0]
+        return scores
+
+    @torch.no_grad()
+    def score_many(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
+        out = [self.score(chunk, target) for chunk in pixels.split(self.adapter.max_batch)]
+        return torch.cat(out) if out else torch.empty(0)
+
+    def prompt_probabilities(self, pixels: torch.Tensor, target: Target) -> dict[str, float]:
+        probabilities = self.adapter.prompt_probabilities(pixels, target)
+        self.forward_passes += pixels.shape[0]
+        return probabilities
+
+    def count_backward(self, images: int) -> None:
+        self.backward_passes += images
