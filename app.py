@@ -45,8 +45,7 @@ MODEL_CHOICES = [(f"{DEFAULT_MODEL} (offline: EfficientNet-Lite0 + prompt matchi
 COLOUR_MAPS = ["jet", "turbo", "inferno", "viridis", "magma"]
 DISPLAY_SIDE = 512  # overlays on the page: the photo's aspect, longest side this many pixels
 DOWNLOAD_SIDE = 1024  # overlays in the download: the photo's size, capped at this
-AUC_HEADERS = ["Method", "Insertion AUC (higher is better)", "Deletion AUC (lower is better)",
-               "Seconds", "Forward passes"]
+AUC_HEADERS = render.AUC_HEADERS
 QUEUE_SIZE = 16
 RUNS_DIR = Path(tempfile.gettempdir()) / "saliency-lab-runs"
 RUNS_MAX_AGE_S = 3600
@@ -210,7 +209,7 @@ def _leaves_band(values, margin: float = 0.25) -> bool:
 
 def _caption(name: str, r) -> str:
     passes = r.saliency.forward_passes
-    return (f"**{render.METHOD_TITLES.get(name, name)}** · {r.saliency.seconds:.1f} s · "
+    return (f"**{render.title(name)}** · {r.saliency.seconds:.1f} s · "
             f"{passes} forward pass{'es' if passes != 1 else ''}<br>"
             f"deletion AUC **{r.deletion.auc:.3f}** (lower is better)<br>"
             f"insertion AUC **{r.insertion.auc:.3f}** (higher is better)")
@@ -220,7 +219,7 @@ def _how_to_read(result) -> str:
     parts = ["#### The methods", *(METHOD_NOTES[name] for name in result.methods), "#### The curves", CURVE_NOTES]
     verdicts = []
     for name, r in result.methods.items():
-        title = render.METHOD_TITLES.get(name, name)
+        title = render.title(name)
         beats = [kind for kind, ok in (("insertion", r.insertion.auc > result.random.insertion.auc),
                                        ("deletion", r.deletion.auc < result.random.deletion.auc)) if ok]
         if len(beats) == 2:
@@ -231,9 +230,9 @@ def _how_to_read(result) -> str:
             verdicts.append(f"{title} does not beat random order here: do not trust this map for this photo.")
     if result.methods:
         best = max(result.methods, key=lambda n: result.methods[n].insertion.auc)
-        verdicts.append(f"Highest insertion AUC: {render.METHOD_TITLES.get(best, best)}.")
-    wild = [render.METHOD_TITLES.get(n, n) for n, r in [*result.methods.items(), ("random", result.random)]
-            for curve in (r.deletion, r.insertion) if _leaves_band(curve.normalized)]
+        verdicts.append(f"Highest insertion AUC: {render.title(best)}.")
+    wild = [render.title(n) for n, r in [*result.methods.items(), ("random", result.random)]
+            for curve in r.curves if _leaves_band(curve.normalized)]
     if wild:
         verdicts.append("Careful: some curves leave the band from 0 to 1, so some partly covered pictures score "
                         "higher than the whole photo (or lower than the blank one). This happens when the model "

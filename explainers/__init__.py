@@ -3,11 +3,12 @@
     from explainers import explain
     result = explain("assets/chelsea.jpg", "a cat")
 """
-from .api import DEFAULTS, explain
+from .api import DEFAULTS, PARAMS, explain
 from .errors import ModelLoadError, UserError
 from .methods import list_methods
-from .models import list_models
-from .types import Curve, MethodResult, Result, SaliencyMap, Target
+from .models import ClassifierAdapter, ModelAdapter, list_models
+from .types import Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, Target
 
-__all__ = ["explain", "list_methods", "list_models", "DEFAULTS", "UserError", "ModelLoadError",
-           "Curve", "MethodResult", "Result", "SaliencyMap", "Target"]
+__all__ = ["explain", "list_methods", "list_models", "DEFAULTS", "PARAMS", "UserError", "ModelLoadError",
+           "ClassifierAdapter", "ModelAdapter", "Curve", "Curves", "MethodResult", "RandomReference", "Result",
+           "SaliencyMap", "Target"]

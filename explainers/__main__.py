@@ -1,7 +1,8 @@
 """Command line: ``python -m explainers IMAGE --prompt TEXT --out DIR``.
 
 Writes DIR/result.json, DIR/<method>.png (overlays), DIR/curves.png and DIR/curves.csv.
-Bad input exits with code 2 and one line ``error: ...`` on stderr.
+Bad input exits with code 2 and one line ``error: ...`` on stderr. Every parameter flag is
+generated from the parameter specs (the protocol's and each registered method's).
 """
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ import os
 import sys
 
 CLI_CURVE_STEPS = 50  # the paper protocol; the app uses fewer for speed
-FLAG_NAMES = {"curve_steps": "--steps", "substrate": "--substrate", "ig_steps": "--ig-steps",
-              "ig_baseline": "--ig-baseline", "n_regions": "--regions", "region_kind": "--region-kind",
-              "region_search": "--region-search", "seed": "--seed"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,29 +20,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .api import PROTOCOL_PARAMS
+    from .methods import METHODS, default_methods
+    from .models import DEVICES
+
     parser = _Parser(prog="python -m explainers",
-                     description="Saliency maps (Grad-CAM, integrated gradients, region search) with "
+                     description="Saliency maps (" + ", ".join(m.title for m in METHODS.values()) + ") with "
                                  "deletion/insertion faithfulness curves for an image and a prompt.")
     parser.add_argument("image", help="path to the image (PNG, JPEG, GIF, WebP, BMP, TIFF)")
     parser.add_argument("--prompt", required=True, help="what to look for, e.g. 'a cat'")
     parser.add_argument("--contrast", action="append", default=[], metavar="TEXT",
                         help="a contrast prompt (repeatable): explain the prompt against these")
     parser.add_argument("--model", default="bundled", help="bundled (offline default) or clip:<hub id or folder>")
-    parser.add_argument("--methods", default="gradcam,ig,region", help="comma-separated: gradcam,ig,region")
-    parser.add_argument("--steps", default=str(CLI_CURVE_STEPS), help="curve steps (default 50)")
-    parser.add_argument("--substrate", default="black", help="black (default) or blur")
-    parser.add_argument("--ig-steps", default=None, help="integrated-gradients steps")
-    parser.add_argument("--ig-baseline", default=None, help="black or blur")
-    parser.add_argument("--regions", default=None, help="number of regions for region search (default 49)")
-    parser.add_argument("--region-kind", default=None, help="slic (default) or grid")
-    parser.add_argument("--region-search", default=None, help="fast (default), lazy or greedy (SMDL's reference)")
-    parser.add_argument("--seed", default="0", help="seed of the random reference (default 0)")
+    parser.add_argument("--methods", default=",".join(default_methods()),
+                        help=f"comma-separated, from {','.join(METHODS)} (default {','.join(default_methods())})")
+    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto: CUDA where there is one)")
     parser.add_argument("--out", required=True, help="output folder")
+    groups = [("the faithfulness protocol", PROTOCOL_PARAMS)]
+    groups += [(f"{m.title} ({m.paper})", m.params) for m in METHODS.values() if m.params]
+    for title, specs in groups:
+        group = parser.add_argument_group(title)
+        for spec in specs:
+            default = CLI_CURVE_STEPS if spec.name == "curve_steps" else spec.default
+            group.add_argument(spec.cli_flag, dest=spec.name, default=None, metavar="N" if not spec.choices else "X",
+                               help=f"{spec.help}: {spec.describe()} (default {default})")
     return parser
 
 
 def _number(text):
-    """CLI text -> int where it is one, else the text (validation names the parameter)."""
+    """CLI text -> int where it is one, else float, else the text (validation names the parameter)."""
     if text is None:
         return None
     try:
@@ -62,19 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
     try:
-        from . import explain
+        from .api import PARAMS, explain, validate_params
         from .images import open_image
         from .render import save_bundle
 
-        from .api import validate_params
-
-        params = {"curve_steps": _number(args.steps), "substrate": args.substrate,
-                  "ig_steps": _number(args.ig_steps), "ig_baseline": args.ig_baseline,
-                  "n_regions": _number(args.regions), "region_kind": args.region_kind,
-                  "region_search": args.region_search, "seed": _number(args.seed)}
-        validate_params(params, labels=FLAG_NAMES)  # messages name the flag the user typed
+        params = {name: (_number(getattr(args, name)) if not spec.choices else getattr(args, name))
+                  for name, spec in PARAMS.items()}
+        if params["curve_steps"] is None:
+            params["curve_steps"] = CLI_CURVE_STEPS
+        validate_params(params, labels={name: spec.cli_flag for name, spec in PARAMS.items()})  # names the flag
         image = open_image(args.image)
-        result = explain(image, args.prompt, contrast=args.contrast, model=args.model,
+        result = explain(image, args.prompt, contrast=args.contrast, model=args.model, device=args.device,
                          methods=[m.strip() for m in args.methods.split(",") if m.strip()], **params)
         written = save_bundle(result, args.out, original_size=image.size)
     except UserError as error:
@@ -85,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    summary = result.summary()
     print(f"{result.model}: score of {result.target.prompt!r} = {result.score:.4f}")
-    for name, m in summary["methods"].items():
-        print(f"  {name:8s} insertion AUC {m['insertion_auc']:.3f}  deletion AUC {m['deletion_auc']:.3f}  "
-              f"{m['seconds']:.2f} s  {m['forward_passes']} forward passes")
-    print(f"  {'random':8s} insertion AUC {summary['random']['insertion_auc']:.3f}  "
-          f"deletion AUC {summary['random']['deletion_auc']:.3f}")
+    for name, m in result.methods.items():
+        verdict = "more faithful than random order" if result.more_faithful_than_random(name) else "NOT above random"
+        print(f"  {name:8s} SRG {m.srg:+.3f} ({verdict})  insertion AUC {m.insertion.auc:.3f}  "
+              f"deletion AUC {m.deletion.auc:.3f}  {m.saliency.seconds:.2f} s  {m.saliency.forward_passes} forward passes")
+    print(f"  {'random':8s} SRG {result.random.srg:+.3f} (max of {result.random.orderings} orderings "
+          f"{max(result.random.srgs):+.3f})  insertion AUC {result.random.insertion.auc:.3f}  "
+          f"deletion AUC {result.random.deletion.auc:.3f}")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 

@@ -1,11 +1,10 @@
 """``explain(image, prompt, ...) -> Result``: the one entry point for the app, the CLI and the benchmarks."""
 from __future__ import annotations
 
-import math
 import time
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -13,48 +12,47 @@ import torch
 from . import metrics
 from .errors import UserError
 from .images import ImageInput, open_image
-from .methods import METHODS, get_method
-from .models import DEFAULT_MODEL, load_model
-from .types import MethodResult, ProgressFn, Result, Target, no_progress
+from .methods import METHODS, default_methods, get_method, run_method
+from .models import DEFAULT_MODEL, ModelAdapter, load_model
+from .params import Param, shown
+from .regions import region_labels
+from .substrates import SUBSTRATES
+from .types import Curves, MethodResult, ProgressFn, RandomReference, Result, SaliencyMap, Target, no_progress
 
-DEFAULT_METHODS = ("gradcam", "ig", "region")
 MAX_CONTRAST = 16
 MAX_PROMPT_CHARS = 1000
 
-
-@dataclass(frozen=True)
-class Param:
-    """A numeric parameter's type and allowed range (inclusive), for validation messages."""
-
-    kind: type
-    low: float
-    high: float
-
-
+# The protocol's parameters (every method's own are declared in its file: METHOD.params).
 # The defaults are what the app uses; the CLI raises curve_steps to 50 (the paper protocol).
-DEFAULTS: dict[str, Any] = {
-    "curve_steps": 20, "substrate": "black", "ig_steps": 32, "ig_baseline": "black",
-    "n_regions": 49, "region_kind": "slic", "region_search": "fast", "seed": 0, "n_random": 3,
-}
-NUMERIC: dict[str, Param] = {
-    "curve_steps": Param(int, 2, 200),
-    "ig_steps": Param(int, 2, 256),
-    "n_regions": Param(int, 4, 196),
-    "seed": Param(int, 0, 2**31 - 1),
-    "n_random": Param(int, 1, 20),
-}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "substrate": metrics.SUBSTRATES,
-    "ig_baseline": metrics.SUBSTRATES,
-    "region_kind": ("slic", "grid"),
-    "region_search": ("fast", "lazy", "greedy"),
-}
+PROTOCOL_PARAMS: tuple[Param, ...] = (
+    Param("curve_steps", 20, "curve steps: the deletion/insertion curves are scored at this many equal "
+          "fractions of the pixels", low=2, high=200, flag="--steps", label="Curves: steps"),
+    Param("substrate", "black", "what removed pixels become: black (SMDL/LIMA), blur (RISE) or road "
+          "(noisy linear imputation, Rong et al. 2022)", choices=SUBSTRATES, label="Curves: removed pixels become"),
+    Param("seed", 0, "seed of the random reference (and of anything else random in the run)", low=0,
+          high=2**31 - 1, label="Seed (random reference)"),
+    Param("n_random", 3, "random orderings in the random reference", low=1, high=20, flag="--random-orderings",
+          label="Random reference: orderings"),
+    Param("random_ranking", "pixels", "what the random reference shuffles: single pixels, or the regions "
+          "region search uses (to see how much of a map's advantage is its granularity)",
+          choices=metrics.RANDOM_RANKINGS, label="Random reference: shuffle"),
+)
 
 
-def _shown(value: Any, limit: int = 40) -> str:
-    """A value as a message shows it: its repr, cut short (a 1e300 or a 10 kB string stays readable)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def all_params() -> dict[str, Param]:
+    """Every parameter explain() takes, by name: the protocol's, then each method's, in registry order."""
+    specs = {p.name: p for p in PROTOCOL_PARAMS}
+    for method in METHODS.values():
+        for p in method.params:
+            if p.name in specs:
+                raise RuntimeError(f"parameter {p.name!r} of method {method.name!r} is declared twice")
+            specs[p.name] = p
+    return specs
+
+
+PARAMS: dict[str, Param] = all_params()
+DEFAULTS: dict[str, Any] = {name: p.default for name, p in PARAMS.items()}
+DEFAULT_METHODS = tuple(default_methods())
 
 
 def validate_params(params: dict[str, Any], labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -63,29 +61,12 @@ def validate_params(params: dict[str, Any], labels: Optional[dict[str, str]] = N
     ``labels`` renames parameters in the messages (the CLI: ``{"curve_steps": "--steps"}``).
     """
     labels = labels or {}
-    unknown = set(params) - set(DEFAULTS)
+    unknown = set(params) - set(PARAMS)
     if unknown:
-        raise UserError(f"unknown parameter(s): {', '.join(sorted(map(str, unknown)))}; known: {', '.join(DEFAULTS)}")
-    out = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
-    for name, spec in NUMERIC.items():
-        value = out[name]
-        allowed = f"{labels.get(name, name)} must be a whole number from {spec.low} to {spec.high}"
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise UserError(f"{allowed}, not {_shown(value)}")
-        if isinstance(value, (float, np.floating)):
-            if not math.isfinite(value) or value != int(value):
-                raise UserError(f"{allowed}, not {_shown(float(value))}")
-        if not spec.low <= value <= spec.high:
-            raise UserError(f"{allowed}, not {_shown(value if isinstance(value, int) else float(value))}")
-        out[name] = int(value)
-    for name, choices in CHOICES.items():
-        value = out[name]
-        if isinstance(value, str):
-            value = value.strip().lower()
-        if not isinstance(value, str) or value not in choices:
-            raise UserError(f"{labels.get(name, name)} must be one of {', '.join(choices)}, not {_shown(out[name])}")
-        out[name] = value
-    return out
+        raise UserError(f"unknown parameter(s): {', '.join(sorted(map(str, unknown)))}; known: {', '.join(PARAMS)}")
+    given = {k: v for k, v in params.items() if v is not None}
+    return {name: spec.check(given[name], labels.get(name)) if name in given else spec.default
+            for name, spec in PARAMS.items()}
 
 
 def clean_methods(methods: Any) -> list[str]:
@@ -96,11 +77,11 @@ def clean_methods(methods: Any) -> list[str]:
     if isinstance(methods, str):
         methods = methods.split(",")
     if not isinstance(methods, (list, tuple, set, frozenset)):
-        raise UserError(f"methods must be a list of names from {known}, not {_shown(methods)}")
+        raise UserError(f"methods must be a list of names from {known}, not {shown(methods)}")
     names = []
     for name in methods:
         if not isinstance(name, str):
-            raise UserError(f"methods must be names from {known}, not {_shown(name)}")
+            raise UserError(f"methods must be names from {known}, not {shown(name)}")
         name = name.strip().lower()
         if name:
             get_method(name)  # UserError naming the unknown method and the known ones
@@ -116,7 +97,7 @@ def clean_model(model: Any) -> str:
     if model is None:
         return DEFAULT_MODEL
     if not isinstance(model, str):
-        raise UserError(f"the model must be a name such as 'bundled' or 'clip:<hub id>', not {_shown(model)}")
+        raise UserError(f"the model must be a name such as 'bundled' or 'clip:<hub id>', not {shown(model)}")
     return model.strip() or DEFAULT_MODEL
 
 
@@ -161,13 +142,13 @@ def clean_prompts(prompt: Any, contrast: Optional[Sequence[Any]]) -> tuple[Targe
         if not c:
             continue
         if c.casefold() == prompt.casefold():
-            notes.append(f"the contrast prompt {_shown(c)} equals the prompt and was dropped")
+            notes.append(f"the contrast prompt {shown(c)} equals the prompt and was dropped")
         elif c.casefold() in (x.casefold() for x in cleaned):
-            notes.append(f"the duplicate contrast prompt {_shown(c)} was dropped")
+            notes.append(f"the duplicate contrast prompt {shown(c)} was dropped")
         else:
             cleaned.append(c)
             if cut:
-                notes.append(f"the contrast prompt {_shown(c)} was cut to its first {MAX_PROMPT_CHARS} characters")
+                notes.append(f"the contrast prompt {shown(c)} was cut to its first {MAX_PROMPT_CHARS} characters")
     if len(cleaned) > MAX_CONTRAST:
         raise UserError(f"at most {MAX_CONTRAST} contrast prompts, not {len(cleaned)}")
     return Target(prompt, tuple(cleaned)), notes
@@ -182,87 +163,151 @@ def _token_notes(adapter, target: Target) -> list[str]:
     for i, p in enumerate(target.prompts):
         which = "the prompt" if i == 0 else "the contrast prompt"
         if count is not None and limit is not None and count(p) > limit:
-            notes.append(f"{which} {_shown(p)} is longer than the model's limit of {limit} tokens; "
+            notes.append(f"{which} {shown(p)} is longer than the model's limit of {limit} tokens; "
                          f"only its first {limit} tokens were used")
         if unknown is not None and unknown(p):
-            notes.append(f"the model's text encoder knows none of the words in {which} {_shown(p)}, "
+            notes.append(f"the model's text encoder knows none of the words in {which} {shown(p)}, "
                          "so its score means little")
     return notes
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request: what to explain and how (no model, no image yet)."""
+
+    target: Target
+    methods: tuple[str, ...]
+    params: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model, an image at its input size on its device, and the prompt's score: what every
+    method and the curves start from."""
+
+    adapter: ModelAdapter
+    pixels: torch.Tensor  # [1, 3, H, W] in [0, 1], on the adapter's device
+    target: Target
+    score: float
+    prompt_probabilities: Optional[dict[str, float]]
+    notes: tuple[str, ...] = ()
+
+
+def validate(prompt: Any, contrast: Optional[Sequence[Any]] = None, methods: Any = None,
+             labels: Optional[dict[str, str]] = None, **params: Any) -> Request:
+    """Check everything a user typed before any model work; UserError (one sentence) otherwise."""
+    checked = validate_params(params, labels)
+    names = clean_methods(methods)
+    target, notes = clean_prompts(prompt, contrast)
+    return Request(target, tuple(names), checked, tuple(notes))
+
+
+def resolve_model(model: Union[str, ModelAdapter, None], device: Any = "cpu") -> ModelAdapter:
+    """A model name (loaded and cached on ``device``) or a ready adapter (used as it is)."""
+    if isinstance(model, ModelAdapter):
+        return model
+    return load_model(clean_model(model), device)
+
+
+def prepare(image: ImageInput, target: Target, adapter: ModelAdapter) -> Prepared:
+    """Open the image, put it at the model's input size on its device and score the target once."""
+    pil = open_image(image)
+    notes = _token_notes(adapter, target)
+    pixels = adapter.load_image(pil).to(adapter.device)
+    with torch.no_grad():
+        score = float(adapter.score(pixels, target)[0])
+    probabilities = adapter.prompt_probabilities(pixels, target) if target.contrast else None
+    return Prepared(adapter, pixels, target, score, probabilities, tuple(notes))
+
+
+CURVES_PROGRESS_SHARE = 0.3  # of the progress bar, against the methods' shares (Method.progress_share)
+
+
+def _within(progress: ProgressFn, start: float, end: float) -> ProgressFn:
+    """A progress function for a stage that fills ``start``..``end`` of ``progress``'s bar."""
+    return lambda fraction, text: progress(min(1.0, start + (end - start) * fraction), text)
+
+
+def run_methods(prepared: Prepared, methods: Sequence[str], params: dict[str, Any],
+                progress: ProgressFn = no_progress) -> dict[str, SaliencyMap]:
+    """Every method's map, each metered on its own (seconds, forward and backward passes).
+    ``progress`` goes from 0 to 1 over all of them, each method taking its registered share."""
+    shares = np.cumsum([0.0] + [get_method(name).progress_share for name in methods])
+    maps = {}
+    for name, start, end in zip(methods, shares[:-1] / shares[-1], shares[1:] / shares[-1]):
+        torch.manual_seed(params["seed"])
+        maps[name] = run_method(name, prepared.adapter, prepared.pixels, prepared.target,
+                                progress=_within(progress, start, end),
+                                substrate=params["substrate"], seed=params["seed"],
+                                **get_method(name).kwargs(params))
+    return maps
+
+
+def evaluate_maps(prepared: Prepared, maps: dict[str, np.ndarray], params: dict[str, Any],
+                  progress: ProgressFn = no_progress) -> tuple[dict[str, Curves], RandomReference]:
+    """The faithfulness protocol for these maps: their curves and the random reference."""
+    labels = None
+    if params["random_ranking"] == "regions":
+        labels = region_labels(prepared.pixels, params["n_regions"], params["region_kind"])
+    return metrics.faithfulness(
+        prepared.adapter, prepared.pixels, prepared.target, maps, steps=params["curve_steps"],
+        substrate=params["substrate"], n_random=params["n_random"], seed=params["seed"], progress=progress,
+        random_ranking=params["random_ranking"], region_labels=labels,
+    )
 
 
 def explain(
     image: ImageInput,
     prompt: str,
     contrast: Optional[Sequence[str]] = None,
-    model: str = DEFAULT_MODEL,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    model: Union[str, ModelAdapter] = DEFAULT_MODEL,
+    methods: Optional[Sequence[str]] = None,
     progress: ProgressFn = no_progress,
+    device: str = "cpu",
     **params: Any,
 ) -> Result:
     """Explain why ``model`` scores ``image`` as ``prompt``, with every method in ``methods``.
 
-    Parameters (defaults in ``DEFAULTS``): ``curve_steps``, ``substrate`` (black|blur),
-    ``ig_steps``, ``ig_baseline`` (black|blur), ``n_regions``, ``region_kind`` (slic|grid),
-    ``region_search`` (fast|lazy|greedy), ``seed``, ``n_random``.
-    Raises ``UserError`` (one plain sentence) on bad input.
+    ``model`` is a registered name (``"bundled"``, ``"clip:<hub id>"``), loaded on ``device``
+    (``"auto"`` picks CUDA where there is one), or a ready ``ModelAdapter`` (e.g. a
+    ``ClassifierAdapter`` around your own classifier), used as it is. ``methods`` default to the
+    registry's default ones. Parameters: ``PARAMS`` (the protocol's and each method's, with
+    their ranges and defaults). Raises ``UserError`` (one plain sentence) on bad input.
+
+    The stages are public for callers that already hold some of them (data-set evaluation,
+    benchmarks): ``validate`` -> ``prepare`` -> ``run_methods`` -> ``evaluate_maps`` -> ``assemble``.
     """
     started = time.perf_counter()
-    params = validate_params(params)
-    methods = clean_methods(methods)
-    model = clean_model(model)
-    target, notes = clean_prompts(prompt, contrast)
-    pil = open_image(image)
-    adapter = load_model(model)
-    notes += _token_notes(adapter, target)
-    torch.manual_seed(params["seed"])
-    pixels = adapter.load_image(pil)
-
-    # Each stage reports progress on its own share of the bar.
-    shares = {"gradcam": 0.05, "ig": 0.25, "region": 0.4}
-    total = sum(shares[m] for m in methods) + 0.3
-    done = 0.0
-
-    def stage(share: float) -> ProgressFn:
-        start = done
-
-        def report(fraction: float, description: str) -> None:
-            progress(min(1.0, (start + share * fraction) / total), description)
-        return report
-
-    with torch.no_grad():
-        score = float(adapter.score(pixels, target)[0])
-    probabilities = adapter.prompt_probabilities(pixels, target) if target.contrast else None
-    maps = {}
-    for name in methods:
-        method_params = {
-            "gradcam": {},
-            "ig": {"steps": params["ig_steps"], "baseline": params["ig_baseline"]},
-            "region": {"n_regions": params["n_regions"], "regions": params["region_kind"],
-                       "search": params["region_search"]},
-        }[name]
-        maps[name] = get_method(name).explain(adapter, pixels, target, progress=stage(shares[name]),
-                                              **method_params)
-        done += shares[name]
-    curves, reference = metrics.faithfulness(
-        adapter, pixels, target, {n: m.values for n, m in maps.items()}, steps=params["curve_steps"],
-        substrate=params["substrate"], n_random=params["n_random"], seed=params["seed"],
-        progress=stage(0.3),
-    )
+    request = validate(prompt, contrast, DEFAULT_METHODS if methods is None else methods, **params)
+    photo = open_image(image)  # a bad image is refused before any model loads
+    prepared = prepare(photo, request.target, resolve_model(model, device))
+    method_shares = sum(get_method(name).progress_share for name in request.methods)
+    methods_end = method_shares / (method_shares + CURVES_PROGRESS_SHARE)
+    maps = run_methods(prepared, request.methods, request.params, progress=_within(progress, 0.0, methods_end))
+    curves, reference = evaluate_maps(prepared, {n: m.values for n, m in maps.items()}, request.params,
+                                      progress=_within(progress, methods_end, 1.0))
     progress(1.0, "done")
-    image_view = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started)
+
+
+def assemble(request: Request, prepared: Prepared, maps: dict[str, SaliencyMap], curves: dict[str, Curves],
+             reference: RandomReference, seconds: float) -> Result:
+    """The Result of one request: maps, curves, the reference, every parameter, the notes."""
+    image_view = (prepared.pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return Result(
-        model=adapter.name, target=target, score=score, prompt_probabilities=probabilities,
-        image=image_view,
-        methods={n: MethodResult(maps[n], *curves[n]) for n in methods},
-        random=reference, params={"methods": methods, **params}, seconds=time.perf_counter() - started,
-        notes=tuple(notes),
+        model=prepared.adapter.name, target=prepared.target, score=prepared.score,
+        prompt_probabilities=prepared.prompt_probabilities, image=image_view,
+        methods={n: MethodResult(maps[n], curves[n]) for n in request.methods},
+        random=reference, params={"methods": list(request.methods), **request.params}, seconds=seconds,
+        notes=request.notes + prepared.notes,
     )
 
 
-def describe_prompt(model: str, prompt: str) -> Optional[list[tuple[str, float]]]:
-    """What a prompt means to ``model`` where the model can say: the bundled model's matched
-    ImageNet classes with their weights (best 3); None for models that score text directly (CLIP)."""
-    adapter = load_model(model)
+def describe_prompt(model: Union[str, ModelAdapter], prompt: str) -> Optional[list[tuple[str, float]]]:
+    """What a prompt means to ``model`` where the model can say: a classifier's matched classes
+    with their weights (best 3); None for models that score text directly (CLIP)."""
+    adapter = resolve_model(model)
     matched = getattr(adapter, "matched_classes", None)
     if matched is None:
         return None

@@ -8,7 +8,11 @@ normalised AUC follow SMDL (Chen et al., ICLR 2024) and LIMA. The protocol (ARCH
    fraction on the substrate, at ``steps`` equal fractions (``steps + 1`` points from 0 to 1);
 3. the curve is the target's score; its AUC (trapezoid over 0..1) is taken on the curve
    normalised so that the substrate scores 0 and the full image 1; raw scores are kept;
-4. the random reference is the mean curve over ``n_random`` seeded random pixel orderings.
+4. the random reference is the mean curve over ``n_random`` seeded random orderings of the
+   pixels (or of the regions region search uses);
+5. the headline is SRG = AUC(insertion) - AUC(deletion) (``Curves.srg``; Bluecher et al. 2024),
+   and a map is more faithful than random order when its SRG is above the reference's and
+   above every random ordering's (``types.beats_random``).
 
 This module imports no method. All curves of one call are scored in shared batches, and the two
 end points (full image, substrate) are scored once for all of them.
@@ -20,11 +24,10 @@ import time
 import numpy as np
 import torch
 
-from .models.base import ModelAdapter
+from .models.base import Metered, ModelAdapter
 from .substrates import SUBSTRATES, make_substrate, substrate_image  # noqa: F401 - re-exported
-from .types import Curve, MethodResult, ProgressFn, SaliencyMap, Target, no_progress
+from .types import Curve, Curves, ProgressFn, RandomReference, Target, no_progress
 
-KINDS = ("deletion", "insertion")
 
 
 def pixel_order(saliency: np.ndarray) -> np.ndarray:
@@ -35,25 +38,31 @@ def pixel_order(saliency: np.ndarray) -> np.ndarray:
 
 
 RANDOM_BLOCK = 1  # pixels per side of the squares a random ordering shuffles (1 = pixels)
+RANDOM_RANKINGS = ("pixels", "regions")
+
+
+def shuffled_orders(groups: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` seeded random orderings of the pixels that shuffle whole groups (``groups`` is
+    each pixel's group id, flat): a group's pixels come out together, in flat index order."""
+    groups = np.asarray(groups).ravel()
+    n_groups = int(groups.max()) + 1
+    orders = []
+    for i in range(count):
+        group_rank = np.random.default_rng([seed, i]).permutation(n_groups)
+        orders.append(np.argsort(group_rank[groups], kind="stable"))
+    return orders
 
 
 def random_orders(height: int, width: int, count: int, seed: int, block: int = RANDOM_BLOCK) -> list[np.ndarray]:
     """``count`` seeded random pixel orderings; with ``block > 1`` whole squares are shuffled.
 
-    The protocol's reference shuffles single pixels. Coarser random orderings were measured
-    (bundled model, 4 assets photos, black substrate): 8-16 px blocks destroy the score even
-    faster than single pixels on deletion (chelsea: deletion AUC 0.06 with 16 px vs 0.23),
-    32 px blocks are gentler (0.40). Either way the smooth maps (Grad-CAM, region search)
-    keep a higher deletion AUC than random on most photos: see the README's findings.
+    The protocol's reference shuffles single pixels (or, with ``random_ranking="regions"``, the
+    regions region search uses: ``shuffled_orders``). Square blocks were measured for the README's
+    deletion findings (bench/deletion_references.py): 8-16 px blocks destroy the score even faster
+    than single pixels on deletion, 32 px blocks are gentler.
     """
     rows, cols = np.arange(height) // block, np.arange(width) // block
-    block_id = (rows[:, None] * (cols.max() + 1) + cols[None, :]).ravel()
-    n_blocks = int(block_id.max()) + 1
-    orders = []
-    for i in range(count):
-        block_rank = np.random.default_rng([seed, i]).permutation(n_blocks)
-        orders.append(np.argsort(block_rank[block_id], kind="stable"))  # within a block: flat index order
-    return orders
+    return shuffled_orders(rows[:, None] * (cols.max() + 1) + cols[None, :], count, seed)
 
 
 def _normalise(scores: np.ndarray, full: float, substrate: float) -> np.ndarray:
@@ -72,6 +81,29 @@ def _make_curve(kind, fractions, scores, full, substrate, passes, seconds) -> Cu
     )
 
 
+def pixel_ranks(order: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """``[1, 1, H, W]``: each pixel's position in ``order`` (the top fraction f is rank < f * H * W)."""
+    rank = np.empty(height * width, dtype=np.int64)
+    rank[order] = np.arange(height * width)
+    return torch.from_numpy(rank).view(1, 1, height, width)
+
+
+def step_count(step: int, steps: int, n_pixels: int) -> int:
+    """How many pixels the curves remove (deletion) or reveal (insertion) at ``step`` of ``steps``."""
+    return int(np.round(np.linspace(0.0, 1.0, steps + 1) * n_pixels)[step])
+
+
+def curve_images(pixels: torch.Tensor, saliency: np.ndarray, step: int, steps: int, substrate: str = "black",
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deletion and the insertion image the curves scored at ``step`` of ``steps`` for this map:
+    the same images, rebuilt without a forward pass (e.g. for the app's curve scrubber)."""
+    _, _, height, width = pixels.shape
+    shown = (pixel_ranks(pixel_order(saliency), height, width).to(pixels.device)
+             < step_count(step, steps, height * width)).float()
+    images = make_substrate(pixels, substrate, seed).fill(torch.cat([1.0 - shown, shown]))
+    return images[:1], images[1:]
+
+
 def curves_for_orders(
     adapter: ModelAdapter,
     pixels: torch.Tensor,
@@ -80,40 +112,34 @@ def curves_for_orders(
     steps: int = 50,
     substrate: str = "black",
     progress: ProgressFn = no_progress,
-    kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
 ) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
     """Raw (deletion scores, insertion scores, full score, substrate score) per pixel ordering.
 
     Every interior point of every curve is one image; they are built lazily and scored in
-    batches of ``adapter.max_batch``. A kind left out of ``kinds`` is not scored (its interior
-    points stay 0).
+    batches of ``adapter.max_batch``.
     """
     _, _, height, width = pixels.shape
     n_pixels = height * width
     fill = make_substrate(pixels, substrate, seed).fill
-    counts = np.round(np.linspace(0.0, 1.0, steps + 1) * n_pixels).astype(np.int64)
+    counts = [step_count(k, steps, n_pixels) for k in range(steps + 1)]
     ends = adapter.score_many(torch.cat([pixels, fill(torch.zeros_like(pixels[:, :1]))]), target)
     full, empty = float(ends[0]), float(ends[1])
 
     # One job per interior point: (ordering, deletion?, step).
-    wanted = [KINDS.index(kind) for kind in kinds]
-    jobs = [(o, kind, k) for o in range(len(orders)) for kind in wanted for k in range(1, steps)]
+    jobs = [(o, kind, k) for o in range(len(orders)) for kind in (0, 1) for k in range(1, steps)]
     scores = np.zeros((len(orders), 2, steps + 1))
     scores[:, 0, 0], scores[:, 0, steps] = full, empty  # deletion: full image -> substrate
     scores[:, 1, 0], scores[:, 1, steps] = empty, full  # insertion: substrate -> full image
-    ranks = [np.empty(n_pixels, dtype=np.int64) for _ in orders]
-    for rank, order in zip(ranks, orders):
-        rank[order] = np.arange(n_pixels)  # rank[p] = position of pixel p in the ordering
-    ranks_t = [torch.from_numpy(r).view(1, 1, height, width) for r in ranks]
+    ranks_t = [pixel_ranks(order, height, width).to(pixels.device) for order in orders]
     batch = adapter.max_batch
     for start in range(0, len(jobs), batch):
         chunk = jobs[start:start + batch]
-        masks = torch.cat([(ranks_t[o] < int(counts[k])).float() for o, _, k in chunk])
-        kinds = torch.tensor([kind for _, kind, _ in chunk], dtype=torch.float32).view(-1, 1, 1, 1)
+        masks = torch.cat([(ranks_t[o] < counts[k]).float() for o, _, k in chunk])
+        deleting = torch.tensor([kind == 0 for _, kind, _ in chunk], device=pixels.device).view(-1, 1, 1, 1)
         # deletion (kind 0): chosen pixels become substrate; insertion (kind 1): only they show.
-        images = fill(torch.where(kinds == 0, 1.0 - masks, masks))
-        batch_scores = adapter.score_many(images, target).numpy()
+        images = fill(torch.where(deleting, 1.0 - masks, masks))
+        batch_scores = adapter.score_many(images, target).cpu().numpy()
         for (o, kind, k), value in zip(chunk, batch_scores):
             scores[o, kind, k] = value
         progress(min(1.0, (start + len(chunk)) / len(jobs)), "deletion and insertion curves")
@@ -130,53 +156,40 @@ def faithfulness(
     n_random: int = 3,
     seed: int = 0,
     progress: ProgressFn = no_progress,
-    random_block: int = RANDOM_BLOCK,
-) -> tuple[dict[str, tuple[Curve, Curve]], MethodResult]:
+    random_ranking: str = "pixels",
+    region_labels: np.ndarray | None = None,
+) -> tuple[dict[str, Curves], RandomReference]:
     """Deletion and insertion curves for every map, plus the random-order reference.
 
-    Returns ``({name: (deletion, insertion)}, random_reference)``.
+    ``random_ranking="regions"`` shuffles the regions given by ``region_labels`` (``[H, W]``
+    ids) instead of single pixels. Returns ``({name: Curves}, random_reference)``.
     """
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
-    started, passes_before = time.perf_counter(), adapter.forward_passes
+    meter, started = Metered(adapter), time.perf_counter()
     names = list(saliency_maps)
     orders = [pixel_order(saliency_maps[n]) for n in names]
-    orders += random_orders(pixels.shape[2], pixels.shape[3], n_random, seed, random_block)
-    raw = curves_for_orders(adapter, pixels, target, orders, steps, substrate, progress, seed=seed)
+    if random_ranking == "pixels":
+        orders += random_orders(pixels.shape[2], pixels.shape[3], n_random, seed)
+    elif random_ranking == "regions":
+        if region_labels is None:
+            raise ValueError("random_ranking='regions' needs region_labels")
+        orders += shuffled_orders(region_labels, n_random, seed)
+    else:
+        raise ValueError(f"unknown random ranking {random_ranking!r}; use one of {RANDOM_RANKINGS}")
+    raw = curves_for_orders(meter, pixels, target, orders, steps, substrate, progress, seed=seed)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     seconds = (time.perf_counter() - started) / len(orders) / 2
-    passes = (adapter.forward_passes - passes_before) // len(orders) // 2
-    out: dict[str, tuple[Curve, Curve]] = {}
-    for name, (deletion, insertion, full, empty) in zip(names, raw):
-        out[name] = (
-            _make_curve("deletion", fractions, deletion, full, empty, passes, seconds),
-            _make_curve("insertion", fractions, insertion, full, empty, passes, seconds),
-        )
+    passes = meter.forward_passes // len(orders) // 2
+
+    def curves(deletion, insertion, full, empty, share=1) -> Curves:
+        return Curves(_make_curve("deletion", fractions, deletion, full, empty, passes * share, seconds * share),
+                      _make_curve("insertion", fractions, insertion, full, empty, passes * share, seconds * share))
+
+    out = {name: curves(*r) for name, r in zip(names, raw)}
     random_raw = raw[len(names):]
+    srgs = tuple(curves(*r).srg for r in random_raw)
     full, empty = random_raw[0][2], random_raw[0][3]
-    deletion = np.mean([r[0] for r in random_raw], axis=0)
-    insertion = np.mean([r[1] for r in random_raw], axis=0)
-    height, width = pixels.shape[2:]
-    placeholder = SaliencyMap("random", np.zeros((height, width), np.float32), 0.0, 0,
-                              meta={"orderings": n_random, "seed": seed, "block": random_block})
-    reference = MethodResult(
-        placeholder,
-        _make_curve("deletion", fractions, deletion, full, empty, passes * n_random, seconds * n_random),
-        _make_curve("insertion", fractions, insertion, full, empty, passes * n_random, seconds * n_random),
-    )
-    return out, reference
-
-
-def _single_curve(kind, adapter, pixels, target, saliency, steps, substrate) -> Curve:
-    raw = curves_for_orders(adapter, pixels, target, [pixel_order(saliency)], steps, substrate, kinds=(kind,))[0]
-    return _make_curve(kind, np.linspace(0, 1, steps + 1), raw[KINDS.index(kind)], raw[2], raw[3], 0, 0.0)
-
-
-def deletion_curve(adapter, pixels, target, saliency, steps=50, substrate="black") -> Curve:
-    """The deletion curve of one map (see the module docstring)."""
-    return _single_curve("deletion", adapter, pixels, target, saliency, steps, substrate)
-
-
-def insertion_curve(adapter, pixels, target, saliency, steps=50, substrate="black") -> Curve:
-    """The insertion curve of one map (see the module docstring)."""
-    return _single_curve("insertion", adapter, pixels, target, saliency, steps, substrate)
+    mean = curves(np.mean([r[0] for r in random_raw], axis=0), np.mean([r[1] for r in random_raw], axis=0),
+                  full, empty, share=n_random)
+    return out, RandomReference(mean, srgs, random_ranking, seed)

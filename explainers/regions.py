@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 
-def superpixels(image: np.ndarray, n_regions: int, seed: int = 0) -> np.ndarray:
+def superpixels(image: np.ndarray, n_regions: int) -> np.ndarray:
     """SLIC (Achanta et al. 2012, via scikit-image) -> ``[H, W]`` int labels 0..n-1.
 
     SLIC returns roughly ``n_regions`` segments; labels are made contiguous. Deterministic.
@@ -39,3 +39,9 @@ def label_masks(labels: np.ndarray) -> torch.Tensor:
     n = int(labels.max()) + 1
     masks = torch.from_numpy(labels)[None] == torch.arange(n)[:, None, None]
     return masks.unsqueeze(1).float()
+
+
+def region_labels(pixels: torch.Tensor, n_regions: int, kind: str = "slic") -> np.ndarray:
+    """``[1, 3, H, W]`` pixels in [0, 1] -> ``[H, W]`` region labels (as region search cuts the photo)."""
+    image = (pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return make_regions(image, n_regions, kind)

@@ -13,11 +13,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .types import MethodResult, Result
+from .methods import METHODS
+from .types import Curves, Result
 
-METHOD_TITLES = {"gradcam": "Grad-CAM", "ig": "Integrated gradients", "region": "Region search",
-                 "random": "Random order"}
-METHOD_COLOURS = {"gradcam": "#d62728", "ig": "#1f77b4", "region": "#2ca02c", "random": "#7f7f7f"}
+RANDOM_TITLE, RANDOM_COLOUR = "Random order", "#7f7f7f"
+
+
+def title(name: str) -> str:
+    """What a method (or "random", the reference) is called on the page and in the plots."""
+    return RANDOM_TITLE if name == "random" else METHODS[name].title if name in METHODS else name
+
+
+def colour(name: str) -> str:
+    return RANDOM_COLOUR if name == "random" else METHODS[name].colour if name in METHODS else "#000000"
 
 
 def display_values(saliency: np.ndarray) -> np.ndarray:
@@ -44,14 +52,14 @@ def overlay(image: np.ndarray, saliency: np.ndarray, cmap: str = "jet", alpha: f
     return Image.blend(base, heat_image, float(alpha))
 
 
-def _named_results(result: Result) -> list[tuple[str, MethodResult]]:
-    return [*result.methods.items(), ("random", result.random)]
+def _named_curves(result: Result) -> list[tuple[str, Curves]]:
+    return [*((name, r.curves) for name, r in result.methods.items()), ("random", result.random.curves)]
 
 
 def shared_ylim(result: Result, kinds: tuple[str, ...] = ("deletion", "insertion")) -> tuple[float, float]:
     """One y range that holds every curve of ``kinds`` (at least 0..1), so separate plots compare."""
     values = [np.asarray(getattr(r, kind).normalized, dtype=np.float64)
-              for _, r in _named_results(result) for kind in kinds]
+              for _, r in _named_curves(result) for kind in kinds]
     finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
     low = min(0.0, float(finite.min())) if finite.size else 0.0
     high = max(1.0, float(finite.max())) if finite.size else 1.0
@@ -74,12 +82,12 @@ def curves_figure(result: Result, kinds: tuple[str, ...] = ("deletion", "inserti
     figure = Figure(figsize=(6.0 * len(kinds), 4.2), dpi=100, layout="constrained")
     axes = figure.subplots(1, len(kinds), squeeze=False)[0]
     for axis, kind in zip(axes, kinds):
-        for name, r in _named_results(result):
+        for name, r in _named_curves(result):
             curve = getattr(r, kind)
-            axis.plot(curve.fractions, curve.normalized, color=METHOD_COLOURS.get(name),
+            axis.plot(curve.fractions, curve.normalized, color=colour(name),
                       linestyle="--" if name == "random" else "-", linewidth=2.5,
-                      label=f"{METHOD_TITLES.get(name, name)} (AUC {curve.auc:.3f})")
-        better = "lower is better" if kind == "deletion" else "higher is better"
+                      label=f"{title(name)} (AUC {curve.auc:.3f})")
+        better = "higher is better" if getattr(result.random, kind).higher_is_better else "lower is better"
         axis.set_title(f"{kind.capitalize()} curve ({better})", fontsize=13)
         axis.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "revealed"), fontsize=11)
         axis.set_ylabel("score (blank picture 0, full photo 1)", fontsize=11)
@@ -103,20 +111,27 @@ def curves_csv(result: Result) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["method", "curve", "fraction", "score", "normalized"])
-    for name, r in _named_results(result):
-        for curve in (r.deletion, r.insertion):
+    for name, r in _named_curves(result):
+        for curve in r:
             for f, s, n in zip(curve.fractions, curve.scores, curve.normalized):
                 writer.writerow([name, curve.kind, f"{f:.6g}", f"{s:.6g}", f"{n:.6g}"])
     return out.getvalue()
 
 
+AUC_HEADERS = ["Method", "SRG (higher is better)", "More faithful than random order?",
+               "Insertion AUC (higher is better)", "Deletion AUC (lower is better)", "Seconds", "Forward passes"]
+
+
 def auc_table(result: Result) -> list[list]:
-    """Rows: method, insertion AUC, deletion AUC, seconds, forward passes (random last)."""
-    rows = [[METHOD_TITLES.get(n, n), round(r.insertion.auc, 4), round(r.deletion.auc, 4),
-             round(r.saliency.seconds, 2), r.saliency.forward_passes]
+    """Rows (AUC_HEADERS): method, SRG, verdict, insertion AUC, deletion AUC, seconds, forward passes;
+    the random reference last."""
+    rows = [[title(n), round(r.srg, 4), "yes" if result.more_faithful_than_random(n) else "no",
+             round(r.insertion.auc, 4), round(r.deletion.auc, 4), round(r.saliency.seconds, 2),
+             r.saliency.forward_passes]
             for n, r in result.methods.items()]
-    rows.append([METHOD_TITLES["random"], round(result.random.insertion.auc, 4),
-                 round(result.random.deletion.auc, 4), None, None])
+    rows.append([title("random"), round(result.random.srg, 4),
+                 f"(max of {result.random.orderings} orderings: {max(result.random.srgs):.4f})",
+                 round(result.random.insertion.auc, 4), round(result.random.deletion.auc, 4), None, None])
     return rows
 
 

@@ -33,26 +33,34 @@ class Target:
 
 @dataclass(frozen=True)
 class SaliencyMap:
-    """A map over the model-input pixels (``values`` is ``[H, W]``, higher = more important)."""
+    """A map over the model-input pixels (``values`` is ``[H, W]``, higher = more important).
+
+    A method returns the map and its ``meta``; the cost (seconds, passes) is filled in by the
+    meter that ran it (``explainers.methods.run_method``), never by the method itself.
+    """
 
     method: str
     values: np.ndarray
-    seconds: float
-    forward_passes: int
+    seconds: float = 0.0
+    forward_passes: int = 0
     backward_passes: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+# Every kind of curve the protocol draws, and whether a faithful map makes its AUC higher.
+CURVE_KINDS: dict[str, bool] = {"deletion": False, "insertion": True}
+
+
 @dataclass(frozen=True)
 class Curve:
-    """A deletion or insertion curve under the one faithfulness protocol (ARCHITECTURE.md).
+    """One curve of the faithfulness protocol (ARCHITECTURE.md): ``kind`` is a key of CURVE_KINDS.
 
     ``scores`` are the raw target scores at each fraction; ``normalized`` maps the substrate's
     score to 0 and the full image's score to 1; ``auc`` is the trapezoid area of ``normalized``
     over fractions 0..1.
     """
 
-    kind: str  # "deletion" | "insertion"
+    kind: str
     fractions: np.ndarray
     scores: np.ndarray
     normalized: np.ndarray
@@ -62,12 +70,81 @@ class Curve:
     forward_passes: int = 0
     seconds: float = 0.0
 
+    @property
+    def higher_is_better(self) -> bool:
+        return CURVE_KINDS[self.kind]
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The deletion and insertion curves of one pixel ordering, and its headline figure.
+
+    SRG, the symmetric relevance gain = AUC(insertion) - AUC(deletion). On one substrate the
+    insertion image at fraction f is the least-relevant-first deletion image at 1 - f, so SRG
+    is AUC(LeRF) - AUC(MoRF) of Bluecher et al. (TMLR 2024, "Decoupling pixel flipping and
+    occlusion strategy"): damage done by an unnatural substrate hits both curves alike and
+    cancels, and a random ordering scores about 0.
+    """
+
+    deletion: Curve
+    insertion: Curve
+
+    @property
+    def srg(self) -> float:
+        return self.insertion.auc - self.deletion.auc
+
+    def __iter__(self):
+        return iter((self.deletion, self.insertion))
+
 
 @dataclass(frozen=True)
 class MethodResult:
+    """A method's map and its curves."""
+
     saliency: SaliencyMap
-    deletion: Curve
-    insertion: Curve
+    curves: Curves
+
+    @property
+    def deletion(self) -> Curve:
+        return self.curves.deletion
+
+    @property
+    def insertion(self) -> Curve:
+        return self.curves.insertion
+
+    @property
+    def srg(self) -> float:
+        return self.curves.srg
+
+
+@dataclass(frozen=True)
+class RandomReference:
+    """The curves of random orderings: their mean curves and each ordering's SRG (its spread).
+
+    ``ranking`` is what is shuffled: single ``"pixels"``, or the ``"regions"`` region search
+    uses (so a map's advantage from its granularity alone shows).
+    """
+
+    curves: Curves  # the mean deletion and insertion curves over the orderings
+    srgs: tuple[float, ...]  # SRG of each ordering
+    ranking: str
+    seed: int
+
+    @property
+    def deletion(self) -> Curve:
+        return self.curves.deletion
+
+    @property
+    def insertion(self) -> Curve:
+        return self.curves.insertion
+
+    @property
+    def srg(self) -> float:
+        return self.curves.srg
+
+    @property
+    def orderings(self) -> int:
+        return len(self.srgs)
 
 
 @dataclass(frozen=True)
@@ -80,10 +157,16 @@ class Result:
     prompt_probabilities: Optional[dict[str, float]]
     image: np.ndarray  # uint8 [H, W, 3], the model-input view of the image the maps refer to
     methods: dict[str, MethodResult]
-    random: MethodResult  # the random-order reference (its saliency is a placeholder)
+    random: RandomReference
     params: dict[str, Any]
     seconds: float
     notes: tuple[str, ...] = ()
+    sanity: Optional[dict[str, Any]] = None  # per method: the model-randomisation check, if asked
+
+    def more_faithful_than_random(self, method: str) -> bool:
+        """The protocol's verdict: the method's SRG is above the random reference's mean SRG
+        and above every random ordering's (so it is not within the spread of chance)."""
+        return beats_random(self.methods[method].srg, self.random)
 
     def summary(self) -> dict[str, Any]:
         """The JSON the CLI writes (and the app offers for download); non-finite numbers -> null."""
@@ -97,28 +180,43 @@ class Result:
                 name: {
                     "insertion_auc": r.insertion.auc,
                     "deletion_auc": r.deletion.auc,
+                    "srg": r.srg,
+                    "more_faithful_than_random": self.more_faithful_than_random(name),
                     "seconds": r.saliency.seconds,
                     "forward_passes": r.saliency.forward_passes,
                     "backward_passes": r.saliency.backward_passes,
                     "curve_forward_passes": r.insertion.forward_passes + r.deletion.forward_passes,
                     "curve_seconds": r.insertion.seconds + r.deletion.seconds,
                     "meta": _jsonable(r.saliency.meta),
-                    "curves": _curves_json(r),
+                    "curves": _curves_json(r.curves),
                 }
                 for name, r in self.methods.items()
             },
             "random": {
                 "insertion_auc": self.random.insertion.auc,
                 "deletion_auc": self.random.deletion.auc,
-                "curves": _curves_json(self.random),
+                "srg": self.random.srg,
+                "srg_max": max(self.random.srgs),
+                "srg_orderings": list(self.random.srgs),
+                "ranking": self.random.ranking,
+                "orderings": self.random.orderings,
+                "seed": self.random.seed,
+                "curves": _curves_json(self.random.curves),
             },
+            **({"sanity": self.sanity} if self.sanity is not None else {}),
             "params": _jsonable(self.params),
             "seconds": self.seconds,
             "notes": list(self.notes),
         })
 
 
-def _curves_json(r: MethodResult) -> dict[str, Any]:
+def beats_random(srg: float, reference: RandomReference) -> bool:
+    """The one "more faithful than random order" check: ``srg`` above the random reference's
+    mean SRG and above each random ordering's SRG."""
+    return bool(srg > reference.srg and srg > max(reference.srgs))
+
+
+def _curves_json(curves: Curves) -> dict[str, Any]:
     return {
         c.kind: {
             "fractions": c.fractions.tolist(),
@@ -127,7 +225,7 @@ def _curves_json(r: MethodResult) -> dict[str, Any]:
             "full_score": c.full_score,
             "substrate_score": c.substrate_score,
         }
-        for c in (r.deletion, r.insertion)
+        for c in curves
     }
 
 

@@ -14,9 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
 TINYCLIP = ROOT / "tests" / "fixtures" / "tinyclip-config"
-# The assets photos and a prompt each image's ImageNet classes can answer.
-PHOTOS = {"chelsea.jpg": "a cat", "coffee.jpg": "a cup of coffee", "rocket.jpg": "a rocket",
-          "grace_hopper.jpg": "a military uniform", "astronaut.jpg": "an astronaut"}
 
 
 def tiny_clip_adapter(seed: int = 0):

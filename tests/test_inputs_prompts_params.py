@@ -12,12 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explainers.api import (CHOICES, DEFAULTS, MAX_CONTRAST, MAX_PROMPT_CHARS, NUMERIC, _token_notes,
-                            clean_methods, clean_model, clean_prompts, validate_params)
+from explainers.api import (DEFAULTS, MAX_CONTRAST, MAX_PROMPT_CHARS, PARAMS, _token_notes, clean_methods,
+                            clean_model, clean_prompts, validate_params)
+from explainers.api import DEFAULT_METHODS
 from explainers.errors import UserError
+from explainers.methods import METHODS
 from explainers.types import Target
 
 CHEAP = {"methods": ["gradcam"], "curve_steps": 4, "n_random": 1}
+# From the registry: every whole-number parameter, and every parameter with choices.
+NUMERIC = {name: p for name, p in PARAMS.items() if not p.choices and p.kind is int}
+CHOICES = {name: p.choices for name, p in PARAMS.items() if p.choices}
 
 
 def one_sentence(error: UserError) -> str:
@@ -202,14 +207,14 @@ def test_defaults_pass_and_none_means_default():
 
 @pytest.mark.parametrize("methods,expected", [
     ("gradcam", ["gradcam"]), ("gradcam, IG ,gradcam", ["gradcam", "ig"]), (["region", "ig"], ["region", "ig"]),
-    (("gradcam",), ["gradcam"]), (None, ["gradcam", "ig", "region"]),
+    (("gradcam",), ["gradcam"]), (None, list(DEFAULT_METHODS)),
 ])
 def test_methods_accepted(methods, expected):
     assert clean_methods(methods) == expected
 
 
 @pytest.mark.parametrize("methods,words", [
-    ("foo", ["unknown method 'foo'", "gradcam, ig, region"]), (["gradcam", "lime"], ["unknown method 'lime'"]),
+    ("foo", ["unknown method 'foo'", ", ".join(METHODS)]), (["gradcam", "lime"], ["unknown method 'lime'"]),
     ("", ["at least one method"]), ([], ["at least one method"]), (" , ", ["at least one method"]),
     (5, ["methods must be", "not 5"]), ([None], ["not None"]), ({"gradcam": 1}, ["methods must be"]),
 ])

@@ -5,13 +5,15 @@ import pytest
 import torch
 
 from explainers.images import open_image
-from explainers.methods import METHODS
+from explainers.methods import METHODS, run_method
 from explainers.types import Target
 
 from conftest import ASSETS, vit_b32_clip_adapter
 
-# Cheap settings where a method has a cost knob; defaults otherwise.
-FAST_PARAMS = {"gradcam": {}, "ig": {"steps": 8, "max_steps": 8}, "region": {"n_regions": 16}}
+
+def cheapest(method: str) -> dict:
+    """Every numeric parameter of the method at the low end of its declared range (its cost knobs)."""
+    return {p.keyword: p.low for p in METHODS[method].params if not p.choices}
 
 
 @pytest.mark.parametrize("adapter_name", ["bundled", "tiny_clip"])
@@ -20,8 +22,8 @@ def test_method_gives_finite_deterministic_map_of_image_size(adapters, adapter_n
     adapter = adapters[adapter_name]
     pixels = adapter.load_image(open_image(ASSETS / "chelsea.jpg"))
     target = Target("a cat")
-    first = METHODS[method].explain(adapter, pixels, target, **FAST_PARAMS[method])
-    second = METHODS[method].explain(adapter, pixels, target, **FAST_PARAMS[method])
+    first = run_method(method, adapter, pixels, target, **cheapest(method))
+    second = run_method(method, adapter, pixels, target, **cheapest(method))
     assert first.values.shape == tuple(pixels.shape[2:])
     assert np.isfinite(first.values).all()
     assert first.values.max() > first.values.min(), "a constant map carries no information"
@@ -54,27 +56,23 @@ def test_bundled_model_reads_real_photos(bundled):
 @pytest.mark.parametrize("photo,prompt", [("chelsea.jpg", "a cat"), ("coffee.jpg", "a cup of espresso"),
                                           ("rocket.jpg", "a rocket"), ("grace_hopper.jpg", "a military uniform")])
 def test_ig_completeness_within_5_percent_at_default_steps(bundled, photo, prompt):
-    from explainers.methods import integrated_gradients
-
     pixels = bundled.load_image(open_image(ASSETS / photo))
-    result = integrated_gradients.explain(bundled, pixels, Target(prompt))
+    result = run_method("ig", bundled, pixels, Target(prompt))
     assert result.meta["completeness_error"] <= 0.05
     assert result.meta["attribution_sum"] == pytest.approx(result.meta["score_difference"], rel=0.05)
 
 
 def test_ig_completeness_error_is_measured_not_assumed(bundled):
     """With a tiny budget and no refinement the error is large: the check can fail."""
-    from explainers.methods import integrated_gradients
-
     pixels = bundled.load_image(open_image(ASSETS / "chelsea.jpg"))
-    result = integrated_gradients.explain(bundled, pixels, Target("a cat"), steps=2, max_steps=2)
+    result = run_method("ig", bundled, pixels, Target("a cat"), steps=2, max_steps=2)
     assert result.meta["completeness_error"] > 0.05 and not result.meta["converged"]
 
 
 def test_vit_gradcam_reads_the_patch_grid_from_the_config():
     adapter = vit_b32_clip_adapter()
     pixels = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    result = METHODS["gradcam"].explain(adapter, pixels, Target("a cat"))
+    result = run_method("gradcam", adapter, pixels, Target("a cat"))
     assert adapter.patch_grid == (7, 7)
     assert result.meta["grid"] == [1, 50, 768]  # CLS + 7x7 patches, ViT-B width
     assert result.values.shape == (224, 224) and np.isfinite(result.values).all()

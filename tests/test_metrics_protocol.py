@@ -4,31 +4,16 @@ import pytest
 import torch
 
 from explainers import metrics
-from explainers.models.base import CamLayer, ModelAdapter
+from explainers.models.base import Metered
 from explainers.types import Target
 
-
-class Linear(ModelAdapter):
-    """score(x) = sum_p w_p * x_p over channel 0: removing a pixel costs exactly w_p * x_p."""
-
-    input_size = (4, 4)
-    max_batch = 5  # several batches per call: exercises the chunking
-
-    def __init__(self, weights: np.ndarray):
-        super().__init__()
-        self.weights = torch.from_numpy(weights).float()
-
-    def prompt_scores(self, pixels, prompts):
-        return (pixels[:, 0] * self.weights).sum(dim=(1, 2))[:, None].repeat(1, len(prompts))
-
-    def cam_layer(self):
-        return CamLayer(torch.nn.Identity(), "output", lambda t: t)
+from toys import linear
 
 
 def setup(seed=0):
     rng = np.random.default_rng(seed)
     weights = rng.random((4, 4))
-    return Linear(weights), torch.ones(1, 3, 4, 4), weights
+    return linear(weights, max_batch=5), torch.ones(1, 3, 4, 4), weights  # batches of 5: several per call
 
 
 def test_deletion_and_insertion_follow_the_ranking_exactly():
@@ -49,9 +34,9 @@ def test_deletion_and_insertion_follow_the_ranking_exactly():
 def test_the_ideal_map_beats_random_and_the_reversed_map_loses():
     adapter, pixels, weights = setup(1)
     curves, reference = metrics.faithfulness(
-        adapter, pixels, Target("x"), {"ideal": weights, "reversed": -weights}, steps=16, n_random=5, random_block=1)
-    assert curves["ideal"][1].auc > reference.insertion.auc > curves["reversed"][1].auc
-    assert curves["ideal"][0].auc < reference.deletion.auc < curves["reversed"][0].auc
+        adapter, pixels, Target("x"), {"ideal": weights, "reversed": -weights}, steps=16, n_random=5)
+    assert curves["ideal"].insertion.auc > reference.insertion.auc > curves["reversed"].insertion.auc
+    assert curves["ideal"].deletion.auc < reference.deletion.auc < curves["reversed"].deletion.auc
 
 
 def test_ties_go_to_the_lower_flat_index():
@@ -61,18 +46,19 @@ def test_ties_go_to_the_lower_flat_index():
 
 def test_random_reference_is_seeded():
     adapter, pixels, weights = setup()
-    _, a = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=3, random_block=1)
-    _, b = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=3, random_block=1)
-    _, c = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=4, random_block=1)
+    _, a = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=3)
+    _, b = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=3)
+    _, c = metrics.faithfulness(adapter, pixels, Target("x"), {"m": weights}, steps=8, seed=4)
     np.testing.assert_array_equal(a.insertion.scores, b.insertion.scores)
     assert not np.array_equal(a.insertion.scores, c.insertion.scores)
 
 
 def test_curves_share_batches_and_end_points():
     adapter, pixels, weights = setup()
-    metrics.faithfulness(adapter, pixels, Target("x"), {"a": weights, "b": -weights}, steps=10, n_random=3)
+    meter = Metered(adapter)
+    metrics.faithfulness(meter, pixels, Target("x"), {"a": weights, "b": -weights}, steps=10, n_random=3)
     # 5 orderings x 2 curves x 9 interior points, plus the two shared end points
-    assert adapter.forward_passes == 5 * 2 * 9 + 2
+    assert meter.forward_passes == 5 * 2 * 9 + 2
 
 
 def test_blur_substrate_keeps_mean_colour():

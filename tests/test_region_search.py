@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from explainers.methods.region_search import greedy_order, lazy_greedy_order, prefix_sets, smdl_objective
-from explainers.models.base import ModelAdapter
 from explainers.regions import grid, label_masks
 from explainers.types import Target
+
+from toys import signed_linear
 
 
 def coverage_objective(seed: int, n_sets: int = 12, n_items: int = 40):
@@ -48,21 +49,8 @@ def test_greedy_picks_the_best_first_region():
     assert order[0] == int(np.argmax(singles))
 
 
-class SignedLinearAdapter(ModelAdapter):
-    """score = sum(w * pixels) with w > 0 on the left half and < 0 on the right: keeping only
-    the left half scores above the full image, removing it scores below the black image."""
-
-    name = "signed-linear"
-    input_size = (16, 16)
-
-    def prompt_scores(self, pixels, prompts):
-        weight = torch.ones(1, 1, 16, 16)
-        weight[..., 8:] = -0.5
-        return (pixels * weight).sum(dim=(1, 2, 3))[:, None].expand(-1, len(prompts))
-
-
 def test_bounded_objective_clips_each_normalised_score_to_the_unit_interval():
-    adapter, pixels = SignedLinearAdapter(), torch.full((1, 3, 16, 16), 0.5)
+    adapter, pixels = signed_linear(16), torch.full((1, 3, 16, 16), 0.5)
     masks = label_masks(grid(16, 16, 4))
     sets = np.array([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=bool)
     kept, _, _ = smdl_objective(adapter, pixels, Target("x"), masks, 1.0, 0.0)

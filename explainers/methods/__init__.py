@@ -1,28 +1,27 @@
-"""Method registry: name -> Method. A new method is one file plus one line here.
-
-Every method is ``explain(adapter, pixels, target, progress=..., **params) -> SaliencyMap``.
+"""Method registry: name -> Method. A new method is one file (which declares its ``METHOD``)
+plus one line here; the API, the CLI, the app and the benchmarks read everything from it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import time
+from dataclasses import replace
+from importlib import import_module
 
-from ..types import SaliencyMap
-from . import gradcam, integrated_gradients, region_search
+import torch
 
+from ..errors import UserError
+from ..models.base import Metered, ModelAdapter
+from ..types import ProgressFn, SaliencyMap, Target, no_progress
+from .base import Method
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    title: str
-    explain: Callable[..., SaliencyMap]
-    paper: str
-
-
+# One line per method: the module in this package that declares ``METHOD``.
+METHOD_MODULES = (
+    "gradcam",
+    "integrated_gradients",
+    "region_search",
+)
 METHODS: dict[str, Method] = {
-    "gradcam": Method("gradcam", "Grad-CAM", gradcam.explain, "Selvaraju et al., ICCV 2017"),
-    "ig": Method("ig", "Integrated gradients", integrated_gradients.explain, "Sundararajan et al., ICML 2017"),
-    "region": Method("region", "Region search", region_search.explain, "Chen et al. (SMDL), ICLR 2024"),
+    method.name: method for method in (import_module(f".{module}", __name__).METHOD for module in METHOD_MODULES)
 }
 
 
@@ -30,9 +29,28 @@ def list_methods() -> list[str]:
     return list(METHODS)
 
 
-def get_method(name: str) -> Method:
-    from ..errors import UserError
+def default_methods() -> list[str]:
+    return [name for name, m in METHODS.items() if m.by_default]
 
+
+def get_method(name: str) -> Method:
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def run_method(name: str, adapter: ModelAdapter, pixels: torch.Tensor, target: Target,
+               progress: ProgressFn = no_progress, **kwargs) -> SaliencyMap:
+    """Run one method through its own meter: the map with its seconds and forward/backward passes.
+
+    ``kwargs`` are the method's own keywords (``Method.kwargs``) and the protocol's
+    ``substrate`` and ``seed``.
+    """
+    meter = Metered(adapter)
+    started = time.perf_counter()
+    saliency = get_method(name).explain(meter, pixels, target, progress=progress, **kwargs)
+    return replace(saliency, seconds=time.perf_counter() - started, forward_passes=meter.forward_passes,
+                   backward_passes=meter.backward_passes)
+
+
+__all__ = ["METHODS", "Method", "default_methods", "get_method", "list_methods", "run_method"]

@@ -7,13 +7,14 @@ with CLS dropped, on the patch grid from the config. One forward and one backwar
 """
 from __future__ import annotations
 
-import time
+import threading
 
 import torch
 import torch.nn.functional as F
 
 from ..models.base import ModelAdapter
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
+from .base import Method
 
 
 def cam_from(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -25,13 +26,15 @@ def cam_from(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
 def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target,
             progress: ProgressFn = no_progress, **_: object) -> SaliencyMap:
     """Grad-CAM map at the pixels' size, scaled to [0, 1] (all zeros if the CAM is all zero)."""
-    started, forward_before = time.perf_counter(), adapter.forward_passes
     layer = adapter.cam_layer()
     captured: list[torch.Tensor] = []
+    caller = threading.get_ident()
 
     def keep(tensor: torch.Tensor) -> None:
-        tensor.retain_grad()
-        captured.append(tensor)
+        # The model is shared: another thread's forward pass fires this hook too. Keep ours only.
+        if threading.get_ident() == caller:
+            tensor.retain_grad()
+            captured.append(tensor)
 
     if layer.where == "input":
         handle = layer.module.register_forward_pre_hook(lambda _m, args: keep(args[0]))
@@ -41,16 +44,22 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target,
         x = pixels.detach().clone().requires_grad_(True)  # so the hooked tensor is in a graph
         with torch.enable_grad():
             adapter.score(x, target).sum().backward()
+        adapter.count_backward(pixels.shape[0])
     finally:
         handle.remove()
     activation = captured[-1]
     cam = cam_from(layer.to_grid(activation.detach()), layer.to_grid(activation.grad))
     cam = F.interpolate(cam[:, None], size=pixels.shape[2:], mode="bilinear", align_corners=False)[0, 0]
     peak = float(cam.max())
-    values = (cam / peak if peak > 0 else cam).numpy()
+    values = (cam / peak if peak > 0 else cam).cpu().numpy()
     progress(1.0, "Grad-CAM")
-    return SaliencyMap(
-        "gradcam", values, time.perf_counter() - started,
-        forward_passes=adapter.forward_passes - forward_before, backward_passes=pixels.shape[0],
-        meta={"grid": list(activation.shape), "cam_peak": peak},
-    )
+    return SaliencyMap("gradcam", values, meta={"grid": list(activation.shape), "cam_peak": peak})
+
+
+METHOD = Method(
+    name="gradcam", title="Grad-CAM", explain=explain, paper="Selvaraju et al., ICCV 2017",
+    note=("**Grad-CAM** looks inside the model, at its last layer of feature maps, and asks which of "
+          "them push the score up. It needs one pass forwards and one backwards, so it is the fastest; "
+          "but that layer is a coarse grid (7 × 7 cells for the bundled model), so its map is a few soft blobs."),
+    progress_share=0.05, colour="#d62728",
+)

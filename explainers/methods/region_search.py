@@ -19,16 +19,17 @@ Searches (``search=``):
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import numpy as np
 import torch
 
 from ..models.base import ModelAdapter
-from ..regions import label_masks, make_regions
+from ..regions import label_masks, region_labels
 from ..substrates import Substrate, make_substrate
+from ..params import Param
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
+from .base import Method
 
 SEARCHES = ("fast", "lazy", "greedy")
 # F of a batch of sets (bool rows over the n regions) -> values; the search algorithms see only this.
@@ -170,47 +171,68 @@ def keep_regions(substrate: Substrate, flat_masks: torch.Tensor, kept_sets: torc
     return substrate.fill(keep.view(len(kept_sets), 1, height, width))
 
 
+class SmdlObjective:
+    """F(S) = l_c * s(S kept) + l_k * (1 - s(S removed)) for batches of sets (bool rows over the
+    n regions), s normalised so that the fully removed image scores 0 and the photo 1.
+
+    The regions partition the image, so "S removed" is "the complement of S kept": every image
+    is a kept set, and each distinct kept set is scored once per objective (a set and its
+    complement asked together cost 2 images, not 4; a set asked again costs nothing: plain
+    greedy's last two steps ask only for complements of its first step's sets and the photo).
+    """
+
+    def __init__(self, adapter: ModelAdapter, substrate: Substrate, target: Target, masks: torch.Tensor,
+                 lambda_consistency: float, lambda_collaboration: float, bounded: bool) -> None:
+        self.adapter, self.substrate, self.target = adapter, substrate, target
+        self.flat_masks = masks.reshape(masks.shape[0], -1).to(substrate.pixels.device)
+        self.lambdas = (lambda_consistency, lambda_collaboration)
+        self.bounded = bounded
+        ends = adapter.score_many(torch.cat([substrate.pixels, substrate.empty]), target)
+        self.full, self.empty = float(ends[0]), float(ends[1])
+        self.span = self.full - self.empty if abs(self.full - self.empty) > 1e-6 else 1e-6
+        n = masks.shape[0]
+        # kept set -> normalised score; keeping every region is the photo, keeping none the removed image
+        self._seen: dict[bytes, float] = {np.ones(n, bool).tobytes(): 1.0, np.zeros(n, bool).tobytes(): 0.0}
+
+    def kept_scores(self, sets: np.ndarray) -> np.ndarray:
+        """Normalised scores of the images that keep each set (and remove the rest)."""
+        sets = np.asarray(sets, dtype=bool)
+        new = [row for row in dict.fromkeys(r.tobytes() for r in sets) if row not in self._seen]
+        if new:
+            kept = np.frombuffer(b"".join(new), dtype=bool).reshape(len(new), -1)
+            weights = torch.from_numpy(kept.astype(np.float32)).to(self.flat_masks.device)
+            images = keep_regions(self.substrate, self.flat_masks, weights)
+            scores = (self.adapter.score_many(images, self.target).cpu().numpy() - self.empty) / self.span
+            self._seen.update(zip(new, scores.astype(np.float64)))
+        scores = np.array([self._seen[r.tobytes()] for r in sets], dtype=np.float64)
+        return np.clip(scores, 0.0, 1.0) if self.bounded else scores
+
+    def __call__(self, sets: np.ndarray) -> np.ndarray:
+        sets = np.asarray(sets, dtype=bool)
+        scores = self.kept_scores(np.concatenate([sets, ~sets]))
+        kept, removed = scores[: len(sets)], scores[len(sets):]
+        return self.lambdas[0] * kept + self.lambdas[1] * (1.0 - removed)
+
+    def known(self, sets: np.ndarray) -> np.ndarray:
+        """Normalised scores already paid for, NaN where a set was never scored (no forward pass)."""
+        return np.array([self._seen.get(np.asarray(r, dtype=bool).tobytes(), np.nan) for r in sets])
+
+
 def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: torch.Tensor,
                    lambda_consistency: float = 1.0, lambda_collaboration: float = 1.0,
                    bounded: bool = False, substrate: str = "black",
-                   seed: int = 0) -> tuple[SetFunction, float, float]:
-    """F(S) for sets of regions, batched: 2 images per set (S kept; S removed), each distinct image
-    scored once per call. Removed regions become ``substrate`` (SMDL: black), and s is normalised
-    so that the fully removed image scores 0.
+                   seed: int = 0) -> tuple[SmdlObjective, float, float]:
+    """The SMDL objective for ``pixels`` cut by ``masks`` (``[n, 1, H, W]``), removed regions
+    becoming ``substrate`` (SMDL: black). Returns (F, score of the photo, score of the fully
+    removed image).
 
     ``bounded=True`` clips the normalised scores to [0, 1] (SMDL scores with probabilities,
     which are bounded; our log and logit scores are not). It exists to measure how much the
     greedy reference itself moves under this change of scale (bench/region_search.py).
-    Returns (F, score of the full image, score of the black image).
     """
-    n = masks.shape[0]
-    flat_masks = masks.reshape(n, -1)
-    removed = make_substrate(pixels, substrate, seed)
-    ends = adapter.score_many(torch.cat([pixels, removed.fill(torch.zeros_like(pixels[:, :1]))]), target)
-    full, empty = float(ends[0]), float(ends[1])
-    span = full - empty if abs(full - empty) > 1e-6 else 1e-6
-
-    def evaluate(sets: np.ndarray) -> np.ndarray:
-        # The regions partition the image, so "S removed" is "complement of S kept": every image
-        # is a kept set. Each distinct kept set is scored once per call, so a set and its
-        # complement asked together cost 2 images, not 4 (the fast search's prior does that).
-        sets = np.asarray(sets, dtype=bool)
-        kept_sets, index = np.unique(np.concatenate([sets, ~sets]), axis=0, return_inverse=True)
-        images = keep_regions(removed, flat_masks, torch.from_numpy(kept_sets.astype(np.float32)))
-        scores = (adapter.score_many(images, target).numpy() - empty) / span
-        if bounded:
-            scores = np.clip(scores, 0.0, 1.0)
-        scores = scores[index.ravel()]
-        kept, removed = scores[: len(sets)], scores[len(sets):]
-        return lambda_consistency * kept + lambda_collaboration * (1.0 - removed)
-
-    return evaluate, full, empty
-
-
-def region_labels(pixels: torch.Tensor, n_regions: int, kind: str = "slic") -> np.ndarray:
-    """``[1, 3, H, W]`` pixels in [0, 1] -> ``[H, W]`` region labels (see explainers.regions)."""
-    image = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return make_regions(image, n_regions, kind)
+    objective = SmdlObjective(adapter, make_substrate(pixels, substrate, seed), target, masks,
+                              lambda_consistency, lambda_collaboration, bounded)
+    return objective, objective.full, objective.empty
 
 
 def order_map(order: list[int], labels: np.ndarray) -> np.ndarray:
@@ -230,25 +252,54 @@ def prefix_sets(order: list[int]) -> np.ndarray:
 def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, n_regions: int = 49,
             regions: str = "slic", search: str = "fast", lambda_consistency: float = 1.0,
             lambda_collaboration: float = 1.0, progress: ProgressFn = no_progress,
-            **_: object) -> SaliencyMap:
-    """Region-search map: each region painted 1 - rank/n (first chosen = 1)."""
+            substrate: str = "black", seed: int = 0, **_: object) -> SaliencyMap:
+    """Region-search map: each region painted 1 - rank/n (first chosen = 1).
+
+    ``meta["path"]`` is the search made visible, one entry per step: the region taken, its
+    gain in F, and the normalised scores of the kept and of the removed part (None where the
+    search never scored that set, i.e. in the fast search's estimated tail).
+    """
     if search not in SEARCH_FUNCTIONS:
         raise ValueError(f"unknown search {search!r}; use one of {SEARCHES}")
-    started, forward_before = time.perf_counter(), adapter.forward_passes
-    backward_before = adapter.backward_passes
     pixels = pixels.detach()
     labels = region_labels(pixels, n_regions, regions)
     masks = label_masks(labels)
     n = masks.shape[0]
-    evaluate, full, empty = smdl_objective(adapter, pixels, target, masks, lambda_consistency,
-                                           lambda_collaboration)
-    # F(empty set) = l_c * s(black) + l_k * (1 - s(full)) = 0 after normalisation.
-    order, gains, evaluated = SEARCH_FUNCTIONS[search](n, evaluate, progress, 0.0)
+    objective, _, _ = smdl_objective(adapter, pixels, target, masks, lambda_consistency,
+                                     lambda_collaboration, substrate=substrate, seed=seed)
+    # F(empty set) = l_c * s(removed image) + l_k * (1 - s(full)) = 0 after normalisation.
+    order, gains, evaluated = SEARCH_FUNCTIONS[search](n, objective, progress, 0.0)
+    prefixes = prefix_sets(order)
+    kept, removed = objective.known(prefixes), objective.known(~prefixes)
+    path = [{"region": r, "gain": g, "kept": _finite(k), "removed": _finite(x)}
+            for r, g, k, x in zip(order, gains, kept, removed)]
     return SaliencyMap(
-        "region", order_map(order, labels), time.perf_counter() - started,
-        forward_passes=adapter.forward_passes - forward_before,
-        backward_passes=adapter.backward_passes - backward_before,
+        "region", order_map(order, labels),
         meta={"search": search, "regions": regions, "n_regions": n, "order": order, "gains": gains,
-              "sets_evaluated": evaluated, "labels_shape": list(labels.shape),
-              "lambda_consistency": lambda_consistency, "lambda_collaboration": lambda_collaboration},
+              "sets_evaluated": evaluated, "labels_shape": list(labels.shape), "substrate": substrate,
+              "lambda_consistency": lambda_consistency, "lambda_collaboration": lambda_collaboration,
+              "path": path},
     )
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+METHOD = Method(
+    name="region", title="Region search", explain=explain, paper="Chen et al. (SMDL), ICLR 2024",
+    note=("**Region search** cuts the photo into pieces (about 49 by default) and, like a greedy puzzle "
+          "player, keeps adding the piece that raises the score most. It only asks the model questions "
+          "(no look inside), so it is the slowest: hundreds of forward passes."),
+    params=(
+        Param("n_regions", 49, "number of regions for region search", low=4, high=196, arg="n_regions",
+              flag="--regions", label="Region search: number of regions"),
+        Param("region_kind", "slic", "how the photo is cut: SLIC superpixels or a square grid",
+              choices=("slic", "grid"), labels={"slic": "superpixels", "grid": "grid"}, arg="regions",
+              label="Region search: regions"),
+        Param("region_search", "fast", "the search: fast (default), lazy greedy or plain greedy (SMDL's reference)",
+              choices=SEARCHES, labels={"fast": "fast", "lazy": "lazy greedy", "greedy": "plain greedy (reference)"},
+              arg="search", label="Region search: search mode"),
+    ),
+    progress_share=0.4, colour="#2ca02c", black_box=True,
+)

@@ -37,6 +37,17 @@ class ModelAdapter:
     max_grad_batch: int = 16  # images per forward+backward pass: autograd keeps the activations
     max_prompt_tokens: int | None = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights live; the engine puts pixels there."""
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "ModelAdapter":
+        """Move the model to ``device`` (in place) and return it."""
+        if torch.device(device) != self.device:
+            raise NotImplementedError(f"{type(self).__name__} cannot move to {device}")
+        return self
+
     # --- images -----------------------------------------------------------------------
     def load_image(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> ``[1, 3, H, W]`` float pixels in [0, 1] at the model's input size.
@@ -79,8 +90,6 @@ class ModelAdapter:
     def cam_layer(self) -> CamLayer:
         raise NotImplementedError
 
-    def describe(self) -> str:
-        return self.name
 
 
 class Metered:

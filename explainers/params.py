@@ -1,0 +1,85 @@
+"""Parameter specs: one declaration per parameter, read by the API's validation, the CLI's flags,
+the app's widgets and the benchmarks (so none of them lists parameters by hand).
+
+A method declares its own in its file (``explainers.methods.<name>.METHOD.params``); the
+protocol's (curve steps, substrate, seed...) are declared in ``explainers.api``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import UserError
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A value as a message shows it: its repr, cut short (a 1e300 or a 10 kB string stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-settable parameter.
+
+    ``name`` is the API keyword (unique across the protocol and every method, e.g. ``ig_steps``);
+    ``arg`` the keyword the method's ``explain`` takes (``steps``). A parameter has either a
+    numeric range (``low``..``high``, inclusive; ``kind`` int or float) or ``choices`` (text).
+    """
+
+    name: str
+    default: Any
+    help: str
+    kind: type = int
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)  # choice -> what the app shows
+    arg: Optional[str] = None
+    flag: Optional[str] = None
+    label: Optional[str] = None  # the app's widget label (default: help)
+    step: Optional[float] = None  # the app's slider step for floats
+
+    @property
+    def keyword(self) -> str:
+        """The keyword the method's ``explain`` receives."""
+        return self.arg or self.name
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        """The allowed values in words, for messages and --help."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        whole = "a whole number" if self.kind is int else "a number"
+        return f"{whole} from {self._number(self.low)} to {self._number(self.high)}"
+
+    def _number(self, value: Optional[float]) -> str:
+        return str(int(value)) if self.kind is int and value is not None else str(value)
+
+    def check(self, value: Any, label: Optional[str] = None) -> Any:
+        """``value`` in its canonical type (int, float or lower-case choice), or UserError naming
+        ``label`` (default: the parameter's name) and what is allowed."""
+        allowed = f"{label or self.name} must be {self.describe()}"
+        if self.choices:
+            text = value.strip().lower() if isinstance(value, str) else value
+            if not isinstance(text, str) or text not in self.choices:
+                raise UserError(f"{allowed}, not {shown(value)}")
+            return text
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise UserError(f"{allowed}, not {shown(value)}")
+        if isinstance(value, (int, np.integer)):  # compared as integers: 10**400 has no float
+            if not self.low <= int(value) <= self.high:
+                raise UserError(f"{allowed}, not {shown(int(value))}")
+            return int(value) if self.kind is int else float(value)
+        number = float(value)
+        if not math.isfinite(number) or (self.kind is int and number != int(number)):
+            raise UserError(f"{allowed}, not {shown(number)}")
+        if not self.low <= number <= self.high:
+            raise UserError(f"{allowed}, not {shown(number)}")
+        return int(number) if self.kind is int else number

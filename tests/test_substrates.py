@@ -1,0 +1,195 @@
+"""The ROAD substrate: noisy linear imputation (Rong et al., ICML 2022), checked against its
+definition, against scipy's exact direct solve, and inside the curves' protocol."""
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from explainers import metrics
+from explainers.models.base import ModelAdapter
+from explainers.substrates import (BASELINES, ROAD_NOISE_STD, SUBSTRATES, RoadSubstrate, make_substrate,
+                                   road_impute, road_impute_direct)
+from explainers.types import Target
+
+# The multigrid solver against the exact direct solve, in pixel units: a quarter of an 8-bit
+# grey level, and a tenth of ROAD's noise.
+AGREEMENT = 1e-3
+EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)  # the imputation couples diagonal neighbours too
+
+
+def photo(height, width, low=0.0, high=1.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return low + (high - low) * torch.rand(1, 3, height, width, generator=generator)
+
+
+def keep_masks(height, width, seed=0):
+    """Named ``[1, 1, H, W]`` keep masks (1 = kept): the shapes the curves and region search make,
+    holes touching the image border, and the hardest cases for a solver (one kept pixel)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    disc = (yy - 0.4 * height) ** 2 + (xx - 0.6 * width) ** 2 < (0.25 * min(height, width)) ** 2
+    masks = {
+        "random 10% kept": rng.random((height, width)) < 0.1,
+        "random 50% kept": rng.random((height, width)) < 0.5,
+        "random 90% kept": rng.random((height, width)) < 0.9,
+        "disc kept (insertion)": disc,
+        "disc removed (deletion)": ~disc,
+        "left band removed (touches 3 borders)": xx >= width // 3,
+        "one corner pixel kept": (yy == 0) & (xx == 0),
+        "all but one pixel kept": ~((yy == height // 2) & (xx == width // 3)),
+    }
+    return {name: torch.from_numpy(m).float().view(1, 1, height, width) for name, m in masks.items()}
+
+
+def test_road_is_a_curve_substrate_but_not_an_ig_baseline():
+    assert "road" in SUBSTRATES and "road" not in BASELINES  # IG's baseline cannot depend on a mask
+    substrate = make_substrate(photo(12, 10), "road", seed=0)
+    assert isinstance(substrate, RoadSubstrate) and substrate.kind == "road"
+    with pytest.raises(ValueError):
+        RoadSubstrate(photo(12, 10), solver="nope")
+
+
+def test_kept_pixels_are_unchanged_exactly_and_values_stay_in_range():
+    pixels = photo(24, 21)
+    substrate = RoadSubstrate(pixels, seed=1)
+    keep = torch.cat(list(keep_masks(24, 21).values()))
+    images = substrate.fill(keep)
+    kept = keep.expand_as(images) > 0.5
+    assert torch.equal(images[kept], pixels.expand_as(images)[kept])
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    # removed pixels were imputed (noise makes an exact coincidence with the photo impossible)
+    assert bool((images[~kept] != pixels.expand_as(images)[~kept]).all())
+
+
+@pytest.mark.parametrize("solver", ["direct", "multigrid"])
+def test_maximum_principle(solver):
+    """Before noise, each removed pixel is a weighted mean of its neighbours, so:
+    (a) it lies within the min/max of its 8 neighbours in the imputed image, and
+    (b) every pixel of an 8-connected hole lies within the min/max of the kept pixels that
+        border that hole (per channel).
+    The photo is in [0.5, 1] and holes touch the border: treating missing border neighbours as
+    black instead of renormalising the weights would pull border pixels below 0.5."""
+    height, width = 40, 37
+    pixels = photo(height, width, low=0.5, high=1.0, seed=2)
+    slack = 1e-9 if solver == "direct" else AGREEMENT
+    substrate = RoadSubstrate(pixels, noise_std=0.0, solver=solver)
+    for name, keep in keep_masks(height, width, seed=3).items():
+        imputed = substrate.impute(keep)[0].double().numpy()  # [3, H, W]
+        kept = keep[0, 0].numpy() > 0.5
+        removed = ~kept
+        padded = np.pad(imputed, ((0, 0), (1, 1), (1, 1)), mode="edge")  # edge copies add no new extreme
+        shifts = [padded[:, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width]
+                  for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+        low, high = np.min(shifts, axis=0), np.max(shifts, axis=0)
+        assert np.all(imputed[:, removed] >= low[:, removed] - slack), name
+        assert np.all(imputed[:, removed] <= high[:, removed] + slack), name
+        labels, count = ndimage.label(removed, structure=EIGHT_NEIGHBOURS)
+        photo_np = pixels[0].double().numpy()
+        for hole in range(1, count + 1):
+            inside = labels == hole
+            border = ndimage.binary_dilation(inside, structure=EIGHT_NEIGHBOURS) & kept
+            for c in range(3):
+                values = imputed[c][inside]
+                assert values.min() >= photo_np[c][border].min() - slack, name
+                assert values.max() <= photo_np[c][border].max() + slack, name
+
+
+def test_multigrid_matches_the_direct_solve():
+    """The fast solver against scipy's exact sparse LU, on odd and even sizes, a photo smaller
+    than the coarsest multigrid level, and at 224x224 the cases that are hardest for it (a
+    large hole fixed by a few kept pixels)."""
+    cases = [(photo(40, 37, seed=4), torch.cat(list(keep_masks(40, 37, seed=5).values()))),
+             (photo(6, 5, seed=6), torch.cat(list(keep_masks(6, 5, seed=7).values())))]
+    big = keep_masks(224, 224, seed=8)
+    cases.append((photo(224, 224, seed=9), torch.cat([big["one corner pixel kept"], big["random 10% kept"],
+                                                      big["disc kept (insertion)"]])))
+    yy, xx = np.mgrid[:224, :224]
+    small_disc = (yy - 150) ** 2 + (xx - 60) ** 2 < 15**2  # 2 % of the pixels: an early insertion step
+    cases.append((photo(224, 224, seed=10), torch.from_numpy(small_disc).float().view(1, 1, 224, 224)))
+    for pixels, keep in cases:
+        iterations = []
+        fast = road_impute(pixels, keep, iterations=iterations)
+        exact = road_impute_direct(pixels, keep)
+        error = (fast - exact).abs().amax(dim=(1, 2, 3))
+        assert float(error.max()) < AGREEMENT, (pixels.shape, error.tolist(), iterations)
+        assert max(iterations) < 20  # multigrid: a few iterations whatever the hole's size
+
+
+def test_deterministic_under_a_seed_and_independent_of_batching():
+    pixels = photo(24, 21, seed=11)
+    keep = torch.cat(list(keep_masks(24, 21, seed=12).values()))
+    a, b = RoadSubstrate(pixels, seed=3), RoadSubstrate(pixels, seed=3)
+    together = a.fill(keep)
+    assert torch.equal(together, b.fill(keep))
+    # each mask gives the same image alone as in a batch (the app rebuilds curve images one by one)
+    alone = torch.cat([a.fill(keep[i:i + 1]) for i in range(len(keep))])
+    assert torch.equal(together, alone)
+    other = RoadSubstrate(pixels, seed=4).fill(keep)
+    removed = keep.expand_as(together) < 0.5
+    assert torch.equal(other[~removed], together[~removed])
+    assert bool((other[removed] != together[removed]).all())
+
+
+def test_noise_is_gaussian_with_the_stated_deviation_on_removed_pixels_only():
+    pixels = photo(64, 64, low=0.3, high=0.7, seed=13)  # far from 0 and 1: no clipping
+    substrate = RoadSubstrate(pixels, seed=0)
+    keep = keep_masks(64, 64, seed=14)["random 50% kept"]
+    noise = (substrate.fill(keep) - substrate.impute(keep))
+    removed = keep.expand_as(noise) < 0.5
+    assert torch.equal(noise[~removed], torch.zeros_like(noise[~removed]))
+    assert float(noise[removed].std()) == pytest.approx(ROAD_NOISE_STD, rel=0.05)
+    assert abs(float(noise[removed].mean())) < 0.1 * ROAD_NOISE_STD
+
+
+def test_removing_everything_gives_the_mean_colour_and_empty_is_fill_of_zeros():
+    pixels = photo(20, 17, seed=15)
+    substrate = make_substrate(pixels, "road", seed=2)
+    assert torch.equal(substrate.empty, substrate.fill(torch.zeros(1, 1, 20, 17)))
+    noiseless = RoadSubstrate(pixels, noise_std=0.0)
+    mean = pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels)
+    torch.testing.assert_close(noiseless.empty, mean)
+    torch.testing.assert_close(road_impute_direct(pixels, torch.zeros(1, 1, 20, 17)), mean)
+
+
+class Recorder(ModelAdapter):
+    """Scores every image 0 and keeps it, so a test can count what the curves removed."""
+
+    name = "recorder"
+    input_size = (30, 30)
+    max_batch = 7
+
+    def __init__(self):
+        self.images = []
+
+    def prompt_scores(self, pixels, prompts):
+        self.images.append(pixels.clone())
+        return torch.zeros(pixels.shape[0], len(prompts))
+
+
+def test_tied_map_deletes_exactly_round_f_n_pixels_under_road():
+    """A map that is zero on 90 % of the pixels: deletion at fraction f removes exactly
+    round(f * N) pixels, because the protocol ranks pixels with a stable sort (ties: lower flat
+    index first) and takes the top count. Percentile thresholding, as pytorch-grad-cam's ROAD
+    metrics do (``threshold = np.percentile(cam, p)``; keep ``cam < threshold``), cannot split
+    a tie: once f passes 10 %, the top fraction reaches into the zeros, the threshold is 0 and it
+    removes all N pixels."""
+    height = width = 30
+    n = height * width
+    rng = np.random.default_rng(0)
+    saliency = np.zeros(n)
+    saliency[rng.choice(n, n // 10, replace=False)] = rng.random(n // 10) + 0.1
+    saliency = saliency.reshape(height, width)
+    pixels = photo(height, width, low=0.25, high=0.75, seed=16)  # no clipping: imputed pixels differ
+    steps = 10
+    recorder = Recorder()
+    metrics.curves_for_orders(recorder, pixels, Target("x"), [metrics.pixel_order(saliency)], steps=steps,
+                              substrate="road", seed=0)
+    images = torch.cat(recorder.images)[2:]  # after the two end points: deletion steps 1..9, then insertion
+    for k in range(1, steps):
+        changed = int((images[k - 1] != pixels[0]).any(dim=0).sum())
+        assert changed == round(k / steps * n), k
+        # the contrast: pytorch-grad-cam's percentile rule for "remove the top k/steps"
+        threshold = np.percentile(saliency, 100 * (1 - k / steps))
+        removed_by_percentile = int((~(saliency < threshold)).sum())
+        if k / steps > 0.1:
+            assert removed_by_percentile == n
