@@ -19,6 +19,7 @@ METHOD_MODULES = (
     "gradcam",
     "integrated_gradients",
     "region_search",
+    "rise",
 )
 METHODS: dict[str, Method] = {
     method.name: method for method in (import_module(f".{module}", __name__).METHOD for module in METHOD_MODULES)
