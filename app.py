@@ -151,7 +151,7 @@ def _compute(photo, prompt: str, contrast: list[str], model: str, methods: list[
             what = "the bundled model" if model == DEFAULT_MODEL else f"{model} (first use: a download of several hundred MB)"
             progress(0.0, desc=f"Loading {what}…")
 
-        def report(fraction: float, description: str) -> None:
+        def report(fraction: float, description: str, **details) -> None:
             if cancelled.is_set():
                 raise RunCancelled()
             text = description[:1].upper() + description[1:]

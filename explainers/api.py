@@ -226,7 +226,7 @@ CURVES_PROGRESS_SHARE = 0.3  # of the progress bar, against the methods' shares 
 
 def _within(progress: ProgressFn, start: float, end: float) -> ProgressFn:
     """A progress function for a stage that fills ``start``..``end`` of ``progress``'s bar."""
-    return lambda fraction, text: progress(min(1.0, start + (end - start) * fraction), text)
+    return lambda fraction, text, **details: progress(min(1.0, start + (end - start) * fraction), text, **details)
 
 
 def run_methods(prepared: Prepared, methods: Sequence[str], params: dict[str, Any],

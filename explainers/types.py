@@ -7,11 +7,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-# progress(fraction in [0, 1], description) -- the app maps it onto gr.Progress, the CLI ignores it.
-ProgressFn = Callable[[float, str], None]
+# progress(fraction in [0, 1], description, **details) -- the app maps it onto gr.Progress, the CLI
+# ignores it. Details a stage may add: preview=[H, W] map found so far (region search, anytime).
+ProgressFn = Callable[..., None]
 
 
-def no_progress(fraction: float, description: str) -> None:  # noqa: ARG001 - the null ProgressFn
+def no_progress(fraction: float, description: str, **details: Any) -> None:  # noqa: ARG001 - the null ProgressFn
     return None
 
 

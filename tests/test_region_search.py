@@ -67,3 +67,22 @@ def test_prefix_sets_row_k_holds_exactly_the_first_k_plus_one_regions_of_the_ord
     prefixes = prefix_sets(order)
     for k in range(len(order)):
         assert set(np.flatnonzero(prefixes[k])) == set(order[: k + 1])
+
+
+def test_region_search_previews_its_map_as_regions_are_chosen():
+    """Anytime: each progress report carries the map of the regions chosen so far; every preview
+    keeps the previous one's regions and their values, and the last is the final map."""
+    from explainers.methods import run_method
+
+    from toys import evidence
+
+    adapter = evidence(64)
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    previews = []
+    result = run_method("region", adapter, pixels, Target("x"), n_regions=16, regions="grid", search="greedy",
+                        progress=lambda fraction, text, preview=None, **_: previews.append(preview))
+    assert len(previews) == 16
+    for before, after in zip(previews, previews[1:]):
+        shown = before > 0
+        assert np.array_equal(after[shown], before[shown]) and (after > 0).sum() > shown.sum()
+    np.testing.assert_array_equal(previews[-1], result.values)

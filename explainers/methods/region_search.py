@@ -58,7 +58,7 @@ def greedy_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progre
         gains.append(float(values[best] - current))
         current = float(values[best])
         selected[candidates[best]] = True
-        progress((step + 1) / n, "region search (greedy)")
+        progress((step + 1) / n, "region search (greedy)", order=order)
     return order, gains, evaluated
 
 
@@ -91,7 +91,7 @@ def lazy_greedy_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_p
         gains.append(float(stale[best]))
         current += float(stale[best])
         selected[best] = True
-        progress((step + 1) / n, "region search (lazy greedy)")
+        progress((step + 1) / n, "region search (lazy greedy)", order=order)
     return order, gains, evaluated
 
 
@@ -155,8 +155,8 @@ def fast_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress
         gains.append(float(fresh[best]))
         current = float(values.max())
         selected[best] = True
-        progress((step + 1) / n, "region search")
-    progress(1.0, "region search")
+        progress((step + 1) / n, "region search", order=order)
+    progress(1.0, "region search", order=order)
     return order, gains, evaluated
 
 
@@ -235,11 +235,12 @@ def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, 
     return objective, objective.full, objective.empty
 
 
-def order_map(order: list[int], labels: np.ndarray) -> np.ndarray:
-    """Paint each region 1 - rank/n (the first region chosen = 1), as the map of an order."""
-    n = len(order)
-    rank_value = np.empty(n, dtype=np.float32)
-    rank_value[order] = 1.0 - np.arange(n, dtype=np.float32) / n
+def order_map(order: list[int], labels: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Paint each region 1 - rank/n (the first region chosen = 1), as the map of an order. With
+    ``n`` regions in all and a shorter (partial) ``order``, the regions not yet chosen are 0."""
+    n = len(order) if n is None else n
+    rank_value = np.zeros(n, dtype=np.float32)
+    rank_value[order] = 1.0 - np.arange(len(order), dtype=np.float32) / n
     return rank_value[labels]
 
 
@@ -268,7 +269,13 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, n_regio
     objective, _, _ = smdl_objective(adapter, pixels, target, masks, lambda_consistency,
                                      lambda_collaboration, substrate=substrate, seed=seed)
     # F(empty set) = l_c * s(removed image) + l_k * (1 - s(full)) = 0 after normalisation.
-    order, gains, evaluated = SEARCH_FUNCTIONS[search](n, objective, progress, 0.0)
+
+    def search_progress(fraction: float, text: str, order: list[int] | None = None, **details) -> None:
+        # Anytime: the map of the regions chosen so far (the rest 0), for the app to show as it fills in.
+        preview = None if order is None else order_map(order, labels, n)
+        progress(fraction, text, preview=preview, **details)
+
+    order, gains, evaluated = SEARCH_FUNCTIONS[search](n, objective, search_progress, 0.0)
     prefixes = prefix_sets(order)
     kept, removed = objective.known(prefixes), objective.known(~prefixes)
     path = [{"region": r, "gain": g, "kept": _finite(k), "removed": _finite(x)}
