@@ -19,6 +19,7 @@ from _common import PHOTOS, ROOT  # also puts the project on sys.path
 from explainers import metrics
 from explainers.images import open_image
 from explainers.methods import integrated_gradients as ig
+from explainers.methods import run_method
 from explainers.models import load_model
 from explainers.types import Target
 
@@ -37,14 +38,14 @@ def main() -> None:
                 if max_steps < steps:
                     continue
                 started = time.perf_counter()
-                m = ig.explain(adapter, pixels, target, steps=steps, max_steps=max_steps)
+                m = run_method("ig", adapter, pixels, target, steps=steps, max_steps=max_steps)
                 seconds = time.perf_counter() - started
                 signed = _signed(adapter, pixels, target, m.meta["steps"])
                 curves, ref = metrics.faithfulness(adapter, pixels, target, {"map": m.values, "signed": signed},
                                                    steps=20, n_random=3)
                 print(f"| {photo} | {steps} | {max_steps} | {m.meta['steps']} | {m.meta['completeness_error']:.4f} "
-                      f"| {seconds:.2f} | {m.backward_passes} | {curves['map'][1].auc:.3f}/{curves['map'][0].auc:.3f} "
-                      f"| {curves['signed'][1].auc:.3f}/{curves['signed'][0].auc:.3f} "
+                      f"| {seconds:.2f} | {m.backward_passes} | {curves['map'].insertion.auc:.3f}/{curves['map'].deletion.auc:.3f} "
+                      f"| {curves['signed'].insertion.auc:.3f}/{curves['signed'].deletion.auc:.3f} "
                       f"| {ref.insertion.auc:.3f}/{ref.deletion.auc:.3f} |", flush=True)
 
 

@@ -22,7 +22,8 @@ import torch
 from _common import CACHE, PHOTOS, Clock, header, photo_path
 from explainers import metrics
 from explainers.images import open_image
-from explainers.methods import region_search
+from explainers.methods import region_search, run_method
+from explainers.models.base import Metered
 from explainers.models import load_model
 from explainers.regions import label_masks
 from explainers.types import Target
@@ -30,10 +31,10 @@ from explainers.types import Target
 
 def bounded_greedy(adapter, pixels, target, labels):
     """Plain greedy on F with the normalised scores clipped to [0, 1]."""
-    forward_before = adapter.forward_passes
-    evaluate, _, _ = region_search.smdl_objective(adapter, pixels, target, label_masks(labels), bounded=True)
+    meter = Metered(adapter)
+    evaluate, _, _ = region_search.smdl_objective(meter, pixels, target, label_masks(labels), bounded=True)
     order, _, _ = region_search.greedy_order(int(labels.max()) + 1, evaluate)
-    return order, adapter.forward_passes - forward_before
+    return order, meter.forward_passes
 
 
 def run_search(adapter, pixels, target, n, kind, labels, search):
@@ -46,7 +47,7 @@ def run_search(adapter, pixels, target, n, kind, labels, search):
             order, forward = bounded_greedy(adapter, pixels, target, labels)
             info = {"order": order, "forward": forward, "backward": 0}
         else:
-            m = region_search.explain(adapter, pixels, target, n_regions=n, regions=kind, search=search)
+            m = run_method("region", adapter, pixels, target, n_regions=n, regions=kind, search=search)
             info = {"order": m.meta["order"], "forward": m.forward_passes, "backward": m.backward_passes}
     info.update(seconds=clock.wall, cpu=clock.cpu)
     if search.startswith("greedy"):
@@ -90,7 +91,8 @@ def main() -> None:
         for search in searches:
             deletion, insertion = curves[search]
             i = infos[search]
-            rel = (f"{insertion.auc / base[1].auc:.3f} | {deletion.auc - base[0].auc:+.3f}" if base else "- | -")
+            rel = (f"{insertion.auc / base.insertion.auc:.3f} | {deletion.auc - base.deletion.auc:+.3f}"
+                   if base else "- | -")
             objective = path_objective(adapter, pixels, target, labels, i["order"])
             print(f"| {photo} | {search} | {i['forward']} | {i['backward']} | {i['seconds']:.1f} | {i['cpu']:.1f} "
                   f"| {insertion.auc:.3f} | {deletion.auc:.3f} | {rel} | {objective:.3f} |", flush=True)

@@ -41,6 +41,7 @@ from _common import PHOTOS, header, photo_path
 from explainers import metrics
 from explainers.images import open_image
 from explainers.methods import region_search
+from explainers.substrates import make_substrate
 from explainers.models import load_model
 from explainers.regions import label_masks
 from explainers.types import Target
@@ -51,6 +52,7 @@ class KeptSetScores:
 
     def __init__(self, adapter, pixels, target, labels):
         self.adapter, self.pixels, self.target = adapter, pixels, target
+        self.substrate = make_substrate(pixels, "black")
         self.masks = label_masks(labels)
         self.n = self.masks.shape[0]
         self.flat = self.masks.reshape(self.n, -1)
@@ -63,7 +65,7 @@ class KeptSetScores:
         keys = [np.packbits(row).tobytes() for row in kept]
         new = list({key: i for i, key in enumerate(keys) if key not in self.memo}.values())
         if new:
-            images = region_search.keep_regions(self.pixels, self.flat, torch.from_numpy(kept[new].astype(np.float32)))
+            images = region_search.keep_regions(self.substrate, self.flat, torch.from_numpy(kept[new].astype(np.float32)))
             scores = (self.adapter.score_many(images, self.target).numpy() - self.empty) / (self.full - self.empty)
             self.memo.update({keys[i]: float(s) for i, s in zip(new, scores)})
         return np.array([self.memo[key] for key in keys])
@@ -219,7 +221,7 @@ def gradient_estimates(scores: KeptSetScores, order: list[int]) -> list[np.ndarr
     selected, out = np.zeros(scores.n, dtype=bool), []
     for region in order[:-1]:
         soft = torch.tensor(np.stack([selected, ~selected]).astype(np.float32), requires_grad=True)
-        images = region_search.keep_regions(scores.pixels, scores.flat, soft)
+        images = region_search.keep_regions(scores.substrate, scores.flat, soft)
         scores.adapter.score(images, scores.target).sum().backward()
         grad = soft.grad.numpy() / (scores.full - scores.empty)
         out.append(grad[0] + grad[1])

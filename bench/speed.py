@@ -24,9 +24,7 @@ import time
 import torch
 
 from _common import PHOTOS, ROOT, Clock, header, peak_rss_mb, photo_path
-from explainers import api, metrics
-from explainers.images import open_image
-from explainers.methods import get_method
+from explainers import api
 from explainers.models import load_model
 from explainers.types import Target
 
@@ -65,75 +63,68 @@ def load(name: str):
     return load_model(name)
 
 
-def method_params(params: dict) -> dict:
-    return {
-        "gradcam": {},
-        "ig": {"steps": params["ig_steps"], "baseline": params["ig_baseline"]},
-        "region": {"n_regions": params["n_regions"], "regions": params["region_kind"],
-                   "search": params["region_search"]},
-    }
-
-
 def row(label, clock, forward, backward, timer_seconds, extra=""):
     share = timer_seconds / clock.wall if clock.wall else 0.0
     print(f"| {label} | {clock.wall:.2f} | {clock.cpu:.2f} | {forward} | {backward} | {share:.0%} "
           f"| {peak_rss_mb():.0f} |{extra}", flush=True)
 
 
-def run_model(name: str, photos: list[str], curve_steps: int | None) -> None:
+def run_model(name: str, photos: list[str], methods: list[str], curve_steps: int | None) -> None:
     adapter = load(name)
     print(f"\n(peak RSS after loading {name}: {peak_rss_mb():.0f} MB)")
     params = api.validate_params({} if curve_steps is None else {"curve_steps": curve_steps})
-    api.load_model = lambda _name: adapter  # explain() gets this adapter (load excluded)
     timer = ModelTimer(adapter)
-    header(f"Speed: {adapter.name}, 224 px, defaults {params}")
+    header(f"Speed: {adapter.name}, 224 px, methods {','.join(methods)}, defaults {params}")
     # Warm-up: every batch shape the defaults use, untimed.
-    api.explain(photo_path(photos[0]), PHOTOS[photos[0]], **params)
+    api.explain(photo_path(photos[0]), PHOTOS[photos[0]], model=adapter, methods=methods, **params)
 
     print("| step | wall s | CPU s | forward | backward | in model | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for photo in photos:
-        target = Target(PHOTOS[photo])
-        pixels = adapter.load_image(open_image(photo_path(photo)))
+        prepared = api.prepare(photo_path(photo), Target(PHOTOS[photo]), adapter)
         maps = {}
-        for method, kwargs in method_params(params).items():
-            f0, b0, t0 = adapter.forward_passes, adapter.backward_passes, timer.seconds
+        for method in methods:
+            t0 = timer.seconds
             with Clock() as clock:
-                m = get_method(method).explain(adapter, pixels, target, **kwargs)
+                m = api.run_methods(prepared, [method], params)[method]
             maps[method] = m.values
             extra = ""
             if method == "ig":
                 extra = f" steps used {m.meta['steps']}, completeness error {m.meta['completeness_error']:.3f}"
             if method == "region":
                 extra = f" {m.meta['n_regions']} regions, {m.meta['sets_evaluated']} sets"
-            row(f"{photo}: {method}", clock, adapter.forward_passes - f0, adapter.backward_passes - b0,
-                timer.seconds - t0, extra)
-        f0, t0 = adapter.forward_passes, timer.seconds
+            if method == "rise":
+                extra = f" split-half r {m.meta['split_half_r']:.3f}"
+            row(f"{photo}: {method}", clock, m.forward_passes, m.backward_passes, timer.seconds - t0, extra)
+        t0 = timer.seconds
         with Clock() as clock:
-            metrics.faithfulness(adapter, pixels, target, maps, steps=params["curve_steps"],
-                                 substrate=params["substrate"], n_random=params["n_random"], seed=params["seed"])
-        row(f"{photo}: curves (3 maps + {params['n_random']} random, {params['curve_steps']} steps)", clock,
-            adapter.forward_passes - f0, 0, timer.seconds - t0)
-        f0, b0, t0 = adapter.forward_passes, adapter.backward_passes, timer.seconds
+            curves, reference = api.evaluate_maps(prepared, maps, params)
+        passes = sum(c.deletion.forward_passes + c.insertion.forward_passes for c in curves.values())
+        passes += reference.deletion.forward_passes + reference.insertion.forward_passes
+        row(f"{photo}: curves ({len(maps)} maps + {params['n_random']} random, {params['curve_steps']} steps)",
+            clock, f"~{passes}", 0, timer.seconds - t0)
+        t0 = timer.seconds
         with Clock() as clock:
-            api.explain(photo_path(photo), PHOTOS[photo], **params)
-        row(f"**{photo}: explain() end to end**", clock, adapter.forward_passes - f0,
-            adapter.backward_passes - b0, timer.seconds - t0)
+            result = api.explain(photo_path(photo), PHOTOS[photo], model=adapter, methods=methods, **params)
+        forward = sum(m.saliency.forward_passes for m in result.methods.values())
+        backward = sum(m.saliency.backward_passes for m in result.methods.values())
+        row(f"**{photo}: explain() end to end**", clock, f"{forward} + curves", backward, timer.seconds - t0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=["bundled", "clip-random"])
     parser.add_argument("--photos", default=",".join(PHOTOS))
+    parser.add_argument("--methods", default=",".join(api.DEFAULT_METHODS))
     parser.add_argument("--curve-steps", type=int)
     args = parser.parse_args()
     if args.model is None:
         for model in ("bundled", "clip-random"):
             extra = ["--curve-steps", str(args.curve_steps)] if args.curve_steps else []
-            subprocess.run([sys.executable, __file__, "--model", model, "--photos", args.photos, *extra],
-                           check=True, cwd=ROOT)
+            subprocess.run([sys.executable, __file__, "--model", model, "--photos", args.photos,
+                            "--methods", args.methods, *extra], check=True, cwd=ROOT)
         return
-    run_model(args.model, args.photos.split(","), args.curve_steps)
+    run_model(args.model, args.photos.split(","), args.methods.split(","), args.curve_steps)
 
 
 if __name__ == "__main__":
