@@ -16,8 +16,10 @@ from .methods import METHODS, default_methods, get_method, run_method
 from .models import DEFAULT_MODEL, ModelAdapter, load_model
 from .params import Param, shown
 from .regions import region_labels
+from .sanity import cascading_randomization, sanity_stages
 from .substrates import SUBSTRATES
-from .types import Curves, MethodResult, ProgressFn, RandomReference, Result, SaliencyMap, Target, no_progress
+from .types import (Curves, MethodResult, ProgressFn, RandomReference, Result, SaliencyMap, SanityCheck, Target,
+                    no_progress)
 
 MAX_CONTRAST = 16
 MAX_PROMPT_CHARS = 1000
@@ -238,10 +240,24 @@ def run_methods(prepared: Prepared, methods: Sequence[str], params: dict[str, An
     for name, start, end in zip(methods, shares[:-1] / shares[-1], shares[1:] / shares[-1]):
         torch.manual_seed(params["seed"])
         maps[name] = run_method(name, prepared.adapter, prepared.pixels, prepared.target,
-                                progress=_within(progress, start, end),
-                                substrate=params["substrate"], seed=params["seed"],
-                                **get_method(name).kwargs(params))
+                                progress=_within(progress, start, end), **method_kwargs(name, params))
     return maps
+
+
+def method_kwargs(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What run_method passes to method ``name``: its own parameters and the protocol's substrate and seed."""
+    return {"substrate": params["substrate"], "seed": params["seed"], **get_method(name).kwargs(params)}
+
+
+def check_sanity(prepared: Prepared, maps: dict[str, SaliencyMap], params: dict[str, Any],
+                 progress: ProgressFn = no_progress) -> SanityCheck:
+    """The model-parameter randomisation test (Adebayo et al., NeurIPS 2018; explainers/sanity.py)
+    for these maps: each method again, with the parameters it ran with, on a seeded copy of the
+    model randomised stage by stage from the top layer down."""
+    return cascading_randomization(
+        prepared.adapter, prepared.pixels, prepared.target, {n: m.values for n, m in maps.items()},
+        {n: method_kwargs(n, params) for n in maps}, seed=params["seed"], progress=progress,
+    )
 
 
 def evaluate_maps(prepared: Prepared, maps: dict[str, np.ndarray], params: dict[str, Any],
@@ -265,6 +281,7 @@ def explain(
     methods: Optional[Sequence[str]] = None,
     progress: ProgressFn = no_progress,
     device: str = "cpu",
+    sanity: bool = False,
     **params: Any,
 ) -> Result:
     """Explain why ``model`` scores ``image`` as ``prompt``, with every method in ``methods``.
@@ -273,34 +290,47 @@ def explain(
     (``"auto"`` picks CUDA where there is one), or a ready ``ModelAdapter`` (e.g. a
     ``ClassifierAdapter`` around your own classifier), used as it is. ``methods`` default to the
     registry's default ones. Parameters: ``PARAMS`` (the protocol's and each method's, with
-    their ranges and defaults). Raises ``UserError`` (one plain sentence) on bad input.
+    their ranges and defaults). ``sanity=True`` adds the model-parameter randomisation test
+    (``Result.sanity``; every method again at each stage, so several times the methods' cost).
+    Raises ``UserError`` (one plain sentence) on bad input.
 
     The stages are public for callers that already hold some of them (data-set evaluation,
-    benchmarks): ``validate`` -> ``prepare`` -> ``run_methods`` -> ``evaluate_maps`` -> ``assemble``.
+    benchmarks): ``validate`` -> ``prepare`` -> ``run_methods`` -> ``evaluate_maps`` (-> ``check_sanity``)
+    -> ``assemble``.
     """
     started = time.perf_counter()
     request = validate(prompt, contrast, DEFAULT_METHODS if methods is None else methods, **params)
+    if not isinstance(sanity, (bool, np.bool_)):
+        raise UserError(f"sanity must be True or False, not {shown(sanity)}")
     photo = open_image(image)  # a bad image is refused before any model loads
     prepared = prepare(photo, request.target, resolve_model(model, device))
+    # A model that cannot be randomised is refused before the methods run; the test re-runs every
+    # method once per stage, which sizes its share of the progress bar.
+    sanity_share = len(sanity_stages(prepared.adapter)) if sanity else 0
     method_shares = sum(get_method(name).progress_share for name in request.methods)
-    methods_end = method_shares / (method_shares + CURVES_PROGRESS_SHARE)
+    total = method_shares * (1 + sanity_share) + CURVES_PROGRESS_SHARE
+    methods_end, curves_end = method_shares / total, (method_shares + CURVES_PROGRESS_SHARE) / total
     maps = run_methods(prepared, request.methods, request.params, progress=_within(progress, 0.0, methods_end))
     curves, reference = evaluate_maps(prepared, {n: m.values for n, m in maps.items()}, request.params,
-                                      progress=_within(progress, methods_end, 1.0))
+                                      progress=_within(progress, methods_end, curves_end))
+    check = (check_sanity(prepared, maps, request.params, progress=_within(progress, curves_end, 1.0))
+             if sanity else None)
     progress(1.0, "done")
-    return assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started)
+    return assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started,
+                    sanity=check)
 
 
 def assemble(request: Request, prepared: Prepared, maps: dict[str, SaliencyMap], curves: dict[str, Curves],
-             reference: RandomReference, seconds: float) -> Result:
-    """The Result of one request: maps, curves, the reference, every parameter, the notes."""
+             reference: RandomReference, seconds: float, sanity: Optional[SanityCheck] = None) -> Result:
+    """The Result of one request: maps, curves, the reference, every parameter, the notes (and the
+    sanity check, where one ran)."""
     image_view = (prepared.pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return Result(
         model=prepared.adapter.name, target=prepared.target, score=prepared.score,
         prompt_probabilities=prepared.prompt_probabilities, image=image_view,
         methods={n: MethodResult(maps[n], curves[n]) for n in request.methods},
         random=reference, params={"methods": list(request.methods), **request.params}, seconds=seconds,
-        notes=request.notes + prepared.notes,
+        notes=request.notes + prepared.notes, sanity=sanity,
     )
 
 

@@ -149,6 +149,48 @@ class RandomReference:
 
 
 @dataclass(frozen=True)
+class SanityStage:
+    """One method's map on the model randomised down to one stage of the cascade, compared with
+    the method's map on the trained model (Adebayo et al., NeurIPS 2018): Spearman's rank
+    correlation of the absolute values and SSIM of the absolute maps scaled to [0, 1]. A method
+    that explains the model should give low values once the model is destroyed."""
+
+    stage: str  # the stage's label, as the adapter declares it (ModelAdapter.randomization_stages)
+    spearman: float  # 0 where a map is blank (sanity.compare_maps)
+    ssim: float
+    values: np.ndarray  # the randomised model's map, [H, W] (for the app's strip; not in the JSON)
+    seconds: float = 0.0
+    forward_passes: int = 0
+    backward_passes: int = 0
+
+
+@dataclass(frozen=True)
+class SanityCheck:
+    """The model-parameter randomisation test of one explain() call: for each method, its map at
+    each cumulative stage of the cascade (top layer first), on a seeded, randomised copy of the
+    model (the model itself is never touched)."""
+
+    stages: tuple[tuple[str, tuple[str, ...]], ...]  # (label, names of the randomised modules), top first
+    methods: dict[str, tuple[SanityStage, ...]]  # per method, one entry per stage, in order
+    seed: int
+    seconds: float  # all of it: the copy, the randomisation and every map
+    randomize_seconds: tuple[float, ...] = ()  # per stage: re-drawing its parameters
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(s.forward_passes for stages in self.methods.values() for s in stages)
+
+    @property
+    def backward_passes(self) -> int:
+        return sum(s.backward_passes for stages in self.methods.values() for s in stages)
+
+    def summary(self) -> dict[str, list[dict[str, Any]]]:
+        """What result.json keeps: ``{method: [{"stage", "spearman", "ssim"}, ...]}`` (no maps)."""
+        return {name: [{"stage": s.stage, "spearman": s.spearman, "ssim": s.ssim} for s in stages]
+                for name, stages in self.methods.items()}
+
+
+@dataclass(frozen=True)
 class Result:
     """Everything one ``explain`` call produced: enough to render, export and reproduce."""
 
@@ -162,7 +204,7 @@ class Result:
     params: dict[str, Any]
     seconds: float
     notes: tuple[str, ...] = ()
-    sanity: Optional[dict[str, Any]] = None  # per method: the model-randomisation check, if asked
+    sanity: Optional[SanityCheck] = None  # the model-randomisation check, if asked
 
     def more_faithful_than_random(self, method: str) -> bool:
         """The protocol's verdict: the method's SRG is above the random reference's mean SRG
@@ -204,7 +246,7 @@ class Result:
                 "seed": self.random.seed,
                 "curves": _curves_json(self.random.curves),
             },
-            **({"sanity": self.sanity} if self.sanity is not None else {}),
+            **({"sanity": self.sanity.summary()} if self.sanity is not None else {}),
             "params": _jsonable(self.params),
             "seconds": self.seconds,
             "notes": list(self.notes),

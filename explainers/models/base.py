@@ -6,7 +6,7 @@ Methods and metrics only ever see this interface, so a model adapts by what it d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -89,6 +89,58 @@ class ModelAdapter:
     # --- what Grad-CAM needs --------------------------------------------------------------
     def cam_layer(self) -> CamLayer:
         raise NotImplementedError
+
+    # --- what the sanity check needs (explainers/sanity.py) ---------------------------------
+    def randomization_stages(self) -> list[tuple[str, list[str]]]:
+        """The stages of the cascading model-parameter randomisation (Adebayo et al., "Sanity
+        Checks for Saliency Maps", NeurIPS 2018), top layer first: ``(label, names)`` where the
+        names are modules (or parameters) of the network ``randomizable_copy`` returns. The stages
+        are cumulative; together they cover every parameter the image score depends on.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares no randomisation stages")
+
+    def randomizable_copy(self) -> "tuple[ModelAdapter, torch.nn.Module]":
+        """A copy of this adapter whose network is a deep copy (so it can be randomised without
+        touching this shared adapter) and which shares everything that is not randomised (text
+        encoders, class embeddings); with that network, which the stage names are relative to."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be copied for randomisation")
+
+
+def parameter_units(names: Sequence[str]) -> list[str]:
+    """Parameter names -> the units a cascade randomises, bottom first (in the order the network
+    registers them, which is the forward order for sequential networks): the name up to its first
+    index in a container (``blocks.3._expand_conv.weight`` -> ``blocks.3``, one block), else the
+    owning module (``fc.weight`` -> ``fc``), else the parameter itself (a top-level token)."""
+    units: dict[str, None] = {}
+    for name in names:
+        parts = name.split(".")
+        index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        unit = ".".join(parts[:index + 1]) if index is not None else ".".join(parts[:-1]) or name
+        units.setdefault(unit, None)
+    return list(units)
+
+
+def units_label(units: Sequence[str]) -> str:
+    """``["blocks.3", "blocks.4", "blocks.5", "stem.0"]`` -> ``"blocks.3-5, stem.0"`` (runs of
+    consecutive indices in one container are shown as a range)."""
+    runs: list[list] = []  # [prefix, first, last] or [name, None, None]
+    for unit in units:
+        prefix, _, index = unit.rpartition(".")
+        if index.isdigit() and runs and runs[-1][0] == prefix and runs[-1][2] is not None \
+                and abs(int(index) - runs[-1][2]) == 1:
+            runs[-1][2] = int(index)
+        elif index.isdigit() and prefix:
+            runs.append([prefix, int(index), int(index)])
+        else:
+            runs.append([unit, None, None])
+    parts = []
+    for prefix, first, last in runs:
+        if first is None:
+            parts.append(prefix)
+        else:
+            low, high = sorted((first, last))
+            parts.append(f"{prefix}.{low}" if low == high else f"{prefix}.{low}-{high}")
+    return ", ".join(parts)
 
 
 

@@ -13,14 +13,16 @@ on those classes. The bundled model is this adapter around EfficientNet-Lite0 (m
 """
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import CamLayer, ModelAdapter
+from .base import CamLayer, ModelAdapter, parameter_units, units_label
 
 # Prompt -> classes: softmax(cos / temperature) over the best TOP_CLASSES classes.
 # 0.02 makes "a cheetah" put ~all weight on "cheetah" while "a dog" spreads over dog breeds.
@@ -28,6 +30,9 @@ MATCH_TEMPERATURE = 0.02
 TOP_CLASSES = 10
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The sanity check's cascade: the output layer, the unit below it, then the remaining blocks in
+# this many groups (6 stages in all, within the 4-6 that keep a sanity run affordable).
+RANDOMIZATION_BLOCK_GROUPS = 4
 
 
 @lru_cache(maxsize=1)
@@ -163,3 +168,25 @@ class ClassifierAdapter(ModelAdapter):
 
     def cam_layer(self) -> CamLayer:
         return CamLayer(self.network.get_submodule(self.cam_layer_name), "output", lambda a: a)
+
+    def randomization_stages(self) -> list[tuple[str, list[str]]]:
+        """Adebayo et al.'s cascade (NeurIPS 2018), read from the network's structure: its last unit
+        (the classifier, e.g. ``fc``), the unit below (the feature head, e.g. EfficientNet's
+        ``head.0``), then the remaining blocks from the top in RANDOMIZATION_BLOCK_GROUPS groups, the
+        last one reaching the stem, so the final stage has randomised every parameter. Units follow
+        ``parameter_units`` (registration order, the forward order of sequential classifiers)."""
+        top_first = parameter_units([name for name, _ in self.network.named_parameters()])[::-1]
+        groups = [[unit] for unit in top_first[:2]]
+        rest = top_first[2:]
+        if rest:
+            groups += [[str(u) for u in group]
+                       for group in np.array_split(np.array(rest), min(RANDOMIZATION_BLOCK_GROUPS, len(rest)))]
+        return [(units_label(group[::-1]), group) for group in groups]
+
+    def randomizable_copy(self) -> tuple["ClassifierAdapter", nn.Module]:
+        """This adapter with a deep copy of its network; MiniLM and the class embeddings are shared
+        (the randomisation never touches them) and the per-prompt class weights are copied."""
+        clone = copy.copy(self)
+        clone.network = copy.deepcopy(self.network)
+        clone._class_weights = dict(self._class_weights)
+        return clone, clone.network

@@ -5,11 +5,13 @@ Text features are computed once per prompt and cached; the model runs in fp32 fo
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import ModelLoadError
@@ -20,6 +22,9 @@ ALLOW_LOCAL_ENV = "SALIENCY_LAB_ALLOW_LOCAL_MODELS"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# The sanity check's cascade: the projection, then the vision transformer's blocks in this many
+# groups from the top (5 stages in all).
+RANDOMIZATION_BLOCK_GROUPS = 4
 
 
 class ClipAdapter(ModelAdapter):
@@ -91,6 +96,34 @@ class ClipAdapter(ModelAdapter):
             return patches.reshape(tokens.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2)
 
         return CamLayer(self.model.vision_model.encoder.layers[-1].layer_norm1, "input", to_grid)
+
+    def randomization_stages(self) -> list[tuple[str, list[str]]]:
+        """Adebayo et al.'s cascade (NeurIPS 2018) on the image tower: the visual projection (with
+        the final layer norm), then the vision transformer's blocks from the top in
+        RANDOMIZATION_BLOCK_GROUPS groups, the last with the patch and position embeddings, so the
+        final stage has randomised every parameter of the image side. The text tower is never
+        randomised: the prompt's embedding stays what the model learnt."""
+        stages = [("projection", ["visual_projection", "vision_model.post_layernorm"])]
+        layers = np.arange(len(self.model.vision_model.encoder.layers))
+        groups = [g for g in np.array_split(layers[::-1], min(RANDOMIZATION_BLOCK_GROUPS, len(layers))) if len(g)]
+        for i, group in enumerate(groups):
+            low, high = int(group.min()), int(group.max())
+            names = [f"vision_model.encoder.layers.{j}" for j in group]
+            label = f"layers.{low}" if low == high else f"layers.{low}-{high}"
+            if i == len(groups) - 1:
+                names += ["vision_model.pre_layrnorm", "vision_model.embeddings"]
+                label += ", embeddings"
+            stages.append((label, names))
+        return stages
+
+    def randomizable_copy(self) -> tuple["ClipAdapter", torch.nn.Module]:
+        """This adapter with a deep copy of its CLIP model except the text tower, which is shared
+        (never randomised); the cached text features are copied."""
+        clone = copy.copy(self)
+        shared = (self.model.text_model, self.model.text_projection)
+        clone.model = copy.deepcopy(self.model, memo={id(module): module for module in shared})
+        clone._text_features = dict(self._text_features)
+        return clone, clone.model
 
 
 def _mean_std(source: str) -> tuple[tuple, tuple]:
