@@ -13,20 +13,21 @@ import sys
 CLI_CURVE_STEPS = 50  # the paper protocol; the app uses fewer for speed
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (``error: ... (see --help)``, exit code 2)."""
+
     def error(self, message: str) -> None:  # one line, no usage dump
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .api import PROTOCOL_PARAMS
     from .methods import METHODS, default_methods
     from .models import DEVICES
 
-    parser = _Parser(prog="python -m explainers",
-                     description="Saliency maps (" + ", ".join(m.title for m in METHODS.values()) + ") with "
-                                 "deletion/insertion faithfulness curves for an image and a prompt.")
+    parser = OneLineParser(prog="python -m explainers",
+                           description="Saliency maps (" + ", ".join(m.title for m in METHODS.values()) + ") with "
+                                       "deletion/insertion faithfulness curves for an image and a prompt.")
     parser.add_argument("image", help="path to the image (PNG, JPEG, GIF, WebP, BMP, TIFF)")
     parser.add_argument("--prompt", required=True, help="what to look for, e.g. 'a cat'")
     parser.add_argument("--contrast", action="append", default=[], metavar="TEXT",
@@ -36,6 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated, from {','.join(METHODS)} (default {','.join(default_methods())})")
     parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto: CUDA where there is one)")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--sanity", action="store_true",
+                        help="also run the sanity check (model-parameter randomisation, Adebayo et al. 2018): "
+                             "every method again on the model randomised layer by layer from the top; "
+                             "Spearman and SSIM per stage in result.json (several times the methods' cost)")
+    add_param_flags(parser)
+    return parser
+
+
+def add_param_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per parameter spec (the protocol's, then each registered method's), in argument
+    groups; shared by this CLI and ``python -m explainers.evaluate``. Every flag defaults to None
+    so ``params_from_args`` can tell a given value from the default."""
+    from .api import PROTOCOL_PARAMS
+    from .methods import METHODS
+
     groups = [("the faithfulness protocol", PROTOCOL_PARAMS)]
     groups += [(f"{m.title} ({m.paper})", m.params) for m in METHODS.values() if m.params]
     for title, specs in groups:
@@ -44,7 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
             default = CLI_CURVE_STEPS if spec.name == "curve_steps" else spec.default
             group.add_argument(spec.cli_flag, dest=spec.name, default=None, metavar="N" if not spec.choices else "X",
                                help=f"{spec.help}: {spec.describe()} (default {default})")
-    return parser
+
+
+def params_from_args(args: argparse.Namespace) -> dict:
+    """The parameters given by ``add_param_flags``' flags, validated, with the CLI's defaults
+    (curve_steps 50, every other at its spec's default). Raises UserError naming the flag."""
+    from .api import PARAMS, validate_params
+
+    params = {name: (_number(getattr(args, name)) if not spec.choices else getattr(args, name))
+              for name, spec in PARAMS.items()}
+    if params["curve_steps"] is None:
+        params["curve_steps"] = CLI_CURVE_STEPS
+    return validate_params(params, labels={name: spec.cli_flag for name, spec in PARAMS.items()})
 
 
 def _number(text):
@@ -66,18 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
     try:
-        from .api import PARAMS, explain, validate_params
+        from .api import explain
         from .images import open_image
         from .render import save_bundle
 
-        params = {name: (_number(getattr(args, name)) if not spec.choices else getattr(args, name))
-                  for name, spec in PARAMS.items()}
-        if params["curve_steps"] is None:
-            params["curve_steps"] = CLI_CURVE_STEPS
-        validate_params(params, labels={name: spec.cli_flag for name, spec in PARAMS.items()})  # names the flag
+        params = params_from_args(args)  # a bad value is refused here, naming its flag
         image = open_image(args.image)
         result = explain(image, args.prompt, contrast=args.contrast, model=args.model, device=args.device,
-                         methods=[m.strip() for m in args.methods.split(",") if m.strip()], **params)
+                         methods=[m.strip() for m in args.methods.split(",") if m.strip()], sanity=args.sanity,
+                         **params)
         written = save_bundle(result, args.out, original_size=image.size)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
