@@ -151,3 +151,16 @@ def test_bad_requests_are_one_sentence(bundled):
 
 def test_the_classroom_note_says_what_passing_is_and_not_to_rank():
     assert "Adebayo" in SANITY_NOTE and "Binder" in SANITY_NOTE and "rank" in SANITY_NOTE
+
+
+def test_cli_sanity_flag_writes_the_check_to_result_json(bundled, tmp_path, capsys):
+    from explainers.__main__ import main
+
+    code = main([str(CAT), "--prompt", "a cat", "--methods", "gradcam", "--steps", "2", "--random-orderings", "1",
+                 "--device", "cpu", "--sanity", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    sanity = json.loads((tmp_path / "result.json").read_text())["sanity"]
+    assert [e["stage"] for e in sanity["gradcam"]] == [label for label, _ in bundled.randomization_stages()]
+    assert main([str(CAT), "--prompt", "a cat", "--methods", "gradcam", "--steps", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "plain")]) == 0
+    assert "sanity" not in json.loads((tmp_path / "plain" / "result.json").read_text())
