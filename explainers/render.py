@@ -1,56 +1,171 @@
-"""Result -> pictures and files: overlays, curve plots, CSV and the export bundle.
+"""Result -> pictures and files: overlays, curve plots, the scrubber's and the step-through's
+pictures, CSV and the export bundle (and back: ``load_bundle``).
 
-Takes only ``Result`` values (numpy), so the app and the CLI render the same way.
+Takes only ``Result`` values (numpy), so the app and the CLI render the same way. Nothing here
+calls a model: the scrubber's and the step-through's pictures are rebuilt from the maps
+(``metrics.curve_images``, the substrate's ``fill``), never scored.
 """
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .methods import METHODS
-from .types import Curves, Result
+from .report import RANDOM_TITLE, title  # noqa: F401 - title is part of render's interface
+from .types import (Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, SanityCheck, SanityStage,
+                    Target)
 
-RANDOM_TITLE, RANDOM_COLOUR = "Random order", "#7f7f7f"
-
-
-def title(name: str) -> str:
-    """What a method (or "random", the reference) is called on the page and in the plots."""
-    return RANDOM_TITLE if name == "random" else METHODS[name].title if name in METHODS else name
+RANDOM_COLOUR = "#7f7f7f"
+# Perceptually uniform first (equal steps in value look equal; they read in black and white);
+# jet and turbo for comparison with older papers.
+COLOUR_MAPS = ("inferno", "viridis", "magma", "cividis", "turbo", "jet")
+DEFAULT_COLOUR_MAP = "inferno"
+# How integrated gradients is drawn: as computed, or smoothed as most papers show it.
+IG_DISPLAYS = {"raw": "as computed", "smoothed": "smoothed (blur + 99th-percentile clip)"}
+SMOOTH_SIGMA = 0.015  # of the picture's longer side: the Gaussian blur of the "smoothed" display
+CLIP_PERCENTILE = 99  # display: values above this percentile of the positive part share the top colour
+OUTLINED_REGIONS = 5  # region search: the first regions chosen are outlined and numbered
 
 
 def colour(name: str) -> str:
     return RANDOM_COLOUR if name == "random" else METHODS[name].colour if name in METHODS else "#000000"
 
 
-def display_values(saliency: np.ndarray) -> np.ndarray:
-    """A map -> [0, 1] for display: the positive part scaled by its 99th percentile."""
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def display_values(saliency: np.ndarray, smooth: float = 0.0) -> np.ndarray:
+    """A map -> [0, 1] for display: the positive part scaled by its 99th percentile. ``smooth``
+    (a fraction of the longer side) blurs it first with a Gaussian."""
     values = np.nan_to_num(np.asarray(saliency, dtype=np.float64))
+    if smooth > 0:
+        from scipy.ndimage import gaussian_filter
+
+        values = gaussian_filter(values, sigma=smooth * max(values.shape))
     positive = np.clip(values, 0, None)
-    scale = np.percentile(positive, 99) if positive.any() else 0.0
+    scale = np.percentile(positive, CLIP_PERCENTILE) if positive.any() else 0.0
     if scale <= 0:
         scale = positive.max() if positive.max() > 0 else 1.0
     return np.clip(positive / scale, 0, 1)
 
 
-def overlay(image: np.ndarray, saliency: np.ndarray, cmap: str = "jet", alpha: float = 0.5,
-            size: tuple[int, int] | None = None) -> Image.Image:
-    """Heat map over the image. ``size`` (width, height) upsamples both, e.g. to the original photo."""
+def _heat(values: np.ndarray, cmap: str) -> np.ndarray:
     from matplotlib import colormaps
 
-    heat = colormaps[cmap](display_values(saliency))[..., :3]
-    heat_image = Image.fromarray((heat * 255).astype(np.uint8))
+    return (colormaps[cmap](values)[..., :3] * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, cmap: str = DEFAULT_COLOUR_MAP, alpha: float = 0.5,
+            size: tuple[int, int] | None = None, smooth: float = 0.0) -> Image.Image:
+    """Heat map over the image. ``size`` (width, height) upsamples both, e.g. to the original photo."""
+    heat_image = Image.fromarray(_heat(display_values(saliency, smooth), cmap))
     base = Image.fromarray(image)
-    if size is not None and size != base.size:
+    size = tuple(size) if size is not None else base.size
+    if base.size != size:
         base = base.resize(size, Image.BICUBIC)
+    if heat_image.size != size:
         heat_image = heat_image.resize(size, Image.BILINEAR)
     return Image.blend(base, heat_image, float(alpha))
 
+
+def region_overlay(image: np.ndarray, labels: np.ndarray, order: Sequence[int], cmap: str = DEFAULT_COLOUR_MAP,
+                   alpha: float = 0.5, size: tuple[int, int] | None = None,
+                   outlined: int = OUTLINED_REGIONS) -> Image.Image:
+    """Region search's map, readable: each region in its rank's colour (first chosen brightest),
+    the first ``outlined`` regions outlined in white and numbered 1, 2, ... at their inmost point."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+
+    n = int(labels.max()) + 1
+    rank_value = np.zeros(n)
+    rank_value[list(order)] = 1.0 - np.arange(len(order)) / max(n, 1)
+    size = size or (image.shape[1], image.shape[0])
+    big_labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.NEAREST))
+    base = Image.fromarray(image).resize(size, Image.BICUBIC) if size != image.shape[1::-1] else Image.fromarray(image)
+    heat = Image.fromarray(_heat(rank_value[big_labels], cmap))
+    picture = np.asarray(Image.blend(base, heat, float(alpha))).copy()
+    width = max(2, round(max(size) / 200))
+    places = []
+    for rank, region in enumerate(list(order)[:outlined]):
+        mask = big_labels == region
+        if not mask.any():
+            continue
+        edge = mask & ~binary_erosion(mask, iterations=width)
+        picture[edge] = (255, 255, 255)
+        inside = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(inside)), inside.shape)
+        places.append((rank + 1, x, y))
+    out = Image.fromarray(picture)
+    draw = ImageDraw.Draw(out)
+    font = _font(max(14, round(max(size) / 22)))
+    for number, x, y in places:
+        draw.text((x, y), str(number), fill="white", font=font, anchor="mm", stroke_width=3, stroke_fill="black")
+    return out
+
+
+def preview_overlay(photo: Image.Image, preview: np.ndarray, cmap: str = DEFAULT_COLOUR_MAP, alpha: float = 0.5,
+                    size: tuple[int, int] | None = None) -> Image.Image:
+    """A map found so far (e.g. region search's regions chosen so far, the rest 0) over the photo."""
+    rgb = np.asarray(photo.convert("RGB"))
+    return overlay(rgb, preview, cmap, alpha, size or photo.size)
+
+
+def colour_stops(cmap: str = DEFAULT_COLOUR_MAP, count: int = 11) -> list[str]:
+    """``count`` colours along a colour map, low to high, as hex (for a colour bar)."""
+    colours = _heat(np.linspace(0, 1, count), cmap)
+    return ["#%02x%02x%02x" % tuple(int(c) for c in rgb) for rgb in colours]
+
+
+# --- region labels (recomputed: SLIC and the grid are deterministic) -------------------------
+
+def _pixels(result: Result):
+    """The model's pixels, exactly: Result.image / 255 as float32, ``[1, 3, H, W]``."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(result.image)).permute(2, 0, 1)[None].float() / 255
+
+
+@functools.lru_cache(maxsize=16)
+def _labels_cached(key: str, image_bytes: bytes, shape: tuple, n_regions: int, kind: str) -> np.ndarray:
+    from .regions import make_regions
+
+    return make_regions(np.frombuffer(image_bytes, dtype=np.uint8).reshape(shape), n_regions, kind)
+
+
+def region_labels_of(result: Result) -> Optional[np.ndarray]:
+    """The regions region search cut this result's photo into (None when it did not run)."""
+    if "region" not in result.methods:
+        return None
+    image = np.ascontiguousarray(result.image)
+    key = hashlib.sha1(image.tobytes()).hexdigest()
+    labels = _labels_cached(key, image.tobytes(), image.shape, int(result.params["n_regions"]),
+                            str(result.params["region_kind"]))
+    return labels
+
+
+def method_picture(result: Result, name: str, cmap: str = DEFAULT_COLOUR_MAP, alpha: float = 0.5,
+                   size: tuple[int, int] | None = None, ig_display: str = "raw") -> Image.Image:
+    """A method's map as the page shows it: region search by rank with its first regions outlined,
+    integrated gradients optionally smoothed, every other map as a heat overlay."""
+    r = result.methods[name]
+    if name == "region" and "order" in r.saliency.meta:
+        labels = region_labels_of(result)
+        if labels is not None and int(labels.max()) + 1 == int(r.saliency.meta.get("n_regions", -1)):
+            return region_overlay(result.image, labels, r.saliency.meta["order"], cmap, alpha, size)
+    smooth = SMOOTH_SIGMA if name == "ig" and ig_display == "smoothed" else 0.0
+    return overlay(result.image, r.saliency.values, cmap, alpha, size, smooth)
+
+
+# --- curves ----------------------------------------------------------------------------------
 
 def _named_curves(result: Result) -> list[tuple[str, Curves]]:
     return [*((name, r.curves) for name, r in result.methods.items()), ("random", result.random.curves)]
@@ -106,6 +221,256 @@ def figure_to_image(figure) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
+class _Plot:
+    """A figure drawn once, and where its data points land on the picture, so that a slider's
+    marker is painted onto a copy (milliseconds) instead of drawing the figure again."""
+
+    def __init__(self, figure, axes: Sequence) -> None:
+        self.image = figure_to_image(figure)  # draws the figure: its transforms are now final
+        self.figure, self.axes = figure, list(axes)
+
+    def pixel(self, axis_index: int, x: float, y: float) -> tuple[float, float]:
+        px, py = self.axes[axis_index].transData.transform((x, y))
+        return float(px), float(self.image.height - py)
+
+    def vertical_line(self, draw: ImageDraw.ImageDraw, axis_index: int, x: float) -> None:
+        low, high = self.axes[axis_index].get_ylim()
+        (x0, top), (_, bottom) = self.pixel(axis_index, x, high), self.pixel(axis_index, x, low)
+        for y in np.arange(top, bottom, 8.0):  # dotted
+            draw.line([(x0, y), (x0, min(y + 4, bottom))], fill="black", width=2)
+
+    def dot(self, draw: ImageDraw.ImageDraw, axis_index: int, x: float, y: float, fill: str) -> None:
+        if not np.isfinite(y):
+            return
+        px, py = self.pixel(axis_index, x, y)
+        draw.ellipse([px - 7, py - 7, px + 7, py + 7], fill=fill, outline="black", width=2)
+
+
+_plots: dict[tuple[int, str], tuple[Any, _Plot]] = {}
+PLOTS_KEPT = 24
+
+
+def _cached_plot(result: Result, key: str, draw_figure) -> _Plot:
+    """The plot ``key`` of ``result``, drawn on first use. Results are keyed by identity (the app
+    holds one Result per bundle), checked through a weak reference so a reused id is not confused."""
+    import weakref
+
+    entry = _plots.get((id(result), key))
+    if entry is not None and entry[0]() is result:
+        return entry[1]
+    plot = _Plot(*draw_figure())
+    while len(_plots) >= PLOTS_KEPT:
+        _plots.pop(next(iter(_plots)))
+    _plots[(id(result), key)] = (weakref.ref(result), plot)
+    return plot
+
+
+def curve_plot(result: Result, kind: str, ylim: tuple[float, float] | None = None,
+               marker: Optional[int] = None) -> Image.Image:
+    """One curve kind's plot (as ``curves_figure``), with the scrubber's ``marker`` (a step of the
+    curves): a dotted vertical line and a dot on each curve. The figure is drawn once per result."""
+    ylim = ylim or shared_ylim(result)
+
+    def draw_figure():
+        figure = curves_figure(result, kinds=(kind,), ylim=ylim)
+        return figure, figure.axes
+
+    plot = _cached_plot(result, f"curve:{kind}:{ylim}", draw_figure)
+    if marker is None:
+        return plot.image
+    picture = plot.image.copy()
+    draw = ImageDraw.Draw(picture)
+    step = max(0, min(int(marker), len(getattr(result.random, kind).fractions) - 1))
+    plot.vertical_line(draw, 0, float(getattr(result.random, kind).fractions[step]))
+    for name, r in _named_curves(result):
+        curve = getattr(r, kind)
+        plot.dot(draw, 0, float(curve.fractions[step]), float(curve.normalized[step]), colour(name))
+    return picture
+
+
+def _to_image(tensor) -> Image.Image:
+    array = (tensor[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def curve_step_images(result: Result, name: str, step: int) -> tuple[Image.Image, Image.Image]:
+    """The deletion and the insertion picture the curves of ``name`` scored at ``step``
+    (rebuilt from the map and the substrate: no forward pass)."""
+    from . import metrics
+
+    deleted, revealed = metrics.curve_images(
+        _pixels(result), result.methods[name].saliency.values, int(step), int(result.params["curve_steps"]),
+        str(result.params["substrate"]), int(result.params["seed"]))
+    return _to_image(deleted), _to_image(revealed)
+
+
+def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None, thumb: int = 190) -> Image.Image:
+    """The scrubber's picture at ``step``: for each method, the photo with that fraction deleted
+    (most important first) and with that fraction revealed, each with its score (0 = blank, 1 = photo)."""
+    steps = int(result.params["curve_steps"])
+    step = max(0, min(int(step), steps))
+    width, height = size or result.image.shape[1::-1]
+    scale = thumb / max(width, height)
+    tw, th = max(1, round(width * scale)), max(1, round(height * scale))
+    names = list(result.methods)
+    per_row = min(len(names), 3)
+    rows = -(-len(names) // per_row)
+    pad, head, foot = 12, 26, 22
+    block_w = 2 * tw + pad
+    canvas = Image.new("RGB", (per_row * block_w + (per_row + 1) * pad, rows * (head + th + foot) + (rows + 1) * pad),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    title_font, text_font = _font(17), _font(14)
+    for i, name in enumerate(names):
+        x = pad + (i % per_row) * (block_w + pad)
+        y = pad + (i // per_row) * (head + th + foot + pad)
+        draw.rectangle([x - 4, y + 4, x + 2, y + head - 6], fill=colour(name))
+        draw.text((x + 8, y + 2), title(name), fill="black", font=title_font)
+        deleted, revealed = curve_step_images(result, name, step)
+        r = result.methods[name]
+        for j, (picture, what, value) in enumerate(((deleted, "deleted", r.deletion.normalized[step]),
+                                                     (revealed, "revealed", r.insertion.normalized[step]))):
+            left = x + j * (tw + pad)
+            canvas.paste(picture.resize((tw, th), Image.BICUBIC), (left, y + head))
+            draw.text((left, y + head + th + 3), f"{what}: score {value:.2f}", fill="black", font=text_font)
+    return canvas
+
+
+# --- the region search's steps ---------------------------------------------------------------
+
+def region_step_images(result: Result, chosen: int) -> tuple[Image.Image, Image.Image]:
+    """The pictures region search scored after ``chosen`` steps: only the chosen regions kept,
+    and only they removed (on the run's substrate; no forward pass)."""
+    import torch
+
+    from .substrates import make_substrate
+
+    labels = region_labels_of(result)
+    order = result.methods["region"].saliency.meta["order"]
+    keep = torch.from_numpy(np.isin(labels, order[:int(chosen)]).astype(np.float32))[None, None]
+    substrate = make_substrate(_pixels(result), str(result.params["substrate"]), int(result.params["seed"]))
+    kept, removed = substrate.fill(torch.cat([keep, 1.0 - keep])).split(1)
+    return _to_image(kept), _to_image(removed)
+
+
+def _path_column(path: list[dict], key: str) -> np.ndarray:
+    return np.array([np.nan if p.get(key) is None else p[key] for p in path], dtype=np.float64)
+
+
+def _path_figure(result: Result):
+    """The region search's path: the gain of each step (grey; light where the fast search only
+    estimated it) and the scores of the kept and the removed part."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    path = result.methods["region"].saliency.meta["path"]
+    n = len(path)
+    steps = np.arange(1, n + 1)
+    figure = Figure(figsize=(6.4, 3.4), dpi=100, layout="constrained")
+    axis = figure.subplots()
+    scored = np.isfinite(_path_column(path, "kept"))
+    gains = _path_column(path, "gain")
+    axis.bar(steps[scored], gains[scored], color="#999999", label="gain in F")
+    if (~scored).any():
+        axis.bar(steps[~scored], gains[~scored], color="#dddddd", label="gain in F (estimated)")
+    axis.plot(steps, _path_column(path, "kept"), "-o", color="#2ca02c", markersize=3, label="score of the kept part")
+    axis.plot(steps, _path_column(path, "removed"), "-o", color="#d62728", markersize=3,
+              label="score of the removed part")
+    axis.set_xlim(0.5, n + 0.5)
+    axis.set_xlabel("step (regions chosen)", fontsize=11)
+    axis.set_ylabel("0 = blank, 1 = photo", fontsize=11)
+    axis.set_title("The search, step by step", fontsize=12)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    return figure, [axis]
+
+
+def step_picture(result: Result, chosen: int, size: tuple[int, int] | None = None, thumb: int = 300) -> Image.Image:
+    """The step-through at ``chosen`` regions: the kept picture (only the chosen regions) and the
+    removed one (all but them), as region search scored them, beside the search's path with a
+    marker at this step."""
+    path = result.methods["region"].saliency.meta["path"]
+    chosen = max(0, min(int(chosen), len(path)))
+    plot = _cached_plot(result, "path", lambda: _path_figure(result))
+    graph = plot.image.copy()
+    draw = ImageDraw.Draw(graph)
+    if chosen:
+        plot.vertical_line(draw, 0, float(chosen))
+        entry = path[chosen - 1]
+        for key, fill in (("kept", "#2ca02c"), ("removed", "#d62728")):
+            if entry.get(key) is not None:
+                plot.dot(draw, 0, float(chosen), float(entry[key]), fill)
+    width, height = size or result.image.shape[1::-1]
+    scale = thumb / max(width, height)
+    tw, th = max(1, round(width * scale)), max(1, round(height * scale))
+    kept, removed = region_step_images(result, chosen)
+    pad, head = 12, 28
+    canvas = Image.new("RGB", (2 * tw + 3 * pad + graph.width, max(head + th + pad, graph.height)), "white")
+    text = ImageDraw.Draw(canvas)
+    font = _font(16)
+    top = max(0, (canvas.height - head - th) // 2)
+    for index, (picture, label) in enumerate(((kept, f"kept: the {chosen} chosen"), (removed, "removed: the rest"))):
+        left = pad + index * (tw + pad)
+        text.text((left, top), label, fill="black", font=font)
+        canvas.paste(picture.resize((tw, th), Image.BICUBIC), (left, top + head))
+    canvas.paste(graph, (2 * tw + 3 * pad, (canvas.height - graph.height) // 2))
+    return canvas
+
+
+# --- the sanity check ------------------------------------------------------------------------
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line] if line else lines
+
+
+def sanity_strip(result: Result, cmap: str = DEFAULT_COLOUR_MAP, size: tuple[int, int] | None = None,
+                 thumb: int = 120) -> Optional[Image.Image]:
+    """The sanity check as a strip per method: its map on the trained model, then on the model
+    randomised down to each stage (top layer first), each with its rank correlation (rho) and SSIM
+    against the first. The maps alone (|map|, no photo underneath), as Adebayo et al. show them."""
+    check = result.sanity
+    if check is None or not check.methods:
+        return None
+    width, height = size or result.image.shape[1::-1]
+    scale = thumb / max(width, height)
+    tw, th = max(1, round(width * scale)), max(1, round(height * scale))
+    labels = ["trained model", *(f"{label} randomised" for label, _ in check.stages)]
+    pad, head, foot, left = 8, 44, 36, 150
+    names = [n for n in result.methods if n in check.methods]
+    canvas = Image.new("RGB", (left + len(labels) * (tw + pad) + pad, head + len(names) * (th + foot + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    small, bold = _font(12), _font(15)
+    for j, label in enumerate(labels):
+        for k, line in enumerate(_wrap(label, max(8, tw // 7))[:3]):
+            draw.text((left + j * (tw + pad), 2 + 13 * k), line, fill="black", font=small)
+    for i, name in enumerate(names):
+        top = head + i * (th + foot + pad)
+        draw.rectangle([pad, top + 2, pad + 5, top + 20], fill=colour(name))
+        for k, line in enumerate(_wrap(title(name), 16)[:2]):
+            draw.text((pad + 10, top + 18 * k), line, fill="black", font=bold)
+        maps = [result.methods[name].saliency.values, *(stage.values for stage in check.methods[name])]
+        for j, values in enumerate(maps):
+            heat = Image.fromarray(_heat(display_values(np.abs(np.asarray(values, dtype=np.float64))), cmap))
+            x = left + j * (tw + pad)
+            canvas.paste(heat.resize((tw, th), Image.BILINEAR), (x, top))
+            if j:
+                stage = check.methods[name][j - 1]
+                draw.text((x, top + th + 3), f"rho {stage.spearman:.2f}", fill="black", font=small)
+                draw.text((x, top + th + 17), f"SSIM {stage.ssim:.2f}", fill="black", font=small)
+    return canvas
+
+
+# --- files -----------------------------------------------------------------------------------
+
 def curves_csv(result: Result) -> str:
     """Long-format CSV: method, curve, fraction, raw score, normalised score."""
     out = io.StringIO()
@@ -135,15 +500,20 @@ def auc_table(result: Result) -> list[list]:
     return rows
 
 
-def save_bundle(result: Result, out_dir: str | Path, cmap: str = "jet", alpha: float = 0.5,
+MAPS_FILE = "maps.npz"
+
+
+def save_bundle(result: Result, out_dir: str | Path, cmap: str = DEFAULT_COLOUR_MAP, alpha: float = 0.5,
                 original_size: tuple[int, int] | None = None) -> list[Path]:
-    """Write ``<method>.png``, ``curves.png``, ``curves.csv`` and ``result.json`` into ``out_dir``."""
+    """Write ``<method>.png``, ``curves.png``, ``curves.csv``, ``result.json`` and ``maps.npz``
+    (the model-input image and every map as numpy arrays) into ``out_dir``. ``load_bundle``
+    reads them back into a Result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, r in result.methods.items():
+    for name in result.methods:
         path = out / f"{name}.png"
-        overlay(result.image, r.saliency.values, cmap, alpha, original_size).save(path)
+        method_picture(result, name, cmap, alpha, original_size).save(path)
         written.append(path)
     path = out / "curves.png"
     curves_figure(result).savefig(path)
@@ -154,7 +524,17 @@ def save_bundle(result: Result, out_dir: str | Path, cmap: str = "jet", alpha: f
     path = out / "result.json"
     summary = {**result.summary(), "render": {"colour_map": cmap, "opacity": float(alpha),
                                               "overlay_size": list(original_size or result.image.shape[1::-1])}}
+    if result.sanity is not None:  # what load_bundle needs besides the summary's correlations
+        summary["sanity_check"] = {"stages": [[label, list(modules)] for label, modules in result.sanity.stages],
+                                   "seed": result.sanity.seed, "seconds": result.sanity.seconds}
     path.write_text(json.dumps(summary, indent=2, allow_nan=False))
+    written.append(path)
+    path = out / MAPS_FILE
+    sanity_maps = {} if result.sanity is None else {
+        f"sanity_{name}_{k}": np.asarray(stage.values, dtype=np.float32)
+        for name, stages in result.sanity.methods.items() for k, stage in enumerate(stages)}
+    np.savez_compressed(path, image=result.image, **sanity_maps,
+                        **{f"map_{name}": r.saliency.values.astype(np.float32) for name, r in result.methods.items()})
     written.append(path)
     return written
 
@@ -166,3 +546,70 @@ def zip_bundle(files: list[Path], zip_path: str | Path) -> Path:
         for f in files:
             archive.write(f, arcname=f.name)
     return zip_path
+
+
+def _array(values: Any) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _curves_from(summary_curves: dict, aucs: dict, passes: int = 0, seconds: float = 0.0) -> Curves:
+    def curve(kind: str) -> Curve:
+        c = summary_curves[kind]
+        normalized = _array(c["normalized"])
+        fractions = _array(c["fractions"])
+        auc = aucs.get(f"{kind}_auc")
+        return Curve(kind, fractions, _array(c["scores"]), normalized,
+                     float(np.trapezoid(normalized, fractions)) if auc is None else float(auc),
+                     float(c["full_score"] if c["full_score"] is not None else np.nan),
+                     float(c["substrate_score"] if c["substrate_score"] is not None else np.nan),
+                     passes // 2, seconds / 2)
+    return Curves(curve("deletion"), curve("insertion"))
+
+
+def bundle_from_zip(zip_path: str | Path) -> tuple[Result, dict]:
+    """A bundle's zip -> (the Result it was written from, its "render" settings: colour map,
+    opacity, overlay size). What the app's sliders and its refine button start from."""
+    path = Path(zip_path)
+    stat = path.stat()
+    return _bundle_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]:  # noqa: ARG001 - cache keys
+    with zipfile.ZipFile(path) as archive:
+        summary = json.loads(archive.read("result.json"))
+        with np.load(io.BytesIO(archive.read(MAPS_FILE)), allow_pickle=False) as arrays:
+            image = arrays["image"]
+            maps = {name[4:]: arrays[name] for name in arrays.files if name.startswith("map_")}
+            sanity_maps = {name: arrays[name] for name in arrays.files if name.startswith("sanity_")}
+    methods = {}
+    for name, m in summary["methods"].items():
+        saliency = SaliencyMap(name, maps[name], seconds=float(m["seconds"] or 0.0),
+                               forward_passes=int(m["forward_passes"] or 0),
+                               backward_passes=int(m["backward_passes"] or 0), meta=m["meta"])
+        methods[name] = MethodResult(saliency, _curves_from(m["curves"], m, m.get("curve_forward_passes") or 0,
+                                                            m.get("curve_seconds") or 0.0))
+    random = summary["random"]
+    reference = RandomReference(_curves_from(random["curves"], random),
+                                tuple(np.nan if s is None else float(s) for s in random["srg_orderings"]),
+                                random["ranking"], int(random["seed"]))
+    result = Result(
+        model=summary["model"], target=Target(summary["prompt"], tuple(summary["contrast"])),
+        score=float(summary["score"]) if summary["score"] is not None else float("nan"),
+        prompt_probabilities=summary["prompt_probabilities"], image=image, methods=methods, random=reference,
+        params=summary["params"], seconds=float(summary["seconds"]), notes=tuple(summary["notes"]),
+        sanity=_sanity_from(summary, sanity_maps),
+    )
+    return result, summary.get("render", {})
+
+
+def _sanity_from(summary: dict, maps: dict[str, np.ndarray]) -> Optional[SanityCheck]:
+    detail = summary.get("sanity_check")
+    if detail is None or "sanity" not in summary:
+        return None
+    methods = {name: tuple(SanityStage(s["stage"], np.nan if s["spearman"] is None else float(s["spearman"]),
+                                       np.nan if s["ssim"] is None else float(s["ssim"]), maps[f"sanity_{name}_{k}"])
+                           for k, s in enumerate(stages))
+               for name, stages in summary["sanity"].items()}
+    return SanityCheck(tuple((label, tuple(modules)) for label, modules in detail["stages"]), methods,
+                       int(detail["seed"]), float(detail["seconds"]))
