@@ -31,8 +31,9 @@ ROAD_NOISE_STD = 0.01
 # at most 3e-4; tests/test_substrates.py asserts < 1e-3, a quarter of one 8-bit grey level.
 ROAD_TOLERANCE = 1e-4
 ROAD_MAX_ITERATIONS = 50
-# Masks solved together. Measured in bench/road_cost.py: per image, batches of 8 cost no more
-# than larger ones on the 2-core CPU, and memory grows with the batch (~6 MB per 224x224 mask).
+# Masks solved together. bench/road_cost.py: per image, batches of 2 to 16 cost about the same on
+# the 2-core CPU (64-77 ms CPU each under load), 1 and 32 more; 8 is what the curves hand over
+# at once (the bundled model's batch), and memory grows with the batch (~10 MB per 224x224 mask).
 ROAD_CHUNK = 8
 
 
