@@ -59,7 +59,7 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
         for spec in specs:
             default = CLI_CURVE_STEPS if spec.name == "curve_steps" else spec.default
             group.add_argument(spec.cli_flag, dest=spec.name, default=None, metavar="N" if not spec.choices else "X",
-                               help=f"{spec.help}: {spec.describe()} (default {default})")
+                               help=f"{spec.help}: {spec.describe()} (default {default})".replace("%", "%%"))
 
 
 def params_from_args(args: argparse.Namespace) -> dict:

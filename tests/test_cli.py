@@ -27,3 +27,14 @@ def test_cli_writes_result_json_and_pictures(tmp_path):
     assert result["params"]["curve_steps"] == 10 and result["params"]["seed"] == 0
     for name in ("gradcam.png", "ig.png", "region.png", "curves.png", "curves.csv"):
         assert (out / name).stat().st_size > 0
+
+
+def test_help_lists_every_parameter_flag():
+    """--help is generated from the parameter specs (a '%' in a help text once crashed it)."""
+    from explainers.api import PARAMS
+
+    run = subprocess.run([sys.executable, "-m", "explainers", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    for spec in PARAMS.values():
+        assert spec.cli_flag in run.stdout
