@@ -178,6 +178,16 @@ def test_a_rerun_computes_only_missing_rows_and_loads_no_model(tmp_path, monkeyp
     assert named.to_dict()["methods"] == again.to_dict()["methods"] and len(rows_of(out)) == 9
 
 
+def test_summary_only_computes_nothing_and_counts_what_is_left(tmp_path):
+    manifest, out, toy = write_manifest(tmp_path / "data"), tmp_path / "out", ToyConv()
+    evaluate(manifest, out, model=toy, methods="gradcam", limit=1, progress=False, **SMALL)
+    toy.images = 0
+    summary = evaluate(manifest, out, model=toy, methods="gradcam", compute=False, progress=False, **SMALL)
+    assert toy.images == 0 and len(rows_of(out)) == 2
+    assert summary.n == 1 and summary.n_missing == 2 and summary.run["images_left"] == 2
+    assert "2 not yet computed" in (out / "summary.md").read_text()
+
+
 def test_a_partial_last_line_is_cut_and_its_image_computed_again(tmp_path):
     manifest, out, toy = write_manifest(tmp_path / "data"), tmp_path / "out", ToyConv()
     whole = evaluate(manifest, out, model=toy, methods="gradcam,ig", progress=False, **SMALL)
@@ -300,6 +310,7 @@ def test_every_parameter_has_its_flag_and_the_default_is_the_clis():
     from explainers.__main__ import params_from_args
 
     assert params_from_args(parser.parse_args(["m.csv", "--out", "o"]))["curve_steps"] == 50
+    assert all(flag in parser.format_help() for flag in flags)  # --help renders (argparse formats it)
 
 
 # --- statistics ------------------------------------------------------------------------------

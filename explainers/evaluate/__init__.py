@@ -119,6 +119,7 @@ def evaluate(
     class_column: Optional[str] = None,
     group_by: Sequence[str] = (),
     retry_errors: bool = False,
+    compute: bool = True,
     resamples: int = stats.RESAMPLES,
     progress: Optional[bool] = None,
     **params: Any,
@@ -135,6 +136,7 @@ def evaluate(
     divided among the workers; 1 per Ray actor). ``class_column``: a manifest column holding
     each photo's true class index, for classifier models: rows get ``top1`` and ``correct``.
     ``group_by``: columns (manifest ones, or ``correct``) whose values get their own tables.
+    ``compute=False`` only summarises the rows already in ``out`` (a long run's progress so far).
     ``progress``: a tqdm bar (None: only on a terminal). Raises UserError on bad input.
     """
     started = time.perf_counter()
@@ -181,7 +183,8 @@ def evaluate(
                 notes.append(f"{rows_path} ended in a partial line (an interrupted write); it was cut and its "
                              "image is computed again")
             done = latest(read_rows(rows_path)[1], digest)
-            jobs = _jobs(listing, names, done, retry_errors)
+            pending = _jobs(listing, names, done, retry_errors)
+            jobs = pending if compute else []
             if threads is None:
                 import torch
 
@@ -203,7 +206,8 @@ def evaluate(
                     "confidence": stats.CONFIDENCE, "params_hash": digest},
             run={"device": device, "workers": workers or (len(info.get("workers", [])) if use_ray else 1),
                  "threads_per_worker": threads, "ray": info.get("ray"), "worker_details": info.get("workers", []),
-                 "images_computed": computed, "images_skipped": len(listing.items) - len(jobs),
+                 "images_computed": computed, "images_skipped": len(listing.items) - len(pending),
+                 "images_left": len(pending) - computed,
                  "first_result_seconds": info.get("first_result_seconds"),
                  "last_result_seconds": info.get("last_result_seconds"),
                  "seconds": time.perf_counter() - started, "cpu_count": os.cpu_count()},

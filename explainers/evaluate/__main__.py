@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated columns (manifest ones, or correct) whose values get their own "
                              "tables in the summary")
     parser.add_argument("--retry-errors", action="store_true", help="compute again the images that failed before")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="compute nothing: write the summary of the rows already in --out (a long run's progress)")
     parser.add_argument("--bootstrap", type=_count, default=None, metavar="N",
                         help="bootstrap resamples for the confidence intervals (default 10000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate(args.manifest, args.out, model=args.model, methods=args.methods, device=args.device,
                            limit=args.limit, workers=args.workers, ray=args.ray, threads=args.threads,
                            class_column=args.class_column, group_by=args.group_by, retry_errors=args.retry_errors,
+                           compute=not args.summary_only,
                            resamples=args.bootstrap or RESAMPLES, progress=False if args.no_progress else None,
                            **params)
     except UserError as error:
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     run = summary.run
     print(summary.table())
-    print(f"computed {run['images_computed']} images, skipped {run['images_skipped']} already done, in "
+    left = f", {run['images_left']} left to compute" if run["images_left"] else ""
+    print(f"computed {run['images_computed']} images, skipped {run['images_skipped']} already done{left}, in "
           f"{run['seconds']:.1f} s ({run['workers']} worker(s) x {run['threads_per_worker']} thread(s) on "
           f"{run['device']}{', Ray' if run['ray'] else ''})")
     print(f"wrote {', '.join(str(summary.out / name) for name in (ROWS, 'summary.json', 'summary.md', 'summary.png'))}")
