@@ -63,7 +63,8 @@ RUNS_MAX_AGE_S = 3600
 SLIDER_MAX_SPAN = 10_000  # an int parameter with a wider range (the seed) gets a number box, not a slider
 SCRUB_START = 0.3  # the scrubber starts at this fraction of the pixels: "delete the top 30 %"
 STEP_START = 5  # the step-through starts after this many regions
-PREVIEW_INTERVAL_S = 0.4  # the region search's map, redrawn at most this often while it runs
+PREVIEW_INTERVAL_S = 0.4
+PLAY_INTERVAL_S = 0.7  # "Play the search": seconds per region  # the region search's map, redrawn at most this often while it runs
 DISPLAY_DEFAULTS = {"opacity": 0.5, "colour_map": render.DEFAULT_COLOUR_MAP, "ig_display": "raw"}
 
 # (image, prompt, contrast): the photo examples. Every other input is reset to its default on a
@@ -522,6 +523,19 @@ def make_handlers(c: dict[str, Any]) -> dict[str, Callable]:
             return {c["step_text"]: report.step_markdown(result, 0)}
         return step_outputs(c, result, int(chosen or 0), _fit(size, DISPLAY_SIDE))
 
+    def play(bundle, chosen):
+        """Play the search: the step-through advances one region at a time (redrawn; no model)."""
+        loaded = _bundle(bundle)
+        if loaded is None or "region" not in loaded[0].methods:
+            yield {c["step_text"]: "Run an explanation with region search first."}
+            return
+        result, size = loaded
+        n = len(result.methods["region"].saliency.meta.get("path") or [])
+        start = 0 if int(chosen or 0) >= n else int(chosen or 0)
+        for k in range(start, n + 1):
+            yield {c["step"]: gr.Slider(value=k), **step_outputs(c, result, k, _fit(size, DISPLAY_SIDE))}
+            time.sleep(PLAY_INTERVAL_S)
+
     def restyle(bundle, opacity, colour_map, ig_display):
         """Colour map, opacity, IG display: redraw the maps at once (no model)."""
         try:
@@ -536,7 +550,7 @@ def make_handlers(c: dict[str, Any]) -> dict[str, Callable]:
 
     names = input_names()
     return {"run_explain": with_signature(run_explain, names, input_defaults()), "refine_region": refine_region,
-            "scrub": scrub, "step_through": step_through, "restyle": restyle}
+            "scrub": scrub, "step_through": step_through, "play": play, "restyle": restyle}
 
 
 def refine(result, progress) -> Any:
@@ -707,7 +721,10 @@ def build_demo() -> gr.Blocks:
             c["scrub_picture"].render()
             c["scrub_text"].render()
             gr.Markdown("### Region search, step by step")
-            c["step"].render()
+            with gr.Row(equal_height=True):
+                with gr.Column(scale=6):
+                    c["step"].render()
+                play_button = gr.Button("▶ Play the search", elem_id="play", scale=1, min_width=140)
             c["step_text"].render()
             c["step_picture"].render()
             refine_button = gr.Button("Refine region search with plain greedy (the paper's reference: slower)",
@@ -735,7 +752,10 @@ def build_demo() -> gr.Blocks:
                                            outputs=outputs, api_name="refine_region", concurrency_id="explain",
                                            concurrency_limit=1 + len(CLIP_CHOICES),
                                            show_progress_on=[c["status"], c["step_picture"]])
-        cancel.click(None, cancels=[explain_event, refine_event])
+        play_event = play_button.click(handlers["play"], inputs=[c["download"], c["step"]],
+                                       outputs=[c["step"], c["step_picture"], c["step_text"]], api_name="play",
+                                       show_progress="hidden", concurrency_limit=4, concurrency_id="play")
+        cancel.click(None, cancels=[explain_event, refine_event, play_event])
         # Replays of the run: they read the bundle and never call the model.
         c["scrubber"].input(handlers["scrub"], inputs=[c["download"], c["scrubber"]],
                             outputs=[c["scrub_picture"], c["scrub_text"], c["deletion"], c["insertion"]],

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .methods import METHODS
-from .report import RANDOM_TITLE, title  # noqa: F401 - title is part of render's interface
+from .report import RANDOM_TITLE, title  # noqa: F401 - re-exported: render.title and render.RANDOM_TITLE name things as before
 from .types import (Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, SanityCheck, SanityStage,
                     Target)
 

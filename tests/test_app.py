@@ -211,6 +211,21 @@ def test_contrast_prompts_give_probabilities_and_only_chosen_methods(client, out
     assert not visible(outputs(out, "Region search step-through: regions chosen so far"))
 
 
+def test_sanity_check_shows_a_strip_and_its_words(client, outputs):
+    out = client.predict(handle_file(str(CHELSEA)), "a cat", methods=["gradcam"], curve_steps=4, sanity=True,
+                         api_name="/explain")
+    strip = outputs(out, "Sanity check: the maps as the model is destroyed")
+    assert visible(strip)
+    with Image.open(value(strip)) as picture:
+        assert picture.width > 600  # the trained model's map and one per stage
+    text = value(outputs(out, "Sanity check"))
+    assert "not a ranking" in text and "**Grad-CAM**: rank correlation with the original map" in text
+    with zipfile.ZipFile(value(outputs(out, "Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), "
+                                           "result.json"))) as bundle:
+        summary = json.loads(bundle.read("result.json"))
+    assert [s["stage"] for s in summary["sanity"]["gradcam"]][0] == "fc"  # the top layer first
+
+
 def test_refine_reruns_region_search_alone_with_plain_greedy(client, outputs, app_url):
     out = client.predict(handle_file(str(CHELSEA)), "a cat", methods=["gradcam", "region"], n_regions=9,
                          region_kind="grid", curve_steps=4, api_name="/explain")
