@@ -62,9 +62,12 @@ class Worker:
                                    f"{config.class_column!r} cannot be checked; leave it out for this model")
 
     def describe(self) -> dict[str, Any]:
-        """Where this worker runs: its device, torch threads and peak memory so far (for the summary)."""
+        """Where this worker runs: its device and torch threads; its peak memory and CPU seconds so far
+        (the model's load included: on a shared machine CPU seconds measure the work, wall seconds the
+        crowd)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         return {"device": str(self.adapter.device), "threads": torch.get_num_threads(),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+                "peak_rss_mb": round(usage.ru_maxrss / 1024), "cpu_seconds": usage.ru_utime + usage.ru_stime}
 
     def run(self, job: Job) -> tuple[Job, list[dict[str, Any]]]:
         """The job's rows: one per missing method and, if missing, the random reference's. An
