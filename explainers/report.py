@@ -184,8 +184,9 @@ STEPS_NOTE = (
     "are chosen: the *kept* picture shows only them, the *removed* picture shows everything else. The search "
     "scores a set of regions by F = (score of the kept picture) + (1 − score of the removed picture), each "
     "between 0 (blank) and 1 (whole photo), and at every step adds the region with the largest gain in F. "
-    "The fast search (the default) stops asking the model after a budget and orders the last regions by its "
-    "estimates: their scores show as “not scored”. **Refine with plain greedy** re-runs only region search "
+    "The default (two-ended) search builds the order from both ends at once: the most telling regions from the "
+    "front and the least telling from the back, within a fifth of the passes the paper's search needs; where it "
+    "ordered regions by its estimates without asking the model, their scores show as “not scored”. **Refine with plain greedy** re-runs only region search "
     "the way the paper does it (every remaining region tried at every step): slower, the reference result."
 )
 
@@ -232,8 +233,9 @@ def step_markdown(result: Result, chosen: int) -> str:
     path = meta.get("path") or []
     n = len(path)
     chosen = max(0, min(int(chosen), n))
-    search = {"fast": "fast search", "lazy": "lazy greedy", "greedy": "plain greedy"}.get(meta.get("search"),
-                                                                                       meta.get("search", ""))
+    names = {"two-ended": "two-ended search", "fast": "fast search", "lazy": "lazy greedy",
+             "lima": "LIMA-style search", "greedy": "plain greedy"}
+    search = names.get(meta.get("search"), meta.get("search", ""))
     if chosen == 0:
         return (f"**Step 0 of {n}** ({search}): nothing chosen yet. The kept picture is blank (score 0), "
                 "the removed picture is the whole photo (score 1). Move the slider to add regions in the "

@@ -1,14 +1,16 @@
 """Greedy and lazy greedy on an exactly submodular toy objective (weighted coverage); the SMDL
-objective's bounded variant on a linear toy model."""
+objective's bounded variant on a linear toy model; properties of every search (a permutation,
+deterministic; the two-ended and LIMA-style searches against plain greedy where they must agree)."""
 import numpy as np
 import pytest
 import torch
 
-from explainers.methods.region_search import greedy_order, lazy_greedy_order, prefix_sets, smdl_objective
+from explainers.methods.region_search import (SEARCH_FUNCTIONS, greedy_images, greedy_order, lazy_greedy_order,
+                                              lima_order, prefix_sets, smdl_objective, two_ended_order)
 from explainers.regions import grid, label_masks
 from explainers.types import Target
 
-from toys import signed_linear
+from toys import linear, signed_linear
 
 
 def coverage_objective(seed: int, n_sets: int = 12, n_items: int = 40):
@@ -86,3 +88,82 @@ def test_region_search_previews_its_map_as_regions_are_chosen():
         shown = before > 0
         assert np.array_equal(after[shown], before[shown]) and (after > 0).sum() > shown.sum()
     np.testing.assert_array_equal(previews[-1], result.values)
+
+
+# --- every search: properties on toys ---------------------------------------------------------------
+
+def saturating_objective(seed: int, n: int = 14):
+    """F(S) = s(S) + 1 - s(I minus S) with s a sigmoid of summed region evidence (redundant
+    evidence: one region alone or removed alone changes little), with the objective's optional
+    ``kept_scores``, as SmdlObjective offers it. Counts the rows it scores."""
+    rng = np.random.default_rng(seed)
+    weight = rng.gamma(0.5, 1.0, n)
+    weight /= weight.sum()
+
+    def s(kept: np.ndarray) -> np.ndarray:
+        raw = lambda e: 1 / (1 + np.exp(-12 * (e - 0.3)))  # noqa: E731
+        return (raw(kept.astype(float) @ weight) - raw(0.0)) / (raw(1.0) - raw(0.0))
+
+    class Objective:
+        rows = 0
+
+        def kept_scores(self, sets):
+            self.rows += len(sets)
+            return s(np.asarray(sets, dtype=bool))
+
+        def __call__(self, sets):
+            sets = np.asarray(sets, dtype=bool)
+            return self.kept_scores(sets) + 1.0 - self.kept_scores(~sets)
+
+    return Objective(), weight
+
+
+@pytest.mark.parametrize("search", sorted(SEARCH_FUNCTIONS))
+@pytest.mark.parametrize("seed", range(3))
+def test_every_search_orders_every_region_once_deterministically_with_one_gain_each(search, seed):
+    objective, _ = saturating_objective(seed)
+    order, gains, evaluated = SEARCH_FUNCTIONS[search](14, objective)
+    assert sorted(order) == list(range(14))
+    assert len(gains) == 14 and np.all(np.isfinite(gains))
+    assert evaluated > 0
+    again, _, _ = SEARCH_FUNCTIONS[search](14, saturating_objective(seed)[0])
+    assert again == order
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_ended_with_only_a_front_and_no_budget_limit_is_plain_greedy(seed):
+    evaluate, _ = coverage_objective(seed)  # a plain F, without kept_scores: every candidate scored whole
+    greedy, _, _ = greedy_order(12, evaluate)
+    order, _, _ = two_ended_order(12, evaluate, budget=10**6, front_area=1.0)
+    assert order == greedy
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_ended_with_only_a_back_and_no_budget_limit_is_greedy_on_minus_f_reversed(seed):
+    evaluate, _ = coverage_objective(seed)
+    reverse, _, _ = greedy_order(12, lambda sets: -evaluate(sets))  # the region of least F(B + r) first
+    order, _, _ = two_ended_order(12, evaluate, budget=10**6, front_area=0.0)
+    assert order == reverse[::-1]
+
+
+def test_two_ended_orders_an_additive_score_exactly_at_its_default_budget():
+    """When the score is additive over regions, stale scores read as changes are exact, so any
+    pool finds the best region: the order is by decreasing evidence, as plain greedy's."""
+    weights = np.array([5, 1, 9, 3, 7, 2, 8, 6, 4, 0.5, 11, 10], dtype=float)
+    adapter, pixels = linear(np.repeat(np.repeat(weights.reshape(3, 4), 4, 0), 4, 1)), torch.ones(1, 3, 12, 16)
+    labels = np.repeat(np.repeat(np.arange(12).reshape(3, 4), 4, 0), 4, 1)
+    objective, _, _ = smdl_objective(adapter, pixels, Target("x"), label_masks(labels))
+    order, _, images = two_ended_order(12, objective)
+    assert order == list(np.argsort(-weights, kind="stable"))
+    assert images <= greedy_images(12) // 5 - 2
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lima_front_is_plain_greedy_until_the_tail_stops(seed):
+    """LIMA's front scores every remaining region (as plain greedy); with 14 regions and 8
+    pending the tail takes 3 regions (while more than 8 remain), the front the other 11."""
+    objective, _ = saturating_objective(seed)
+    greedy, _, _ = greedy_order(14, objective)
+    order, _, evaluated = lima_order(14, objective, pending=8)
+    assert order[:11] == greedy[:11]
+    assert evaluated == (14 + 8) + (12 + 8) + (10 + 8) + sum(range(1, 9))

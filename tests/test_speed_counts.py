@@ -61,6 +61,34 @@ def test_fast_search_uses_at_most_a_fifth_of_greedys_passes_at_49_regions(photo,
     assert sorted(m.meta["order"]) == list(range(n))
 
 
+@pytest.mark.parametrize("regions", ["grid", "slic"])
+def test_two_ended_search_uses_at_most_a_fifth_of_greedys_passes_and_counts_them_exactly(photo, regions):
+    adapter, pixels = photo
+    m = run_method("region", adapter, pixels, Target("a cat"), n_regions=49, regions=regions, search="two-ended")
+    n = m.meta["n_regions"]
+    assert n >= 30
+    assert m.forward_passes <= greedy_passes(n) / 5
+    # the search's own bill (each distinct image it asked for) plus the objective's two end images
+    assert m.forward_passes == 2 + m.meta["sets_evaluated"]
+    assert m.forward_passes >= 2 + 2 * n  # every region alone and removed alone, at least
+    assert sorted(m.meta["order"]) == list(range(n))
+
+
+@pytest.mark.parametrize("regions", ["grid", "slic"])
+def test_lima_style_search_scores_the_front_as_greedy_and_a_pending_tail(photo, regions):
+    adapter, pixels = photo
+    m = run_method("region", adapter, pixels, Target("a cat"), n_regions=49, regions=regions, search="lima")
+    n, pending = m.meta["n_regions"], region_search.LIMA_PENDING
+    # step k: the m_k remaining regions for the front, ``pending`` for the tail while m_k > pending
+    remaining, sets = n, 0
+    while remaining > 0:
+        sets += remaining + (pending if remaining > pending else 0)
+        remaining -= 2 if remaining > pending else 1
+    assert m.meta["sets_evaluated"] == sets
+    assert greedy_passes(n) / 1.7 < m.forward_passes < greedy_passes(n) / 1.3  # LIMA: ~1.6x under greedy
+    assert sorted(m.meta["order"]) == list(range(n))
+
+
 def test_a_set_and_its_complement_cost_two_images_together_and_nothing_when_asked_again(photo):
     toy, pixels = photo
     adapter = Metered(toy)
