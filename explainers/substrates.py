@@ -42,7 +42,8 @@ def substrate_image(pixels: torch.Tensor, kind: str = "black") -> torch.Tensor:
     if kind == "black":
         return torch.zeros_like(pixels)
     if kind == "blur":
-        kernel = int(4 * BLUR_SIGMA) | 1
+        # reflect padding needs half the kernel below the image's side: small images get a smaller kernel
+        kernel = min(int(4 * BLUR_SIGMA) | 1, 2 * min(pixels.shape[-2:]) - 1)
         return TF.gaussian_blur(pixels, [kernel, kernel], [BLUR_SIGMA, BLUR_SIGMA])
     raise ValueError(f"unknown substrate {kind!r}; use one of {BASELINES}")
 

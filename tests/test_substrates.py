@@ -209,3 +209,14 @@ def test_tied_map_deletes_exactly_round_f_n_pixels_under_road():
         removed_by_percentile = int((~(saliency < threshold)).sum())
         if k / steps > 0.1:
             assert removed_by_percentile == n
+
+
+@pytest.mark.parametrize("height, width", [(8, 8), (12, 30), (21, 21)])
+def test_blur_works_on_images_smaller_than_its_kernel_and_keeps_a_constant_image(height, width):
+    """The blur kernel (4 sigma = 41 px) shrinks to fit small images (reflect padding needs less
+    than the side): a constant image stays constant, a varied one gets flatter."""
+    constant = torch.full((1, 3, height, width), 0.25)
+    torch.testing.assert_close(make_substrate(constant, "blur").empty, constant)
+    varied = photo(height, width)
+    blurred = make_substrate(varied, "blur").empty
+    assert blurred.shape == varied.shape and blurred.std() < varied.std()
