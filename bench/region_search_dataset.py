@@ -4,7 +4,8 @@
 
 The data set is ``../shared/data/imagenet-samples`` (or ``--data``, or $SALIENCY_LAB_IMAGENET):
 ``manifest.csv`` rows (image, imagenet_index, prompt); the photos are read from there, never
-copied. ``--every k`` (default 3: 67 photos) takes rows 0, k, 2k, ... (the same photos for every search).
+copied. ``--every k`` (default 3) takes rows 0, k, 2k, ... and ``--limit`` (default 50) the first of
+those: the same 50 photos for every search.
 
 Protocol: the CLI's defaults (bundled model, 49 SLIC regions asked, black substrate, 50 curve
 steps, the manifest's prompt, no contrast). SRG = AUC(insertion) - AUC(deletion) of the
@@ -233,13 +234,6 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, draws: int = 10_000) -> tupl
 
 # --- searches: (photo, objective) -> order ------------------------------------------------------------
 
-def with_each(base: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """One row per candidate: ``base`` plus that region."""
-    sets = np.repeat(base[None], len(candidates), axis=0)
-    sets[np.arange(len(candidates)), candidates] = True
-    return sets
-
-
 def greedy(photo: Photo, paid: Counted) -> list[int]:
     return region_search.greedy_order(photo.n, paid)[0]
 
@@ -252,43 +246,23 @@ def fast(photo: Photo, paid: Counted) -> list[int]:
     return region_search.fast_order(photo.n, paid)[0]
 
 
-def lima(photo: Photo, paid: Counted, pending: int = 8) -> list[int]:
-    """LIMA-style bidirectional greedy (Chen et al., "Less is More: Efficient Black-box
-    Attribution via Minimal Interpretable Subset Selection", 2025; its "efficient V2" search).
-
-    Each step grows a front S by the region of largest F(S + r) (every remaining region
-    evaluated, as in plain greedy) and a tail T, built from the least important end, by the
-    region of smallest F(T + r) among ``pending`` candidates: those whose F(S + r) was lowest in
-    the same step. Once ``pending`` or fewer regions remain, only the front grows. The order is
-    the front, then the tail reversed. About n^2/2 + 2 * pending * n / 2 images in all.
-    """
-    n = photo.n
-    front, tail = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    front_order, tail_order = [], []
-    while not (front | tail).all():
-        candidates = np.flatnonzero(~front & ~tail)
-        values = paid(with_each(front, candidates))
-        best = int(candidates[np.lexsort((candidates, -values))[0]])
-        front_order.append(best)
-        front[best] = True
-        if len(candidates) > pending:
-            rest = candidates != best
-            worst = candidates[rest][np.lexsort((candidates[rest], values[rest]))[:pending]]
-            tail_values = paid(with_each(tail, worst))
-            pick = int(worst[np.lexsort((worst, tail_values))[0]])
-            tail_order.append(pick)
-            tail[pick] = True
-    return front_order + tail_order[::-1]
-
-
-def engine(name: str) -> "SearchFn":
+def engine(name: str, **options) -> "SearchFn":
     """A search of explainers.methods.region_search, run on the memoised objective."""
-    return lambda photo, objective: region_search.SEARCH_FUNCTIONS[name](photo.n, objective)[0]
+    return lambda photo, objective: region_search.SEARCH_FUNCTIONS[name](photo.n, objective, **options)[0]
+
+
+def two_ended_budget(times: float) -> "SearchFn":
+    """The two-ended search with ``times`` its default budget (a fifth of greedy's passes)."""
+    def search(photo: Photo, objective: Counted) -> list[int]:
+        budget = int(times * (region_search.greedy_images(photo.n) // 5 - 2))
+        return region_search.two_ended_order(photo.n, objective, budget=budget)[0]
+    return search
 
 
 SearchFn = Callable[[Photo, Counted], list[int]]
-SEARCHES: dict[str, SearchFn] = {"greedy": greedy, "lazy": lazy, "fast": fast, "lima": lima,
-                                 "two-ended": engine("two-ended"), "lima-engine": engine("lima")}
+SEARCHES: dict[str, SearchFn] = {"greedy": greedy, "lazy": lazy, "fast": fast, "lima": engine("lima"),
+                                 "two-ended": engine("two-ended"),
+                                 "two-ended-2x": two_ended_budget(2.0), "two-ended-0.5x": two_ended_budget(0.5)}
 
 
 def run_search(photo: Photo, name: str, search: SearchFn) -> dict:
@@ -335,8 +309,9 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get(DATA_ENV, DEFAULT_DATA)))
-    parser.add_argument("--every", type=int, default=3, help="take every k-th manifest row (default 3: 67 photos)")
+    parser.add_argument("--every", type=int, default=3, help="take every k-th manifest row (default 3)")
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=50, help="at most this many photos (default 50)")
     parser.add_argument("--searches", default="greedy,lazy,lima,fast,two-ended")
     parser.add_argument("--others", default="gradcam,ig", help="engine methods tabled beside the searches")
     parser.add_argument("--regions", type=int, default=49)
@@ -348,7 +323,7 @@ def main() -> None:
     searches = [s for s in args.searches.split(",") if s]
     others = [m for m in args.others.split(",") if m]
     adapter = load_model("bundled")
-    rows = manifest_rows(args.data, args.every, args.offset)
+    rows = manifest_rows(args.data, args.every, args.offset)[: args.limit]
     header(f"Region search over {len(rows)} ImageNet photos (bundled, {args.kind} {args.regions}, "
            f"black, {args.steps} curve steps)")
     table: dict[str, dict[str, list]] = {name: {"srg": [], "ins": [], "del": [], "passes": [], "seconds": []}

@@ -362,6 +362,22 @@ def test_summary_edge_cases():
     assert out["n"] == 2 and out["n_failed"] == 1 and out["random"]["n"] == 2  # paired: the same images
 
 
+def test_ill_conditioned_images_are_left_out_of_every_mean_and_listed():
+    """An image whose photo scores like the removed image has normalised AUCs of +-1000: it would
+    swamp every mean. Left out by its random reference's AUC (the same for every method), listed."""
+    rows, items = fake_rows({"gradcam": [0.5, 0.7, 900.0, 0.6], "region": [0.6, 0.8, 1200.0, 0.7],
+                             RANDOM: [0.0, 0.1, -500.0, 0.05]})
+    out = stats.summarize(rows, items, ["gradcam", "region"], seed=0)
+    assert out["n"] == 3 and out["random"]["n"] == 3
+    assert out["methods"]["gradcam"]["srg_mean"] == pytest.approx(0.6)
+    assert out["pairs"]["gradcam vs region"]["srg_diff_mean"] == pytest.approx(-0.1)
+    assert out["n_ill_conditioned"] == 1 and out["ill_conditioned"][0]["image"] == "2.jpg"
+    assert out["n_failed"] == 0
+    # at the threshold itself the image counts
+    rows[items[2].key + (RANDOM,)] = {**rows[items[2].key + (RANDOM,)], "insertion_auc": -stats.ILL_CONDITIONED_AUC}
+    assert stats.summarize(rows, items, ["gradcam"], seed=0)["n"] == 4
+
+
 def test_class_column_marks_correct_images_and_groups_them(tmp_path):
     toy = ToyConv()
     manifest = write_manifest(tmp_path / "data")
@@ -435,7 +451,7 @@ def local_ray():
     import logging
 
     try:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
                  logging_level=logging.WARNING)
     except Exception as error:  # noqa: BLE001 - any reason Ray cannot start here is a skip, said plainly
         pytest.skip(f"Ray could not start on this machine: {error}")
@@ -479,5 +495,5 @@ def test_a_killed_command_leaves_valid_rows_and_the_rerun_completes(tiny_clip_fo
     assert 1 <= len(done) < 9, "the kill should land between the first and the last image"
     resumed = evaluate(manifest, out, model=f"clip:{tiny_clip_folder}", methods="gradcam,region", progress=False,
                        **{k: SMALL[k] for k in ("curve_steps", "n_regions")})
-    assert resumed.run["images_computed"] <= 9 - len(done) + 1 and resumed.n == 9
+    assert resumed.run["images_computed"] <= 9 - len(done) + 1 and resumed.n + len(resumed.ill_conditioned) == 9
     assert len(rows_of(out)) == 27 and len(by_key(rows_of(out))) == 27

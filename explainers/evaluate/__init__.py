@@ -67,6 +67,7 @@ class Summary:
     vs_random: dict[str, dict[str, Any]]
     groups: dict[str, dict[str, Any]]
     errors: list[dict[str, str]]
+    ill_conditioned: list[dict[str, str]]  # finished images left out: their normalisation divides by ~0
     params: dict[str, Any]
     run: dict[str, Any]
     out: Path
@@ -78,6 +79,7 @@ class Summary:
                           "n_missing": self.n_missing,
                           "methods": self.methods, "random": self.random, "pairs": self.pairs,
                           "vs_random": self.vs_random, "groups": self.groups, "errors": self.errors,
+                          "n_ill_conditioned": len(self.ill_conditioned), "ill_conditioned": self.ill_conditioned,
                           "params": self.params, "run": self.run, "notes": list(self.notes)})
 
     def table(self) -> str:
@@ -200,7 +202,7 @@ def evaluate(
             n=result["n"], n_images=result["n_images"], n_failed=result["n_failed"],
             n_missing=result["n_missing"], methods=result["methods"],
             random=result["random"], pairs=result["pairs"], vs_random=result["vs_random"], groups=result["groups"],
-            errors=result["errors"],
+            errors=result["errors"], ill_conditioned=result["ill_conditioned"],
             params={"model": model_name, "methods": names, **checked, "manifest": str(Path(manifest)), "limit": limit,
                     "class_column": class_column, "bootstrap_resamples": resamples,
                     "confidence": stats.CONFIDENCE, "params_hash": digest},

@@ -68,7 +68,8 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
         "",
         f"{summary['n']} images with every result ({summary['n_images']} in the manifest"
         f"{'' if params.get('limit') is None else ', limit ' + str(params['limit'])}; {summary['n_failed']} failed"
-        f"{'' if not summary['n_missing'] else '; ' + str(summary['n_missing']) + ' not yet computed'}). "
+        f"{'' if not summary['n_missing'] else '; ' + str(summary['n_missing']) + ' not yet computed'}"
+        f"{'' if not summary.get('n_ill_conditioned') else '; ' + str(summary['n_ill_conditioned']) + ' left out as ill-conditioned (below)'}). "
         f"SRG = insertion AUC − deletion AUC (random order ≈ 0). Means with 95 % percentile-bootstrap CIs "
         f"({params['bootstrap_resamples']} resamples, seed {params['seed']}); \"beats random\": the share of images "
         "where the method's SRG is above the random reference's mean and every random ordering's; seconds and "
@@ -82,6 +83,12 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
     for column, groups in summary.get("groups", {}).items():
         for value, block in groups.items():
             parts += ["", f"## {column} = {value}: {block['n']} images", "", tables(block, methods, params["n_random"])]
+    if summary.get("ill_conditioned"):
+        parts += ["", "## Ill-conditioned images (left out of every table)", "",
+                  "The photo scores (almost) as low as the fully removed image, so the curves' normalisation "
+                  "(substrate 0, photo 1) divides by about zero: the random reference's normalised AUC is beyond "
+                  "±3. Their rows are in rows.csv.", ""]
+        parts += [f"- {e['image']} ({e['prompt']!r})" for e in summary["ill_conditioned"]]
     if summary["errors"]:
         parts += ["", "## Failed images", ""]
         parts += [f"- {e['image']} ({e['prompt']!r}): {e['error']}" for e in summary["errors"][:50]]

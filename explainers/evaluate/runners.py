@@ -152,7 +152,9 @@ def run_ray(jobs: Sequence[Job], config: WorkerConfig, address: Optional[str], a
     if not ray.is_initialized():
         try:
             if address in (None, "", "local"):
-                ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                # address="local": always a new local Ray, never a cluster some earlier run left
+                # registered in /tmp/ray (ray.init() alone would try to join it)
+                ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                          logging_level=logging.WARNING, log_to_driver=True)
             else:
                 # A remote cluster gets this package shipped with the job; its Python must hold

@@ -4,7 +4,13 @@ mean AUCs, how often it beats the random reference, its cost; paired comparisons
 and the Wilcoxon signed-rank p-value (scipy.stats.wilcoxon).
 
 Statistics are taken over the complete images: those with a row without error for every method
-asked and for the random reference, so every comparison is paired on the same images.
+asked and for the random reference, so every comparison is paired on the same images, less the
+ill-conditioned ones, which are counted and listed: images where the photo scores (almost) as low
+as the fully removed image, so the normalisation (substrate 0, photo 1) divides by about zero and
+one such image would swamp every mean (ImageNet's n04041544_radio on the bundled model: photo
+-6.328, black -6.332, AUCs near +-1700). They are found by the random reference, the same for
+every method: its normalised insertion or deletion AUC beyond +-ILL_CONDITIONED_AUC (over the 200
+ImageNet samples it otherwise stays within +-0.7).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from .rows import RANDOM
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
+ILL_CONDITIONED_AUC = 3.0
 
 Rows = dict[tuple[str, str, str, str], dict[str, Any]]  # key -> typed row
 
@@ -58,11 +65,23 @@ def _paired(a: np.ndarray, b: np.ndarray, index: np.ndarray) -> dict[str, Any]:
             "first_higher": float(np.mean(differences > 0)) if differences.size else None}
 
 
-def complete(rows: Rows, items: Sequence[Item], methods: Sequence[str]) -> list[Item]:
+def finished(rows: Rows, items: Sequence[Item], methods: Sequence[str]) -> list[Item]:
     """The items with a row without error for every method and for the random reference."""
     return [item for item in items
             if all((row := rows.get(item.key + (m,))) is not None and not row.get("error")
                    for m in (*methods, RANDOM))]
+
+
+def ill_conditioned(rows: Rows, item: Item) -> bool:
+    """Whether the item's normalised curves divide by about zero (see the module's note)."""
+    reference = rows[item.key + (RANDOM,)]
+    return any(abs(reference[c]) > ILL_CONDITIONED_AUC for c in ("insertion_auc", "deletion_auc")
+               if reference.get(c) is not None and math.isfinite(reference[c]))
+
+
+def complete(rows: Rows, items: Sequence[Item], methods: Sequence[str]) -> list[Item]:
+    """The finished items whose normalisation is well conditioned: what the statistics are taken over."""
+    return [item for item in finished(rows, items, methods) if not ill_conditioned(rows, item)]
 
 
 def block(rows: Rows, items: Sequence[Item], methods: Sequence[str], seed: int,
@@ -123,8 +142,10 @@ def summarize(rows: Rows, items: Sequence[Item], methods: Sequence[str], seed: i
         if errors:
             failed.append({"image": item.image, "prompt": item.prompt, "error": errors[0]})
     missing = sum(1 for item in items if any(item.key + (m,) not in rows for m in (*methods, RANDOM)))
+    ill = [{"image": item.image, "prompt": item.prompt} for item in finished(rows, items, methods)
+           if ill_conditioned(rows, item)]
     out = {**block(rows, items, methods, seed, resamples), "n_images": len(items), "n_failed": len(failed),
-           "n_missing": missing, "errors": failed}
+           "n_missing": missing, "errors": failed, "n_ill_conditioned": len(ill), "ill_conditioned": ill}
     groups: dict[str, dict[str, Any]] = {}
     for column in group_by:
         values = [item_value(rows, item, column, methods) for item in items]
