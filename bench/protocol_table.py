@@ -16,7 +16,7 @@ reference of 3 orderings of single pixels and of the 49 SLIC regions region sear
 method curves are scored once; the region reference costs its own passes).
 
 Part ``sanity``: per photo, the model-parameter randomisation test (Adebayo et al., NeurIPS 2018;
-explainers/sanity.py) for the four methods on the black substrate: Spearman of |map| and SSIM
+explainers/sanity.py) for the methods (``--methods``; default all four) on the black substrate: Spearman of |map| and SSIM
 against the trained model's map at each cumulative stage.
 
 Costs are forward/backward passes (images through the model; exact) and wall seconds (noisy:
@@ -42,8 +42,8 @@ SUBSTRATES = ("black", "blur", "road")
 STEPS = 50  # the CLI's curve steps
 
 
-def prepared_request(adapter, photo: str, substrate: str, ranking: str = "pixels"):
-    request = api.validate(PHOTOS[photo], None, list(METHODS), curve_steps=STEPS, substrate=substrate,
+def prepared_request(adapter, photo: str, substrate: str, ranking: str = "pixels", methods=METHODS):
+    request = api.validate(PHOTOS[photo], None, list(methods), curve_steps=STEPS, substrate=substrate,
                            random_ranking=ranking)
     return request, api.prepare(photo_path(photo), request.target, adapter)
 
@@ -113,11 +113,11 @@ def update_srg(methods: list[str]) -> None:
             cache.write_text(json.dumps(rows, indent=1))
 
 
-def run_sanity(photos: list[str]) -> list[dict]:
+def run_sanity(photos: list[str], methods=METHODS) -> list[dict]:
     adapter = load_model("bundled")
     rows = []
     for photo in photos:
-        request, prepared = prepared_request(adapter, photo, "black")
+        request, prepared = prepared_request(adapter, photo, "black", methods=methods)
         maps = api.run_methods(prepared, request.methods, request.params)
         check = api.check_sanity(prepared, maps, request.params)
         rows.append({
@@ -216,7 +216,7 @@ def print_sanity(rows: list[dict]) -> None:
         san_f = np.mean([sum(e["forward"] for e in r["methods"][n]) for r in rows])
         san_s = np.mean([sum(e["seconds"] for e in r["methods"][n]) for r in rows])
         print(f"| {n} | {orig_f:.0f}, {orig_s:.1f} | {san_f:.0f}, {san_s:.1f} | {san_f / max(orig_f, 1):.1f}x |")
-    print(f"\nIn all: {_range(r['seconds'] for r in rows)} s per photo for the four methods, of which "
+    print(f"\nIn all: {_range(r['seconds'] for r in rows)} s per photo for these methods, of which "
           f"{np.mean([sum(r['randomize_seconds']) for r in rows]):.2f} s re-drawing weights. "
           f"Load averages: {', '.join(dict.fromkeys(r['load'] for r in rows))}.")
 
@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("srg", "sanity", "all"), default="all")
     parser.add_argument("--photos", default=",".join(PHOTOS))
     parser.add_argument("--substrates", default=",".join(SUBSTRATES))
+    parser.add_argument("--methods", default=",".join(METHODS), help="the sanity part's methods")
     parser.add_argument("--tag", default="all", help="names this run's cache file (for parallel runs)")
     parser.add_argument("--print-only", action="store_true", help="print the tables from bench/.cache")
     parser.add_argument("--update", metavar="METHODS", help="recompute these methods (comma-separated) in the "
@@ -242,7 +243,8 @@ def main() -> None:
             rows = [row for cache in sorted(CACHE.glob(f"protocol_{part}_*.json")) for row in json.loads(cache.read_text())]
             rows.sort(key=lambda r: (list(PHOTOS).index(r["photo"]), SUBSTRATES.index(r.get("substrate", "black"))))
         else:
-            rows = run_srg(photos, args.substrates.split(",")) if part == "srg" else run_sanity(photos)
+            rows = (run_srg(photos, args.substrates.split(",")) if part == "srg"
+                    else run_sanity(photos, args.methods.split(",")))
             (CACHE / f"protocol_{part}_{args.tag}.json").write_text(json.dumps(rows, indent=1))
         header("SRG per method, substrate and random reference" if part == "srg" else "Sanity check per stage")
         (print_srg if part == "srg" else print_sanity)(rows)
