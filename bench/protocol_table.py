@@ -113,7 +113,7 @@ def update_srg(methods: list[str]) -> None:
             cache.write_text(json.dumps(rows, indent=1))
 
 
-def run_sanity(photos: list[str], methods=METHODS) -> list[dict]:
+def run_sanity(photos: list[str], methods=METHODS, save=lambda rows: None) -> list[dict]:
     adapter = load_model("bundled")
     rows = []
     for photo in photos:
@@ -133,6 +133,7 @@ def run_sanity(photos: list[str], methods=METHODS) -> list[dict]:
         print(f"{photo}: sanity {check.seconds:.0f} s, {check.forward_passes} forward passes; final stage "
               + ", ".join(f"{n} {s[-1].spearman:+.2f}" for n, s in check.methods.items()) + f" ({load_average()})",
               file=sys.stderr, flush=True)
+        save(rows)  # after each photo: a long run stopped early keeps what it measured
     return rows
 
 
@@ -191,34 +192,36 @@ def print_srg(rows: list[dict]) -> None:
     print(f"\nLoad averages during the runs: {', '.join(dict.fromkeys(r['load'] for r in rows))}.")
 
 
-def print_sanity(rows: list[dict]) -> None:
-    methods = list(rows[0]["methods"])
-    stages = rows[0]["stages"]
+def print_sanity(all_rows: list[dict]) -> None:
+    methods = list(dict.fromkeys(n for r in all_rows for n in r["methods"]))
+    stages = all_rows[0]["stages"]
     print("Cascading randomisation of the bundled model (top first, cumulative); per method and stage, "
-          f"the mean over the {len(rows)} photos (min to max) of Spearman's rho of |map| and of SSIM against "
+          "the mean over the photos (min to max) of Spearman's rho of |map| and of SSIM against "
           "the trained model's map. Blank: photos where the map is all zero (rho reported as 0).\n")
-    print("| method | stage | Spearman | SSIM | blank | passes (fwd / bwd) | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | photos | stage | Spearman | SSIM | blank | passes (fwd / bwd) | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in methods:
+        rows = [r for r in all_rows if n in r["methods"]]
         for k, stage in enumerate(stages):
             entries = [r["methods"][n][k] for r in rows]
             fwd = np.mean([e["forward"] for e in entries])
             bwd = np.mean([e["backward"] for e in entries])
-            print(f"| {n} | {stage} | {_range(e['spearman'] for e in entries)} | {_range(e['ssim'] for e in entries)} | "
+            print(f"| {n} | {len(rows)} | {stage} | {_range(e['spearman'] for e in entries)} | {_range(e['ssim'] for e in entries)} | "
                   f"{sum(e['blank'] for e in entries)}/{len(entries)} | {fwd:.0f}" + (f" / {bwd:.0f}" if bwd else "")
                   + f" | {np.mean([e['seconds'] for e in entries]):.1f} |")
     print("\nCost of the whole check per photo (mean over the photos):\n")
     print("| method | original map: passes, s | sanity check, all stages: passes, s | ratio |")
     print("|---|---|---|---|")
     for n in methods:
+        rows = [r for r in all_rows if n in r["methods"]]
         orig_f = np.mean([r["original"][n]["forward"] for r in rows])
         orig_s = np.mean([r["original"][n]["seconds"] for r in rows])
         san_f = np.mean([sum(e["forward"] for e in r["methods"][n]) for r in rows])
         san_s = np.mean([sum(e["seconds"] for e in r["methods"][n]) for r in rows])
         print(f"| {n} | {orig_f:.0f}, {orig_s:.1f} | {san_f:.0f}, {san_s:.1f} | {san_f / max(orig_f, 1):.1f}x |")
-    print(f"\nIn all: {_range(r['seconds'] for r in rows)} s per photo for these methods, of which "
-          f"{np.mean([sum(r['randomize_seconds']) for r in rows]):.2f} s re-drawing weights. "
-          f"Load averages: {', '.join(dict.fromkeys(r['load'] for r in rows))}.")
+    print(f"\nIn all: {_range(r['seconds'] for r in all_rows)} s per photo for its methods, of which "
+          f"{np.mean([sum(r['randomize_seconds']) for r in all_rows]):.2f} s re-drawing weights. "
+          f"Load averages: {', '.join(dict.fromkeys(r['load'] for r in all_rows))}.")
 
 
 def main() -> None:
@@ -243,9 +246,11 @@ def main() -> None:
             rows = [row for cache in sorted(CACHE.glob(f"protocol_{part}_*.json")) for row in json.loads(cache.read_text())]
             rows.sort(key=lambda r: (list(PHOTOS).index(r["photo"]), SUBSTRATES.index(r.get("substrate", "black"))))
         else:
+            path = CACHE / f"protocol_{part}_{args.tag}.json"
             rows = (run_srg(photos, args.substrates.split(",")) if part == "srg"
-                    else run_sanity(photos, args.methods.split(",")))
-            (CACHE / f"protocol_{part}_{args.tag}.json").write_text(json.dumps(rows, indent=1))
+                    else run_sanity(photos, args.methods.split(","),
+                                    save=lambda rows: path.write_text(json.dumps(rows, indent=1))))
+            path.write_text(json.dumps(rows, indent=1))
         header("SRG per method, substrate and random reference" if part == "srg" else "Sanity check per stage")
         (print_srg if part == "srg" else print_sanity)(rows)
 
