@@ -248,8 +248,8 @@ def step_markdown(result: Result, chosen: int) -> str:
              f"Kept part (the {chosen} region{'s' if chosen != 1 else ''} chosen so far): score "
              f"**{_score(entry.get('kept'))}**. Removed part (the rest): score **{_score(entry.get('removed'))}**."]
     if not scored:
-        lines.append("The fast search did not ask the model about this set: it ordered the last regions by "
-                     "its estimates (“Refine with plain greedy” scores every step).")
+        lines.append(f"The {search} did not ask the model about both parts of this set: it placed this region "
+                     "by its estimates from earlier scores (“Refine with plain greedy” scores every step).")
     return "\n\n".join(lines)
 
 
