@@ -37,6 +37,7 @@ import torch
 from _common import CACHE, ROOT, header
 from explainers import metrics
 from explainers.images import open_image
+from explainers.evaluate import stats
 from explainers.evaluate.stats import ILL_CONDITIONED_AUC
 from explainers.methods import region_search
 from explainers.models import load_model
@@ -226,11 +227,11 @@ class CurveCache:
 # --- statistics --------------------------------------------------------------------------------
 
 def bootstrap_ci(values: np.ndarray, seed: int = 0, draws: int = 10_000) -> tuple[float, float]:
-    """95 % percentile bootstrap CI of the mean (seeded)."""
+    """95 % percentile bootstrap CI of the mean (seeded): the data-set evaluation's statistics."""
     values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    index = np.random.default_rng(seed).integers(0, len(values), (draws, len(values)))
+    low, high = stats.bootstrap_ci(values, index)
+    return low, high
 
 
 # --- searches: (photo, objective) -> order ------------------------------------------------------------

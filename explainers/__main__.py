@@ -90,7 +90,7 @@ def _number(text):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .errors import UserError
+    from .errors import UserError, cli_error
 
     try:
         from .api import explain
@@ -103,11 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                          methods=[m.strip() for m in args.methods.split(",") if m.strip()], sanity=args.sanity,
                          **params)
         written = save_bundle(result, args.out, original_size=image.size)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # e.g. the output folder cannot be written
-        print(f"error: {error.strerror or error} ({getattr(error, 'filename', '') or args.out})", file=sys.stderr)
+    except (UserError, OSError) as error:  # OSError: e.g. the output folder cannot be written
+        print(f"error: {cli_error(error, args.out)}", file=sys.stderr)
         return 2
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)

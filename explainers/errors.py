@@ -8,3 +8,11 @@ class UserError(ValueError):
 
 class ModelLoadError(UserError):
     """A model could not be loaded; the message says what was tried and why it failed."""
+
+
+def cli_error(error: Exception, path: object = "") -> str:
+    """The one line a command prints after ``error:`` for a UserError or an OSError (e.g. an
+    output folder that cannot be written, named by ``path`` when the error does not name it)."""
+    if isinstance(error, OSError):
+        return f"{error.strerror or error} ({getattr(error, 'filename', '') or path})"
+    return str(error)

@@ -72,7 +72,7 @@ def _count(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ..errors import UserError
+    from ..errors import UserError, cli_error
 
     try:
         from . import ROWS, evaluate
@@ -85,11 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                            compute=not args.summary_only,
                            resamples=args.bootstrap or RESAMPLES, progress=False if args.no_progress else None,
                            **params)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # e.g. the output folder cannot be written
-        print(f"error: {error.strerror or error} ({getattr(error, 'filename', '') or args.out})", file=sys.stderr)
+    except (UserError, OSError) as error:  # OSError: e.g. the output folder cannot be written
+        print(f"error: {cli_error(error, args.out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: every finished image is in {os.path.join(args.out, ROWS)}; run the same command "
