@@ -19,6 +19,7 @@ After a run the page replays it without the model: the curve scrubber, the regio
 step-through and the display settings redraw from the run's download bundle (the maps and
 curves, ``render.bundle_from_zip``), which Gradio also keeps with cached examples.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,20 +32,21 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import gradio as gr  # noqa: E402
-from PIL import Image  # noqa: E402
+import gradio as gr
+from PIL import Image
 
-from explainers import UserError, api, render, report  # noqa: E402
-from explainers.images import open_image  # noqa: E402
-from explainers.methods import METHODS, default_methods  # noqa: E402
-from explainers.models import CLIP_CHOICES, DEFAULT_MODEL  # noqa: E402
-from explainers.params import Param  # noqa: E402
-from explainers.types import MethodResult  # noqa: E402
+from explainers import UserError, api, render, report
+from explainers.images import open_image
+from explainers.methods import METHODS, default_methods
+from explainers.models import CLIP_CHOICES, DEFAULT_MODEL
+from explainers.params import Param
+from explainers.types import MethodResult
 
 log = logging.getLogger("saliency_lab.app")
 
@@ -64,7 +66,9 @@ SLIDER_MAX_SPAN = 10_000  # an int parameter with a wider range (the seed) gets 
 SCRUB_START = 0.3  # the scrubber starts at this fraction of the pixels: "delete the top 30 %"
 STEP_START = 5  # the step-through starts after this many regions
 PREVIEW_INTERVAL_S = 0.4
-PLAY_INTERVAL_S = 0.7  # "Play the search": seconds per region  # the region search's map, redrawn at most this often while it runs
+PLAY_INTERVAL_S = (
+    0.7  # "Play the search": seconds per region  # the region search's map, redrawn at most this often while it runs
+)
 DISPLAY_DEFAULTS = {"opacity": 0.5, "colour_map": render.DEFAULT_COLOUR_MAP, "ig_display": "raw"}
 
 # (image, prompt, contrast): the photo examples. Every other input is reset to its default on a
@@ -87,12 +91,16 @@ SCROLL_TO_RESULT = "() => { document.getElementById('result')?.scrollIntoView({b
 # --------------------------------------------------------------------------------------------
 # The inputs, generated from the registry.
 
+
 def param_widget(spec: Param) -> gr.components.Component:
     """A parameter's widget from its spec: choices -> radio (with the spec's labels); a whole-number
     range -> slider (a number box when the range is too wide to slide, e.g. the seed); a number
     range -> slider with the spec's step."""
-    common = {"label": spec.label or spec.help, "info": spec.help[:1].upper() + spec.help[1:],
-              "elem_id": f"param-{spec.name}"}
+    common = {
+        "label": spec.label or spec.help,
+        "info": spec.help[:1].upper() + spec.help[1:],
+        "elem_id": f"param-{spec.name}",
+    }
     if spec.choices:
         return gr.Radio([(spec.labels.get(c, c), c) for c in spec.choices], value=spec.default, **common)
     if spec.kind is int and spec.high - spec.low > SLIDER_MAX_SPAN:
@@ -114,15 +122,25 @@ def input_names() -> list[str]:
 
 
 def input_defaults() -> dict[str, Any]:
-    return {"contrast": "", "model": DEFAULT_MODEL, "methods": default_methods(), **api.DEFAULTS, "sanity": False,
-            **DISPLAY_DEFAULTS}
+    return {
+        "contrast": "",
+        "model": DEFAULT_MODEL,
+        "methods": default_methods(),
+        **api.DEFAULTS,
+        "sanity": False,
+        **DISPLAY_DEFAULTS,
+    }
 
 
 def with_signature(function: Callable, names: list[str], defaults: dict[str, Any]) -> Callable:
     """Give ``function(*values, progress)`` the signature Gradio reads: one named parameter per
     input (its API name and default) and the progress tracker last."""
-    parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                    default=defaults.get(name, inspect.Parameter.empty)) for name in names]
+    parameters = [
+        inspect.Parameter(
+            name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults.get(name, inspect.Parameter.empty)
+        )
+        for name in names
+    ]
     parameters.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
     function.__signature__ = inspect.Signature(parameters)
     return function
@@ -130,6 +148,7 @@ def with_signature(function: Callable, names: list[str], defaults: dict[str, Any
 
 # --------------------------------------------------------------------------------------------
 # Running the engine: one run at a time per model, cancellable, errors as plain sentences.
+
 
 class RunCancelled(Exception):
     """Raised inside the worker thread when the user pressed Cancel."""
@@ -139,7 +158,7 @@ _model_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 _loaded_models: set[str] = set()
 
 
-def _split_contrast(text: Optional[str]) -> list[str]:
+def _split_contrast(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").replace("\n", ",").split(",") if part.strip()]
 
 
@@ -192,7 +211,11 @@ def _locked(model: str, progress, cancelled: threading.Event, job: Callable[[], 
         if cancelled.is_set():
             raise RunCancelled()
         if model not in _loaded_models:
-            what = "the bundled model" if model == DEFAULT_MODEL else f"{model} (first use: a download of several hundred MB)"
+            what = (
+                "the bundled model"
+                if model == DEFAULT_MODEL
+                else f"{model} (first use: a download of several hundred MB)"
+            )
             progress(0.0, desc=f"Loading {what}…")
         out = job()
         _loaded_models.add(model)
@@ -203,6 +226,7 @@ def _locked(model: str, progress, cancelled: threading.Event, job: Callable[[], 
 
 def _reporter(progress, cancelled: threading.Event, previews: _Latest):
     """The engine's ProgressFn: cancels at the next report, forwards the bar, keeps previews."""
+
     def report_progress(fraction: float, description: str, **details) -> None:
         if cancelled.is_set():
             raise RunCancelled()
@@ -210,11 +234,13 @@ def _reporter(progress, cancelled: threading.Event, previews: _Latest):
             previews.put(details["preview"])
         text = description[:1].upper() + description[1:]
         progress(float(fraction), desc=text if text == "Done" else text + "…")
+
     return report_progress
 
 
-async def _stream(work: Callable[[], Any], cancelled: threading.Event, previews: _Latest,
-                  on_preview: Callable[[Any], dict]):
+async def _stream(
+    work: Callable[[], Any], cancelled: threading.Event, previews: _Latest, on_preview: Callable[[Any], dict]
+):
     """Run ``work`` in a thread; yield the page's updates for each preview it posts, then
     ``("done", its result)``. Cancelling the event (the page's Cancel) stops the thread at its
     next progress report."""
@@ -239,8 +265,10 @@ def _plain_errors(error: Exception) -> gr.Error:
     if isinstance(error, gr.Error):
         return error
     log.error("run failed", exc_info=error)
-    return gr.Error("Something went wrong while explaining this photo. Please try again, or try another "
-                    "photo or fewer methods.", print_exception=False)
+    return gr.Error(
+        "Something went wrong while explaining this photo. Please try again, or try another photo or fewer methods.",
+        print_exception=False,
+    )
 
 
 def _check_display(opacity, colour_map, ig_display) -> tuple[float, str, str]:
@@ -258,54 +286,129 @@ def _check_display(opacity, colour_map, ig_display) -> tuple[float, str, str]:
 # --------------------------------------------------------------------------------------------
 # The page's outputs, by name.
 
+
 def result_components() -> dict[str, Any]:
     """Every output, by name, created unrendered so that the page can place them where it likes."""
     c: dict[str, Any] = {
-        "status": gr.Markdown(label="Status", elem_id="status", min_height=40, render=False,
-                              value="Press **Run**, or click an example."),
+        "status": gr.Markdown(
+            label="Status", elem_id="status", min_height=40, render=False, value="Press **Run**, or click an example."
+        ),
         "score": gr.Markdown(label="Score", elem_id="score", render=False),
-        "probabilities": gr.Label(label="Probability of each prompt", visible=False, render=False,
-                                  elem_id="probabilities", show_heading=False, scale=2),
-        "colour_bar": gr.HTML(label="Colour bar", elem_id="colour-bar", render=False,
-                              value=report.colour_bar_html(render.colour_stops(render.DEFAULT_COLOUR_MAP))),
+        "probabilities": gr.Label(
+            label="Probability of each prompt",
+            visible=False,
+            render=False,
+            elem_id="probabilities",
+            show_heading=False,
+            scale=2,
+        ),
+        "colour_bar": gr.HTML(
+            label="Colour bar",
+            elem_id="colour-bar",
+            render=False,
+            value=report.colour_bar_html(render.colour_stops(render.DEFAULT_COLOUR_MAP)),
+        ),
     }
     for name, method in METHODS.items():
-        c[f"overlay-{name}"] = gr.Image(label=method.title, type="pil", format="png", interactive=False,
-                                        elem_id=f"overlay-{name}", height=260, render=False,
-                                        visible=method.by_default)
-        c[f"caption-{name}"] = gr.Markdown(label=f"{method.title} caption", elem_classes="caption",
-                                           elem_id=f"caption-{name}", render=False, visible=method.by_default)
+        c[f"overlay-{name}"] = gr.Image(
+            label=method.title,
+            type="pil",
+            format="png",
+            interactive=False,
+            elem_id=f"overlay-{name}",
+            height=260,
+            render=False,
+            visible=method.by_default,
+        )
+        c[f"caption-{name}"] = gr.Markdown(
+            label=f"{method.title} caption",
+            elem_classes="caption",
+            elem_id=f"caption-{name}",
+            render=False,
+            visible=method.by_default,
+        )
     c["warnings"] = gr.Markdown(label="Warnings", elem_id="warnings", render=False)
-    c["deletion"] = gr.Image(label="Deletion curve", type="pil", format="png", interactive=False,
-                             elem_id="deletion-plot", render=False)
-    c["insertion"] = gr.Image(label="Insertion curve", type="pil", format="png", interactive=False,
-                              elem_id="insertion-plot", render=False)
-    c["scrubber"] = gr.Slider(0, api.DEFAULTS["curve_steps"], value=0, step=1, elem_id="scrubber", render=False,
-                              label="Curve scrubber: step of the curves (the fraction of pixels removed or revealed)")
-    c["scrub_picture"] = gr.Image(label="What the curves scored at this step", type="pil", format="png", show_label=False,
-                                  interactive=False, elem_id="scrub-picture", render=False)
+    c["deletion"] = gr.Image(
+        label="Deletion curve", type="pil", format="png", interactive=False, elem_id="deletion-plot", render=False
+    )
+    c["insertion"] = gr.Image(
+        label="Insertion curve", type="pil", format="png", interactive=False, elem_id="insertion-plot", render=False
+    )
+    c["scrubber"] = gr.Slider(
+        0,
+        api.DEFAULTS["curve_steps"],
+        value=0,
+        step=1,
+        elem_id="scrubber",
+        render=False,
+        label="Curve scrubber: step of the curves (the fraction of pixels removed or revealed)",
+    )
+    c["scrub_picture"] = gr.Image(
+        label="What the curves scored at this step",
+        type="pil",
+        format="png",
+        show_label=False,
+        interactive=False,
+        elem_id="scrub-picture",
+        render=False,
+    )
     c["scrub_text"] = gr.Markdown(label="Scores at this step", elem_id="scrub-text", render=False)
-    c["step"] = gr.Slider(0, 49, value=0, step=1, elem_id="step-through", render=False,
-                          label="Region search step-through: regions chosen so far")
-    c["step_picture"] = gr.Image(label="The region search at this step", type="pil", format="png", show_label=False,
-                                 interactive=False, elem_id="step-picture", render=False)
+    c["step"] = gr.Slider(
+        0,
+        49,
+        value=0,
+        step=1,
+        elem_id="step-through",
+        render=False,
+        label="Region search step-through: regions chosen so far",
+    )
+    c["step_picture"] = gr.Image(
+        label="The region search at this step",
+        type="pil",
+        format="png",
+        show_label=False,
+        interactive=False,
+        elem_id="step-picture",
+        render=False,
+    )
     c["step_text"] = gr.Markdown(label="This step of the search", elem_id="step-text", render=False)
-    c["sanity_picture"] = gr.Image(label="Sanity check: the maps as the model is destroyed", type="pil",
-                                   format="png", interactive=False, elem_id="sanity-picture", render=False,
-                                   visible=False, show_label=False)
-    c["sanity_text"] = gr.Markdown(label="Sanity check", elem_id="sanity-text", render=False,
-                                   value=SANITY_HINT)
-    c["auc"] = gr.Dataframe(headers=render.AUC_HEADERS, label="Area under the curves (AUC) and SRG",
-                            interactive=False, elem_id="auc-table", render=False)
-    c["how_to_read"] = gr.Markdown(label="How to read this", elem_id="how-to-read", render=False,
-                                   value=report.how_to_read())
-    c["download"] = gr.File(label="Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), result.json",
-                            elem_id="download", render=False)
+    c["sanity_picture"] = gr.Image(
+        label="Sanity check: the maps as the model is destroyed",
+        type="pil",
+        format="png",
+        interactive=False,
+        elem_id="sanity-picture",
+        render=False,
+        visible=False,
+        show_label=False,
+    )
+    c["sanity_text"] = gr.Markdown(label="Sanity check", elem_id="sanity-text", render=False, value=SANITY_HINT)
+    c["auc"] = gr.Dataframe(
+        headers=render.AUC_HEADERS,
+        label="Area under the curves (AUC) and SRG",
+        interactive=False,
+        elem_id="auc-table",
+        render=False,
+    )
+    c["how_to_read"] = gr.Markdown(
+        label="How to read this", elem_id="how-to-read", render=False, value=report.how_to_read()
+    )
+    c["download"] = gr.File(
+        label="Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), result.json",
+        elem_id="download",
+        render=False,
+    )
     return c
 
 
-def page_outputs(c: dict[str, Any], result, classes, display: tuple[float, str, str], size: tuple[int, int],
-                 status: Optional[str] = None) -> dict:
+def page_outputs(
+    c: dict[str, Any],
+    result,
+    classes,
+    display: tuple[float, str, str],
+    size: tuple[int, int],
+    status: str | None = None,
+) -> dict:
     """What the page shows first of a result: score, maps with their verdicts, curves, table,
     texts ({component: value}). ``replay_outputs`` adds the rest."""
     show = _fit(size, DISPLAY_SIDE)
@@ -314,8 +417,11 @@ def page_outputs(c: dict[str, Any], result, classes, display: tuple[float, str, 
     out: dict = {
         c["status"]: status or report.done_status(result),
         c["score"]: report.score_markdown(result, classes),
-        c["probabilities"]: (gr.Label(value=result.prompt_probabilities, visible=True) if result.prompt_probabilities
-                             else gr.Label(value=None, visible=False)),
+        c["probabilities"]: (
+            gr.Label(value=result.prompt_probabilities, visible=True)
+            if result.prompt_probabilities
+            else gr.Label(value=None, visible=False)
+        ),
         c["warnings"]: report.warnings_markdown(result),
         c["deletion"]: render.curve_plot(result, "deletion", ylim, marker=round(SCRUB_START * steps)),
         c["insertion"]: render.curve_plot(result, "insertion", ylim, marker=round(SCRUB_START * steps)),
@@ -347,13 +453,15 @@ def replay_outputs(c: dict[str, Any], result, size: tuple[int, int], bundle: str
     return out
 
 
-async def finish(c: dict[str, Any], result, classes, display: tuple[float, str, str], size: tuple[int, int],
-                 status: str):
+async def finish(
+    c: dict[str, Any], result, classes, display: tuple[float, str, str], size: tuple[int, int], status: str
+):
     """Yield the page's first look at a result, then (after the download is written and the
     replays drawn, in a worker thread) everything: the last yield is what the API and the
     example cache keep."""
-    first = await asyncio.to_thread(page_outputs, c, result, classes, display, size,
-                                    status + " Drawing the scrubber and the step-through…")
+    first = await asyncio.to_thread(
+        page_outputs, c, result, classes, display, size, status + " Drawing the scrubber and the step-through…"
+    )
     yield first
     rest = await asyncio.to_thread(lambda: replay_outputs(c, result, size, _save(result, display, size)))
     yield {**first, **rest, c["status"]: status}
@@ -362,8 +470,10 @@ async def finish(c: dict[str, Any], result, classes, display: tuple[float, str, 
 def overlay_outputs(c: dict[str, Any], result, display: tuple[float, str, str], show: tuple[int, int]) -> dict:
     opacity, colour_map, ig_display = display
     strip = render.sanity_strip(result, colour_map, show)
-    out = {c["colour_bar"]: report.colour_bar_html(render.colour_stops(colour_map)),
-           c["sanity_picture"]: gr.Image(value=strip, visible=strip is not None)}
+    out = {
+        c["colour_bar"]: report.colour_bar_html(render.colour_stops(colour_map)),
+        c["sanity_picture"]: gr.Image(value=strip, visible=strip is not None),
+    }
     for name in METHODS:
         if name in result.methods:
             picture = render.method_picture(result, name, colour_map, opacity, show, ig_display)
@@ -386,24 +496,27 @@ def scrub_outputs(c: dict[str, Any], result, step: int, show: tuple[int, int]) -
 
 
 def step_outputs(c: dict[str, Any], result, chosen: int, show: tuple[int, int]) -> dict:
-    return {c["step_picture"]: gr.Image(value=render.step_picture(result, chosen, show), visible=True),
-            c["step_text"]: report.step_markdown(result, chosen)}
+    return {
+        c["step_picture"]: gr.Image(value=render.step_picture(result, chosen, show), visible=True),
+        c["step_text"]: report.step_markdown(result, chosen),
+    }
 
 
 def _save(result, display: tuple[float, str, str], size: tuple[int, int]) -> str:
     folder = _run_dir()
-    files = render.save_bundle(result, folder / "saliency-lab", display[1], display[0],
-                               _fit(size, min(DOWNLOAD_SIDE, max(size))))
+    files = render.save_bundle(
+        result, folder / "saliency-lab", display[1], display[0], _fit(size, min(DOWNLOAD_SIDE, max(size)))
+    )
     return str(render.zip_bundle(files, folder / "saliency-lab-result.zip"))
 
 
-def _bundle(path: Optional[str]):
+def _bundle(path: str | None):
     """(Result, its photo's size) from a run's download, or None before any run."""
     if not path:
         return None
     try:
         result, settings = render.bundle_from_zip(path)
-    except Exception:  # noqa: BLE001 - not a bundle this app wrote: the page says so
+    except Exception:
         log.warning("unreadable bundle %s", path, exc_info=True)
         raise gr.Error("This result can no longer be read; press Run again.", print_exception=False) from None
     size = tuple(settings.get("overlay_size") or result.image.shape[1::-1])
@@ -413,14 +526,23 @@ def _bundle(path: Optional[str]):
 # --------------------------------------------------------------------------------------------
 # The events.
 
+
 def make_handlers(c: dict[str, Any]) -> dict[str, Callable]:
     """The page's event functions, bound to its components ``c``."""
 
     def preview_update(photo, display, show):
         def update(preview) -> dict:
             opacity, colour_map, _ = display
-            return {c["overlay-region"]: gr.Image(value=render.preview_overlay(photo, preview, colour_map, opacity, show),
-                                                  visible=True)} if "overlay-region" in c else {}
+            return (
+                {
+                    c["overlay-region"]: gr.Image(
+                        value=render.preview_overlay(photo, preview, colour_map, opacity, show), visible=True
+                    )
+                }
+                if "overlay-region" in c
+                else {}
+            )
+
         return update
 
     async def run_explain(*values):
@@ -445,15 +567,27 @@ def make_handlers(c: dict[str, Any]) -> dict[str, Callable]:
             show = _fit(photo.size, DISPLAY_SIDE)
             progress(0.0, desc="Starting…")
             # The ticked methods' places at once (their maps come at the end; region search's fills in).
-            yield {c[f"{kind}-{name}"]: gr.update(visible=name in methods)
-                   for name in METHODS for kind in ("overlay", "caption")}
+            yield {
+                c[f"{kind}-{name}"]: gr.update(visible=name in methods)
+                for name in METHODS
+                for kind in ("overlay", "caption")
+            }
 
             def work():
                 def job():
-                    result = api.explain(photo, given["prompt"], contrast=_split_contrast(given["contrast"]),
-                                         model=model, methods=methods, device=DEVICE, sanity=given["sanity"],
-                                         progress=_reporter(progress, cancelled, previews), **params)
+                    result = api.explain(
+                        photo,
+                        given["prompt"],
+                        contrast=_split_contrast(given["contrast"]),
+                        model=model,
+                        methods=methods,
+                        device=DEVICE,
+                        sanity=given["sanity"],
+                        progress=_reporter(progress, cancelled, previews),
+                        **params,
+                    )
                     return result, api.describe_prompt(api.resolve_model(model, DEVICE), result.target.prompt)
+
                 return _locked(model, progress, cancelled, job)
 
             async for update in _stream(work, cancelled, previews, preview_update(photo, display, show)):
@@ -485,15 +619,18 @@ def make_handlers(c: dict[str, Any]) -> dict[str, Callable]:
             started = time.perf_counter()
 
             def work():
-                return _locked(result.model, progress, cancelled,
-                               lambda: refine(result, _reporter(progress, cancelled, previews)))
+                return _locked(
+                    result.model, progress, cancelled, lambda: refine(result, _reporter(progress, cancelled, previews))
+                )
 
             async for update in _stream(work, cancelled, previews, preview_update(photo, display, show)):
                 if isinstance(update, tuple) and update[0] == "done":
                     refined = update[1]
                     classes = api.describe_prompt(api.resolve_model(refined.model, DEVICE), refined.target.prompt)
-                    status = (f"Done: region search refined with plain greedy in {time.perf_counter() - started:.1f} s "
-                              f"on `{refined.model}`.")
+                    status = (
+                        f"Done: region search refined with plain greedy in {time.perf_counter() - started:.1f} s "
+                        f"on `{refined.model}`."
+                    )
                     async for outputs in finish(c, refined, classes, display, size, status):
                         yield outputs
                 else:
@@ -549,8 +686,14 @@ def make_handlers(c: dict[str, Any]) -> dict[str, Callable]:
         return overlay_outputs(c, result, display, _fit(size, DISPLAY_SIDE))
 
     names = input_names()
-    return {"run_explain": with_signature(run_explain, names, input_defaults()), "refine_region": refine_region,
-            "scrub": scrub, "step_through": step_through, "play": play, "restyle": restyle}
+    return {
+        "run_explain": with_signature(run_explain, names, input_defaults()),
+        "refine_region": refine_region,
+        "scrub": scrub,
+        "step_through": step_through,
+        "play": play,
+        "restyle": restyle,
+    }
 
 
 def refine(result, progress) -> Any:
@@ -561,23 +704,34 @@ def refine(result, progress) -> Any:
     params["region_search"] = "greedy"
     request = api.validate(result.target.prompt, list(result.target.contrast), ["region"], **params)
     prepared = api.prepare(Image.fromarray(result.image), request.target, api.resolve_model(result.model, DEVICE))
-    maps = api.run_methods(prepared, ["region"], request.params,
-                           progress=lambda f, text, **d: progress(0.85 * f, text, **d))
-    curves, reference = api.evaluate_maps(prepared, {"region": maps["region"].values}, request.params,
-                                          progress=lambda f, text, **d: progress(0.85 + 0.15 * f, text, **d))
+    maps = api.run_methods(
+        prepared, ["region"], request.params, progress=lambda f, text, **d: progress(0.85 * f, text, **d)
+    )
+    curves, reference = api.evaluate_maps(
+        prepared,
+        {"region": maps["region"].values},
+        request.params,
+        progress=lambda f, text, **d: progress(0.85 + 0.15 * f, text, **d),
+    )
     progress(1.0, "done")
     methods = {**result.methods, "region": MethodResult(maps["region"], curves["region"])}
     ordered = {name: methods[name] for name in METHODS if name in methods}
     sanity = result.sanity
     if sanity is not None:  # its region-search strip was of the fast search's map: not the refined one
         sanity = dataclasses.replace(sanity, methods={n: s for n, s in sanity.methods.items() if n != "region"})
-    return dataclasses.replace(result, methods=ordered, random=reference, sanity=sanity,
-                               params={**result.params, **request.params, "methods": list(ordered)},
-                               seconds=result.seconds + time.perf_counter() - started)
+    return dataclasses.replace(
+        result,
+        methods=ordered,
+        random=reference,
+        sanity=sanity,
+        params={**result.params, **request.params, "methods": list(ordered)},
+        seconds=result.seconds + time.perf_counter() - started,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The page.
+
 
 def _plain_upload_errors(component: gr.Image) -> gr.Image:
     """Gradio opens every upload with PIL before the handler runs; a file that is not a picture would
@@ -592,8 +746,10 @@ def _plain_upload_errors(component: gr.Image) -> gr.Image:
             raise
         except Exception:  # noqa: BLE001 - any decoding failure is the same sentence
             name = getattr(payload, "orig_name", None) or "the file"
-            raise gr.Error(f"{name} is not a picture this app can read; use PNG, JPEG, GIF, WebP, BMP or TIFF.",
-                           print_exception=False) from None
+            raise gr.Error(
+                f"{name} is not a picture this app can read; use PNG, JPEG, GIF, WebP, BMP or TIFF.",
+                print_exception=False,
+            ) from None
 
     component.preprocess = preprocess
     return component
@@ -606,11 +762,15 @@ to look for and press **Run**: each method paints a map (bright = important), an
 faithful each map is.
 """
 
-CONTRAST_SENTENCE = ("**Compare two prompts.** Type other prompts under *Contrast*: the maps then show what "
-                     "tells your prompt apart from them, e.g.")
+CONTRAST_SENTENCE = (
+    "**Compare two prompts.** Type other prompts under *Contrast*: the maps then show what "
+    "tells your prompt apart from them, e.g."
+)
 
-SANITY_HINT = ("The sanity check did not run. Tick **Sanity check** above **Run** to see every map again on the "
-               "model destroyed layer by layer (slow: every method runs again for each stage).")
+SANITY_HINT = (
+    "The sanity check did not run. Tick **Sanity check** above **Run** to see every map again on the "
+    "model destroyed layer by layer (slow: every method runs again for each stage)."
+)
 
 CSS = """
 .caption p { font-size: 0.95rem; margin: 0.15em 0 0.5em 0; }
@@ -624,7 +784,7 @@ CSS = """
 """
 
 
-def _examples_cache_mode() -> tuple[Any, Optional[str]]:
+def _examples_cache_mode() -> tuple[Any, str | None]:
     mode = os.environ.get("SALIENCY_EXAMPLES_CACHE", "eager" if os.environ.get("SPACE_ID") else "lazy").lower()
     if mode == "off":
         return False, None
@@ -642,38 +802,67 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=4, min_width=320):
                 # type="filepath", image_mode=None: the engine decodes the original file (transparency
                 # on white, 16-bit scaled), with its size limits and plain errors.
-                widgets["image"] = _plain_upload_errors(gr.Image(
-                    label="Photo (upload, paste or webcam)", type="filepath", image_mode=None,
-                    sources=["upload", "clipboard", "webcam"], height=250, elem_id="photo"))
+                widgets["image"] = _plain_upload_errors(
+                    gr.Image(
+                        label="Photo (upload, paste or webcam)",
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard", "webcam"],
+                        height=250,
+                        elem_id="photo",
+                    )
+                )
                 examples_slot = gr.Column()
             with gr.Column(scale=5, min_width=360):
-                widgets["prompt"] = gr.Textbox(label="Prompt: what should the model look for?", value="",
-                                               placeholder="e.g. a cat", max_lines=1, elem_id="prompt")
+                widgets["prompt"] = gr.Textbox(
+                    label="Prompt: what should the model look for?",
+                    value="",
+                    placeholder="e.g. a cat",
+                    max_lines=1,
+                    elem_id="prompt",
+                )
                 widgets["contrast"] = gr.Textbox(
-                    label="Contrast prompts (optional, separated by commas)", max_lines=2, elem_id="contrast",
-                    placeholder="e.g. a tiger, a lynx: “why a cat and not a tiger?”", value="")
+                    label="Contrast prompts (optional, separated by commas)",
+                    max_lines=2,
+                    elem_id="contrast",
+                    placeholder="e.g. a tiger, a lynx: “why a cat and not a tiger?”",
+                    value="",
+                )
                 widgets["model"] = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model", elem_id="model")
-                widgets["methods"] = gr.CheckboxGroup([(m.title, name) for name, m in METHODS.items()],
-                                                      value=default_methods(), label="Methods", elem_id="methods")
+                widgets["methods"] = gr.CheckboxGroup(
+                    [(m.title, name) for name, m in METHODS.items()],
+                    value=default_methods(),
+                    label="Methods",
+                    elem_id="methods",
+                )
                 widgets["sanity"] = gr.Checkbox(
-                    value=False, elem_id="sanity", label="Sanity check (Adebayo et al. 2018): draw every map again "
-                    "on the model destroyed layer by layer. Slow: each method runs again for each stage.")
+                    value=False,
+                    elem_id="sanity",
+                    label="Sanity check (Adebayo et al. 2018): draw every map again "
+                    "on the model destroyed layer by layer. Slow: each method runs again for each stage.",
+                )
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     for heading, specs in method_params().items():
                         gr.Markdown(f"**{heading}**")
                         with gr.Row():
                             for spec in specs:
                                 widgets[spec.name] = param_widget(spec)
-                with gr.Accordion("Display (applies at once, no new run)", open=False, elem_id="display"):
-                    with gr.Row():
-                        widgets["opacity"] = gr.Slider(0.0, 1.0, value=defaults["opacity"], step=0.05,
-                                                       label="Overlay opacity", elem_id="opacity")
-                        widgets["colour_map"] = gr.Dropdown(
-                            list(render.COLOUR_MAPS), value=defaults["colour_map"], elem_id="colour-map",
-                            label="Colour map (inferno, viridis, magma, cividis: perceptually uniform)")
-                        widgets["ig_display"] = gr.Radio(
-                            [(label, value) for value, label in render.IG_DISPLAYS.items()],
-                            value=defaults["ig_display"], label="Integrated gradients", elem_id="ig-display")
+                with gr.Accordion("Display (applies at once, no new run)", open=False, elem_id="display"), gr.Row():
+                    widgets["opacity"] = gr.Slider(
+                        0.0, 1.0, value=defaults["opacity"], step=0.05, label="Overlay opacity", elem_id="opacity"
+                    )
+                    widgets["colour_map"] = gr.Dropdown(
+                        list(render.COLOUR_MAPS),
+                        value=defaults["colour_map"],
+                        elem_id="colour-map",
+                        label="Colour map (inferno, viridis, magma, cividis: perceptually uniform)",
+                    )
+                    widgets["ig_display"] = gr.Radio(
+                        [(label, value) for value, label in render.IG_DISPLAYS.items()],
+                        value=defaults["ig_display"],
+                        label="Integrated gradients",
+                        elem_id="ig-display",
+                    )
                 with gr.Row():
                     run = gr.Button("Run", variant="primary", elem_id="run", scale=3)
                     cancel = gr.Button("Cancel", variant="secondary", elem_id="cancel", scale=1)
@@ -681,21 +870,40 @@ def build_demo() -> gr.Blocks:
         inputs = [widgets[name] for name in input_names()]
         outputs = list(c.values())
         cache, cache_mode = _examples_cache_mode()
-        rows = lambda photo, prompt, contrast: [str(ASSETS / photo), prompt, contrast,  # noqa: E731
-                                                *(defaults[name] for name in input_names()[3:])]
+
+        def rows(photo: str, prompt: str, contrast: str) -> list:
+            return [str(ASSETS / photo), prompt, contrast, *(defaults[name] for name in input_names()[3:])]
+
         with examples_slot:
             photo_examples = gr.Examples(
-                examples=[rows(*example) for example in EXAMPLES], inputs=inputs, outputs=outputs,
-                fn=handlers["run_explain"], cache_examples=cache, cache_mode=cache_mode, visible_columns=[0],
-                label="Examples: click a photo (it also resets the settings)", examples_per_page=len(EXAMPLES),
-                api_visibility="undocumented", preload=False, elem_id="examples")
+                examples=[rows(*example) for example in EXAMPLES],
+                inputs=inputs,
+                outputs=outputs,
+                fn=handlers["run_explain"],
+                cache_examples=cache,
+                cache_mode=cache_mode,
+                visible_columns=[0],
+                label="Examples: click a photo (it also resets the settings)",
+                examples_per_page=len(EXAMPLES),
+                api_visibility="undocumented",
+                preload=False,
+                elem_id="examples",
+            )
             gr.Markdown(CONTRAST_SENTENCE, elem_id="contrast-sentence")
             contrast_examples = gr.Examples(
                 examples=[rows(photo, prompt, contrast) for photo, prompt, contrast, _ in CONTRAST_EXAMPLES],
-                example_labels=[label for *_, label in CONTRAST_EXAMPLES], inputs=inputs, outputs=outputs,
-                fn=handlers["run_explain"], cache_examples=cache, cache_mode=cache_mode, label=None,
-                api_visibility="undocumented", api_name="load_contrast_example", preload=False,
-                elem_id="contrast-examples")
+                example_labels=[label for *_, label in CONTRAST_EXAMPLES],
+                inputs=inputs,
+                outputs=outputs,
+                fn=handlers["run_explain"],
+                cache_examples=cache,
+                cache_mode=cache_mode,
+                label=None,
+                api_visibility="undocumented",
+                api_name="load_contrast_example",
+                preload=False,
+                elem_id="contrast-examples",
+            )
 
         with gr.Column(elem_id="result"):
             gr.Markdown("## Result", elem_id="result-heading")
@@ -727,8 +935,11 @@ def build_demo() -> gr.Blocks:
                 play_button = gr.Button("▶ Play the search", elem_id="play", scale=1, min_width=140)
             c["step_text"].render()
             c["step_picture"].render()
-            refine_button = gr.Button("Refine region search with plain greedy (the paper's reference: slower)",
-                                      elem_id="refine", variant="secondary")
+            refine_button = gr.Button(
+                "Refine region search with plain greedy (the paper's reference: slower)",
+                elem_id="refine",
+                variant="secondary",
+            )
             gr.Markdown("### Sanity check")
             c["sanity_picture"].render()
             c["sanity_text"].render()
@@ -737,39 +948,84 @@ def build_demo() -> gr.Blocks:
             with gr.Accordion("How to read this", open=True):
                 c["how_to_read"].render()
 
-        progress_on = [c["status"], c["score"], c["deletion"], c["insertion"],
-                       *(c[f"overlay-{n}"] for n in METHODS if n != "region")]
+        progress_on = [
+            c["status"],
+            c["score"],
+            c["deletion"],
+            c["insertion"],
+            *(c[f"overlay-{n}"] for n in METHODS if n != "region"),
+        ]
         # Declared before the run itself: the browser runs a trigger's events in order, and a script
         # declared after a queued event waits for that event to finish.
         gr.on([run.click, widgets["prompt"].submit], None, js=SCROLL_TO_RESULT)
-        explain_event = gr.on([run.click, widgets["prompt"].submit], handlers["run_explain"], inputs=inputs,
-                              outputs=outputs, api_name="explain", concurrency_limit=1 + len(CLIP_CHOICES),
-                              concurrency_id="explain", show_progress_on=progress_on)
+        explain_event = gr.on(
+            [run.click, widgets["prompt"].submit],
+            handlers["run_explain"],
+            inputs=inputs,
+            outputs=outputs,
+            api_name="explain",
+            concurrency_limit=1 + len(CLIP_CHOICES),
+            concurrency_id="explain",
+            show_progress_on=progress_on,
+        )
         for examples in (photo_examples, contrast_examples):
             examples.dataset.click(None, js=SCROLL_TO_RESULT)
         display = [widgets["opacity"], widgets["colour_map"], widgets["ig_display"]]
-        refine_event = refine_button.click(handlers["refine_region"], inputs=[c["download"], *display],
-                                           outputs=outputs, api_name="refine_region", concurrency_id="explain",
-                                           concurrency_limit=1 + len(CLIP_CHOICES),
-                                           show_progress_on=[c["status"], c["step_picture"]])
-        play_event = play_button.click(handlers["play"], inputs=[c["download"], c["step"]],
-                                       outputs=[c["step"], c["step_picture"], c["step_text"]], api_name="play",
-                                       show_progress="hidden", concurrency_limit=4, concurrency_id="play")
+        refine_event = refine_button.click(
+            handlers["refine_region"],
+            inputs=[c["download"], *display],
+            outputs=outputs,
+            api_name="refine_region",
+            concurrency_id="explain",
+            concurrency_limit=1 + len(CLIP_CHOICES),
+            show_progress_on=[c["status"], c["step_picture"]],
+        )
+        play_event = play_button.click(
+            handlers["play"],
+            inputs=[c["download"], c["step"]],
+            outputs=[c["step"], c["step_picture"], c["step_text"]],
+            api_name="play",
+            show_progress="hidden",
+            concurrency_limit=4,
+            concurrency_id="play",
+        )
         cancel.click(None, cancels=[explain_event, refine_event, play_event])
         # Replays of the run: they read the bundle and never call the model.
-        c["scrubber"].input(handlers["scrub"], inputs=[c["download"], c["scrubber"]],
-                            outputs=[c["scrub_picture"], c["scrub_text"], c["deletion"], c["insertion"]],
-                            api_name="scrub", trigger_mode="always_last", show_progress="hidden",
-                            concurrency_limit=2, concurrency_id="replay")
-        c["step"].input(handlers["step_through"], inputs=[c["download"], c["step"]],
-                        outputs=[c["step_picture"], c["step_text"]], api_name="step_through",
-                        trigger_mode="always_last", show_progress="hidden", concurrency_limit=2,
-                        concurrency_id="replay")
-        gr.on([w.change for w in display], handlers["restyle"], inputs=[c["download"], *display],
-              outputs=[c["colour_bar"], c["sanity_picture"],
-                       *(c[f"{kind}-{n}"] for n in METHODS for kind in ("overlay", "caption"))],
-              api_name="restyle", trigger_mode="always_last", show_progress="hidden", concurrency_limit=2,
-              concurrency_id="replay")
+        c["scrubber"].input(
+            handlers["scrub"],
+            inputs=[c["download"], c["scrubber"]],
+            outputs=[c["scrub_picture"], c["scrub_text"], c["deletion"], c["insertion"]],
+            api_name="scrub",
+            trigger_mode="always_last",
+            show_progress="hidden",
+            concurrency_limit=2,
+            concurrency_id="replay",
+        )
+        c["step"].input(
+            handlers["step_through"],
+            inputs=[c["download"], c["step"]],
+            outputs=[c["step_picture"], c["step_text"]],
+            api_name="step_through",
+            trigger_mode="always_last",
+            show_progress="hidden",
+            concurrency_limit=2,
+            concurrency_id="replay",
+        )
+        gr.on(
+            [w.change for w in display],
+            handlers["restyle"],
+            inputs=[c["download"], *display],
+            outputs=[
+                c["colour_bar"],
+                c["sanity_picture"],
+                *(c[f"{kind}-{n}"] for n in METHODS for kind in ("overlay", "caption")),
+            ],
+            api_name="restyle",
+            trigger_mode="always_last",
+            show_progress="hidden",
+            concurrency_limit=2,
+            concurrency_id="replay",
+        )
     return demo
 
 

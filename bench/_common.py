@@ -1,4 +1,5 @@
 """Shared helpers for the bench scripts: the photos and prompts, timing and memory probes."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,13 @@ if str(ROOT) not in sys.path:
 
 # Every assets photo with a prompt the bundled model can answer (its ImageNet classes): the
 # astronaut holds a helmet ("an astronaut" matches no class; the photo then scores like black).
-PHOTOS = {"chelsea": "a cat", "coffee": "a cup of espresso", "rocket": "a rocket",
-          "grace_hopper": "a military uniform", "astronaut": "a helmet"}
+PHOTOS = {
+    "chelsea": "a cat",
+    "coffee": "a cup of espresso",
+    "rocket": "a rocket",
+    "grace_hopper": "a military uniform",
+    "astronaut": "a helmet",
+}
 CACHE = ROOT / "bench" / ".cache"
 
 
@@ -35,7 +41,7 @@ def load_average() -> str:
 class Clock:
     """Wall and CPU seconds of a block (``with Clock() as c: ...; c.wall, c.cpu``)."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 

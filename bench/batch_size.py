@@ -5,14 +5,15 @@
 The adapters' ``max_batch`` / ``max_grad_batch`` come from this table. Each size is measured
 twice (rounds), after a warm-up call, on random pixels; milliseconds per image.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
 import torch
-
 from _common import header
+
 from explainers.types import Target
 
 
@@ -34,9 +35,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.model == "clip-random":
         from _models import random_clip_b32
+
         adapter = random_clip_b32()
     else:
         from explainers.models import load_model
+
         adapter = load_model(args.model)
     target = Target("a cat")
     pixels = torch.rand(args.images, 3, *adapter.input_size)
@@ -56,8 +59,10 @@ def main() -> None:
 
         scored = per_image_ms(scoring, args.images)
         graded = per_image_ms(with_gradients, args.images)
-        print(f"| {size} | {' / '.join(f'{v:.1f}' for v in scored)} | {' / '.join(f'{v:.1f}' for v in graded)} |",
-              flush=True)
+        print(
+            f"| {size} | {' / '.join(f'{v:.1f}' for v in scored)} | {' / '.join(f'{v:.1f}' for v in graded)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

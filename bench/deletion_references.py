@@ -9,6 +9,7 @@ Prints two markdown tables of insertion / deletion AUCs:
 2. every method and four random references (single pixels, 32 px blocks, smooth random fields
    bilinearly upsampled from 7x7 and 4x4), on the black and the blur substrate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import PHOTOS, photo_path
+
 from explainers import metrics
 from explainers.images import open_image
 from explainers.methods import gradcam, integrated_gradients, region_search
@@ -25,8 +26,13 @@ from explainers.models import load_model
 from explainers.models.base import CamLayer
 from explainers.types import Target
 
-LAYERS = {"head 7x7 (default)": None, "block 14, 7x7": 14, "block 10, 14x14": 10, "block 7, 14x14": 7,
-          "block 4, 28x28": 4}
+LAYERS = {
+    "head 7x7 (default)": None,
+    "block 14, 7x7": 14,
+    "block 10, 14x14": 10,
+    "block 7, 14x14": 7,
+    "block 4, 28x28": 4,
+}
 
 
 def smooth_random_orders(height, width, count, grid, seed=99):
@@ -42,8 +48,10 @@ def smooth_random_orders(height, width, count, grid, seed=99):
 def aucs(raw, steps):
     fractions = np.linspace(0, 1, steps + 1)
     deletion, insertion, full, empty = raw
-    return (np.trapezoid(metrics._normalise(insertion, full, empty), fractions),
-            np.trapezoid(metrics._normalise(deletion, full, empty), fractions))
+    return (
+        np.trapezoid(metrics._normalise(insertion, full, empty), fractions),
+        np.trapezoid(metrics._normalise(deletion, full, empty), fractions),
+    )
 
 
 def mean_aucs(raws, steps):
@@ -81,28 +89,32 @@ def main() -> None:
             orders.append(metrics.pixel_order(values))
         orders += metrics.random_orders(*pixels.shape[2:], 3, 0)
         raw = metrics.curves_for_orders(adapter, pixels, target, orders, args.steps)
-        cells = [mean_aucs([r], args.steps) for r in raw[:len(LAYERS)]] + [mean_aucs(raw[len(LAYERS):], args.steps)]
+        cells = [mean_aucs([r], args.steps) for r in raw[: len(LAYERS)]] + [mean_aucs(raw[len(LAYERS) :], args.steps)]
         print(f"| {photo} | " + " | ".join(cells) + " |", flush=True)
 
-    references = {"random pixels": lambda h, w: metrics.random_orders(h, w, 3, 0),
-                  "random 32 px blocks": lambda h, w: metrics.random_orders(h, w, 3, 0, block=32),
-                  "random smooth 7x7 field": lambda h, w: smooth_random_orders(h, w, 3, 7),
-                  "random smooth 4x4 field": lambda h, w: smooth_random_orders(h, w, 3, 4)}
+    references = {
+        "random pixels": lambda h, w: metrics.random_orders(h, w, 3, 0),
+        "random 32 px blocks": lambda h, w: metrics.random_orders(h, w, 3, 0, block=32),
+        "random smooth 7x7 field": lambda h, w: smooth_random_orders(h, w, 3, 7),
+        "random smooth 4x4 field": lambda h, w: smooth_random_orders(h, w, 3, 4),
+    }
     print(f"\n### Random references and substrates ({args.steps} steps; insertion / deletion AUC)\n")
     print("| photo, substrate | Grad-CAM | IG | region | " + " | ".join(references) + " |")
     print("|---" * (len(references) + 4) + "|")
     for photo in photos:
         target, pixels = photo_inputs(adapter, photo)
-        maps = [gradcam.explain(adapter, pixels, target).values,
-                integrated_gradients.explain(adapter, pixels, target).values,
-                region_search.explain(adapter, pixels, target).values]
+        maps = [
+            gradcam.explain(adapter, pixels, target).values,
+            integrated_gradients.explain(adapter, pixels, target).values,
+            region_search.explain(adapter, pixels, target).values,
+        ]
         orders = [metrics.pixel_order(v) for v in maps]
         for make in references.values():
             orders += make(*pixels.shape[2:])
         for substrate in ("black", "blur"):
             raw = metrics.curves_for_orders(adapter, pixels, target, orders, args.steps, substrate)
             cells = [mean_aucs([r], args.steps) for r in raw[:3]]
-            cells += [mean_aucs(raw[3 + 3 * i: 6 + 3 * i], args.steps) for i in range(len(references))]
+            cells += [mean_aucs(raw[3 + 3 * i : 6 + 3 * i], args.steps) for i in range(len(references))]
             print(f"| {photo}, {substrate} | " + " | ".join(cells) + " |", flush=True)
 
 

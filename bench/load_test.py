@@ -23,6 +23,7 @@ through ``Client.submit(..., api_name="/explain")`` and wait. Outcomes:
 plus the count of tracebacks in the app's log. Printed: a table of outcomes by request kind,
 p50/p95 latency (ok results; also all answered requests), the server's peak RSS, and a verdict.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 
@@ -58,6 +59,7 @@ GRADIO_GENERIC = "has raised an exception but has not enabled verbose error repo
 # ------------------------------------------------------------------------------------------
 # The server
 
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -67,7 +69,7 @@ def free_port() -> int:
 class Server:
     """``python app.py`` on 127.0.0.1:<free port>, its log in ``workdir/app.log``, RSS sampled."""
 
-    def __init__(self, workdir: Path, extra_env: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -77,15 +79,22 @@ class Server:
         self._stop = threading.Event()
         env = {
             **os.environ,
-            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(self.port),
-            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio-tmp"),
-            "GRADIO_EXAMPLES_CACHE": str(workdir / "examples-cache"), "SALIENCY_EXAMPLES_CACHE": "lazy",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1", **(extra_env or {}),
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(self.port),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "GRADIO_TEMP_DIR": str(workdir / "gradio-tmp"),
+            "GRADIO_EXAMPLES_CACHE": str(workdir / "examples-cache"),
+            "SALIENCY_EXAMPLES_CACHE": "lazy",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
@@ -147,6 +156,7 @@ class Server:
 
 # ------------------------------------------------------------------------------------------
 # Requests
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -213,8 +223,16 @@ class Record:
     message: str = ""
 
 
-def user(index: int, url: str, files: dict[str, Path], deadline: float, hard_stop: float, records: list,
-         lock: threading.Lock, seed: int) -> None:
+def user(
+    index: int,
+    url: str,
+    files: dict[str, Path],
+    deadline: float,
+    hard_stop: float,
+    records: list,
+    lock: threading.Lock,
+    seed: int,
+) -> None:
     from gradio_client import Client
 
     rng = random.Random(seed * 1000 + index)
@@ -256,7 +274,8 @@ def user(index: int, url: str, files: dict[str, Path], deadline: float, hard_sto
 # ------------------------------------------------------------------------------------------
 # Probes of the limits
 
-def http(url: str, data: Optional[bytes] = None, headers: Optional[dict] = None, timeout: float = 30) -> tuple[int, bytes]:
+
+def http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 30) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -268,18 +287,30 @@ def http(url: str, data: Optional[bytes] = None, headers: Optional[dict] = None,
 def probe_upload_limit(server: Server, megabytes: int = 11) -> tuple[bool, str]:
     boundary = "----saliencylab"
     payload = os.urandom(megabytes * 1024 * 1024)
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    status, text = http(server.url + "gradio_api/upload", body,
-                        {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, text = http(
+        server.url + "gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     return status == 413, f"{megabytes} MB upload -> HTTP {status} {text[:120]!r}"
 
 
 def probe_files(server: Server) -> tuple[bool, str]:
     results = []
     ok = True
-    for path in ["/etc/passwd", str(ROOT / "app.py"), str(ASSETS / ".." / "app.py"),
-                 str(ROOT / "requirements.txt"), "/proc/self/environ"]:
+    for path in [
+        "/etc/passwd",
+        str(ROOT / "app.py"),
+        str(ASSETS / ".." / "app.py"),
+        str(ROOT / "requirements.txt"),
+        "/proc/self/environ",
+    ]:
         status, body = http(server.url + "gradio_api/file=" + urllib.request.quote(path))
         leaked = status == 200
         ok &= not leaked
@@ -297,8 +328,14 @@ def probe_cancel(server: Server, files: dict[str, Path]) -> tuple[bool, str]:
     client = Client(server.url, verbose=False)
     warm = submit(client, files, KINDS[0])  # load the model first, so the long run is really running
     warm.result(timeout=300)
-    long = client.submit(handle_file(str(files["cat"])), "a cat", api_name="/explain",
-                         region_search="greedy", n_regions=100, curve_steps=100)
+    long = client.submit(
+        handle_file(str(files["cat"])),
+        "a cat",
+        api_name="/explain",
+        region_search="greedy",
+        n_regions=100,
+        curve_steps=100,
+    )
     time.sleep(6)
     running = statistics.mean(server.cpu_since(time.monotonic() - 3) or [0.0])
     long.cancel()
@@ -315,9 +352,11 @@ def probe_cancel(server: Server, files: dict[str, Path]) -> tuple[bool, str]:
     next_run = time.monotonic() - started
     client.close()
     ok = idle_after is not None and idle_after < 15
-    return ok, (f"CPU while running {running:.0f}%; idle {idle_after:.1f} s after cancel" if idle_after is not None
-                else f"CPU while running {running:.0f}%; still busy 60 s after cancel") + \
-        f"; next run served in {next_run:.1f} s"
+    return ok, (
+        f"CPU while running {running:.0f}%; idle {idle_after:.1f} s after cancel"
+        if idle_after is not None
+        else f"CPU while running {running:.0f}%; still busy 60 s after cancel"
+    ) + f"; next run served in {next_run:.1f} s"
 
 
 def probe_errors(server: Server, files: dict[str, Path]) -> tuple[bool, str]:
@@ -343,19 +382,27 @@ def probe_errors(server: Server, files: dict[str, Path]) -> tuple[bool, str]:
 
 # ------------------------------------------------------------------------------------------
 
+
 def log_tracebacks(log: str) -> tuple[int, int]:
     """(tracebacks Gradio logs for its own clean refusals -- a gr.Error from a component's input
     check, such as a slider value out of range --, every other traceback)."""
     blocks = log.split("Traceback (most recent call last)")[1:]
     refusals = 0
     for block in blocks:
-        heads = [line for line in block.splitlines()[1:] if line and not line.startswith((" ", "\t", "^"))
-                 and ":" in line and not line.startswith(("The above", "During handling"))]
+        heads = [
+            line
+            for line in block.splitlines()[1:]
+            if line
+            and not line.startswith((" ", "\t", "^"))
+            and ":" in line
+            and not line.startswith(("The above", "During handling"))
+        ]
         last = heads[0] if heads else ""  # the exception line right after the frames
         refusals += last.startswith("gradio.exceptions.Error:")
     # a chained traceback ("The above exception was the direct cause") is one error, counted once
     chained = log.count("The above exception was the direct cause") + log.count(
-        "During handling of the above exception")
+        "During handling of the above exception"
+    )
     return refusals, max(0, len(blocks) - refusals - chained)
 
 
@@ -368,17 +415,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=20, help=f"concurrent users (1..{MAX_USERS})")
     parser.add_argument("--seconds", type=float, default=120, help=f"how long users keep sending (1..{MAX_SECONDS})")
-    parser.add_argument("--drain", type=float, default=300,
-                        help=f"seconds to wait for answers after the deadline (0..{MAX_DRAIN})")
+    parser.add_argument(
+        "--drain", type=float, default=300, help=f"seconds to wait for answers after the deadline (0..{MAX_DRAIN})"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-probes", action="store_true", help="only the load")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for app.py (repeatable), e.g. MALLOC_ARENA_MAX=2")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for app.py (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
     args = parser.parse_args(argv)
     if not (1 <= args.users <= MAX_USERS and 1 <= args.seconds <= MAX_SECONDS and 0 <= args.drain <= MAX_DRAIN):
         parser.error(f"--users 1..{MAX_USERS}, --seconds 1..{MAX_SECONDS}, --drain 0..{MAX_DRAIN}")
@@ -387,17 +440,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     files = make_files(workdir / "inputs")
     extra_env = dict(item.split("=", 1) for item in args.env if "=" in item)
     server = Server(workdir, extra_env)
-    figures: dict[str, Any] = {"users": args.users, "seconds": args.seconds, "cpus": os.cpu_count(),
-                               "env": extra_env}
+    figures: dict[str, Any] = {"users": args.users, "seconds": args.seconds, "cpus": os.cpu_count(), "env": extra_env}
     try:
         figures["startup_s"] = round(server.wait_ready(), 1)
         print(f"app.py ready at {server.url} in {figures['startup_s']} s (log: {server.log_path})")
         probes = {}
         if not args.skip_probes:
-            for name, probe in [("upload limit", lambda: probe_upload_limit(server)),
-                                ("no files outside temp", lambda: probe_files(server)),
-                                ("bad input -> one sentence", lambda: probe_errors(server, files)),
-                                ("cancel frees the worker", lambda: probe_cancel(server, files))]:
+            for name, probe in [
+                ("upload limit", lambda: probe_upload_limit(server)),
+                ("no files outside temp", lambda: probe_files(server)),
+                ("bad input -> one sentence", lambda: probe_errors(server, files)),
+                ("cancel frees the worker", lambda: probe_cancel(server, files)),
+            ]:
                 try:
                     passed, detail = probe()
                 except Exception as error:  # noqa: BLE001
@@ -412,9 +466,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         start = time.monotonic()
         deadline = start + args.seconds
         hard_stop = deadline + args.drain
-        threads = [threading.Thread(target=user, daemon=True,
-                                    args=(i, server.url, files, deadline, hard_stop, records, lock, args.seed))
-                   for i in range(args.users)]
+        threads = [
+            threading.Thread(
+                target=user, daemon=True, args=(i, server.url, files, deadline, hard_stop, records, lock, args.seed)
+            )
+            for i in range(args.users)
+        ]
         print(f"load: {args.users} users for {args.seconds:.0f} s (then up to {args.drain:.0f} s to drain)...")
         for t in threads:
             t.start()
@@ -439,29 +496,51 @@ def main(argv: Optional[list[str]] = None) -> int:
         wrong = [r for r in records if r.outcome in ("ok", "refused") and r.outcome != r.expect]
         ok_latency = [r.seconds for r in records if r.outcome == "ok"]
         answered = [r.seconds for r in records if r.outcome in ("ok", "refused")]
-        figures.update({
-            "requests": len(records), "outcomes": dict(total), "wrong_outcome": len(wrong),
-            "elapsed_s": round(elapsed, 1), "throughput_ok_per_min": round(60 * total["ok"] / elapsed, 2),
-            "p50_ok_s": round(percentile(ok_latency, 0.5), 2), "p95_ok_s": round(percentile(ok_latency, 0.95), 2),
-            "p50_answered_s": round(percentile(answered, 0.5), 2),
-            "p95_answered_s": round(percentile(answered, 0.95), 2),
-            "peak_rss_mb": round(server.peak_rss / 2**20), "server_tracebacks": tracebacks,
-            "logged_refusals": logged_refusals,
-            "server_alive": alive, "stuck_users": stuck, "load_average_before": round(load_before, 1),
-        })
-        print(f"\nrequests {len(records)} in {elapsed:.0f} s; ok/min {figures['throughput_ok_per_min']}; "
-              f"latency ok p50 {figures['p50_ok_s']} s, p95 {figures['p95_ok_s']} s; "
-              f"all answered p50 {figures['p50_answered_s']} s, p95 {figures['p95_answered_s']} s")
-        print(f"server peak RSS {figures['peak_rss_mb']} MB; unexpected tracebacks in its log {tracebacks} "
-              f"(plus {logged_refusals} that Gradio logs for its own input checks, answered as a sentence); "
-              f"alive {alive}; load average before the load {load_before:.1f} on {os.cpu_count()} CPUs")
+        figures.update(
+            {
+                "requests": len(records),
+                "outcomes": dict(total),
+                "wrong_outcome": len(wrong),
+                "elapsed_s": round(elapsed, 1),
+                "throughput_ok_per_min": round(60 * total["ok"] / elapsed, 2),
+                "p50_ok_s": round(percentile(ok_latency, 0.5), 2),
+                "p95_ok_s": round(percentile(ok_latency, 0.95), 2),
+                "p50_answered_s": round(percentile(answered, 0.5), 2),
+                "p95_answered_s": round(percentile(answered, 0.95), 2),
+                "peak_rss_mb": round(server.peak_rss / 2**20),
+                "server_tracebacks": tracebacks,
+                "logged_refusals": logged_refusals,
+                "server_alive": alive,
+                "stuck_users": stuck,
+                "load_average_before": round(load_before, 1),
+            }
+        )
+        print(
+            f"\nrequests {len(records)} in {elapsed:.0f} s; ok/min {figures['throughput_ok_per_min']}; "
+            f"latency ok p50 {figures['p50_ok_s']} s, p95 {figures['p95_ok_s']} s; "
+            f"all answered p50 {figures['p50_answered_s']} s, p95 {figures['p95_answered_s']} s"
+        )
+        print(
+            f"server peak RSS {figures['peak_rss_mb']} MB; unexpected tracebacks in its log {tracebacks} "
+            f"(plus {logged_refusals} that Gradio logs for its own input checks, answered as a sentence); "
+            f"alive {alive}; load average before the load {load_before:.1f} on {os.cpu_count()} CPUs"
+        )
         for r in wrong[:5] + [r for r in records if r.outcome in ("server error", "other")][:5]:
             print(f"  {r.kind}: {r.outcome} {r.message[:200]!r}")
-        verdict = (total["server error"] == 0 and total["other"] == 0 and tracebacks == 0 and alive
-                   and not wrong and stuck == 0 and all(probes.values()))
+        verdict = (
+            total["server error"] == 0
+            and total["other"] == 0
+            and tracebacks == 0
+            and alive
+            and not wrong
+            and stuck == 0
+            and all(probes.values())
+        )
         figures["verdict"] = "PASS" if verdict else "FAIL"
-        print(f"verdict: {figures['verdict']} (0 server errors, 0 other failures, 0 tracebacks, every "
-              "request answered or cleanly queued/refused, probes passed)")
+        print(
+            f"verdict: {figures['verdict']} (0 server errors, 0 other failures, 0 tracebacks, every "
+            "request answered or cleanly queued/refused, probes passed)"
+        )
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
         return 0 if verdict else 1

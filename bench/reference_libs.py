@@ -11,18 +11,19 @@
   abs difference of the maps (each min-max scaled to [0, 1], as pytorch-grad-cam scales), and
   seconds.
 """
+
 from __future__ import annotations
 
 import argparse
 
 import numpy as np
 import torch
-
 from _common import PHOTOS, Clock, header, photo_path
+from speed import load
+
 from explainers.images import open_image
 from explainers.methods import gradcam, integrated_gradients
 from explainers.types import Target
-from speed import load
 
 
 class ScoreModel(torch.nn.Module):
@@ -52,17 +53,24 @@ def ig_rows(adapter, pixels, target, steps_list):
         with Clock() as ours_clock:
             ours = integrated_gradients.explain(adapter, pixels, target, steps=steps, max_steps=steps)
         with Clock() as captum_clock:
-            attributions, delta = ig.attribute(pixels, baselines=torch.zeros_like(pixels), n_steps=steps,
-                                               method="riemann_trapezoid", internal_batch_size=adapter.max_batch,
-                                               return_convergence_delta=True)
+            attributions, delta = ig.attribute(
+                pixels,
+                baselines=torch.zeros_like(pixels),
+                n_steps=steps,
+                method="riemann_trapezoid",
+                internal_batch_size=adapter.max_batch,
+                return_convergence_delta=True,
+            )
         captum_map = attributions.sum(dim=1)[0].abs().detach().numpy()
         difference = np.abs(ours.values - captum_map).max() / captum_map.max()
         score_difference = ours.meta["score_difference"]
         captum_error = abs(float(attributions.sum()) - score_difference) / abs(score_difference)
         correlation = np.corrcoef(ours.values.ravel(), captum_map.ravel())[0, 1]
-        yield (f"| IG, {steps} steps | {ours_clock.wall:.2f} | {captum_clock.wall:.2f} | "
-               f"max abs diff {difference:.3f} of max, r = {correlation:.3f} | "
-               f"{ours.meta['completeness_error']:.3f} | {captum_error:.3f} |")
+        yield (
+            f"| IG, {steps} steps | {ours_clock.wall:.2f} | {captum_clock.wall:.2f} | "
+            f"max abs diff {difference:.3f} of max, r = {correlation:.3f} | "
+            f"{ours.meta['completeness_error']:.3f} | {captum_error:.3f} |"
+        )
 
 
 def gradcam_row(adapter, pixels, target):
@@ -79,6 +87,7 @@ def gradcam_row(adapter, pixels, target):
         def reshape(tokens):
             tokens = tokens[0] if isinstance(tokens, tuple) else tokens
             return layer.to_grid(tokens)
+
     gradcam.explain(adapter, pixels, target)  # warm-up
     with Clock() as ours_clock:
         ours = gradcam.explain(adapter, pixels, target).values
@@ -87,8 +96,10 @@ def gradcam_row(adapter, pixels, target):
         theirs = cam(input_tensor=pixels.clone().requires_grad_(True), targets=[ClassifierOutputTarget(0)])[0]
     a, b = scaled(ours), scaled(theirs)
     correlation = np.corrcoef(a.ravel(), b.ravel())[0, 1]
-    return (f"| Grad-CAM | {ours_clock.wall:.2f} | {theirs_clock.wall:.2f} | r = {correlation:.4f}, "
-            f"max abs diff {np.abs(a - b).max():.3f} | - | - |")
+    return (
+        f"| Grad-CAM | {ours_clock.wall:.2f} | {theirs_clock.wall:.2f} | r = {correlation:.4f}, "
+        f"max abs diff {np.abs(a - b).max():.3f} | - | - |"
+    )
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ SMDL's probabilities are): an equally valid reference, there to show how far gre
 AUCs move under a change of the score's scale. Greedy orders are cached in bench/.cache (they
 take a minute per photo); delete the folder to recompute them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,13 @@ import time
 
 import numpy as np
 import torch
-
 from _common import CACHE, PHOTOS, Clock, header, photo_path
+
 from explainers import metrics
 from explainers.images import open_image
 from explainers.methods import region_search, run_method
-from explainers.models.base import Metered
 from explainers.models import load_model
+from explainers.models.base import Metered
 from explainers.regions import label_masks
 from explainers.types import Target
 
@@ -74,8 +75,10 @@ def main() -> None:
     adapter = load_model(args.model)
     searches = args.searches.split(",")
     header(f"Region search, {args.model}, {args.n} {args.regions} regions, {args.curve_steps} curve steps")
-    print("| photo | search | forward | backward | seconds | CPU s | insertion AUC | deletion AUC "
-          "| ins / greedy | del - greedy | mean F on the path |")
+    print(
+        "| photo | search | forward | backward | seconds | CPU s | insertion AUC | deletion AUC "
+        "| ins / greedy | del - greedy | mean F on the path |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for photo in args.photos.split(","):
         target = Target(PHOTOS[photo])
@@ -91,11 +94,17 @@ def main() -> None:
         for search in searches:
             deletion, insertion = curves[search]
             i = infos[search]
-            rel = (f"{insertion.auc / base.insertion.auc:.3f} | {deletion.auc - base.deletion.auc:+.3f}"
-                   if base else "- | -")
+            rel = (
+                f"{insertion.auc / base.insertion.auc:.3f} | {deletion.auc - base.deletion.auc:+.3f}"
+                if base
+                else "- | -"
+            )
             objective = path_objective(adapter, pixels, target, labels, i["order"])
-            print(f"| {photo} | {search} | {i['forward']} | {i['backward']} | {i['seconds']:.1f} | {i['cpu']:.1f} "
-                  f"| {insertion.auc:.3f} | {deletion.auc:.3f} | {rel} | {objective:.3f} |", flush=True)
+            print(
+                f"| {photo} | {search} | {i['forward']} | {i['backward']} | {i['seconds']:.1f} | {i['cpu']:.1f} "
+                f"| {insertion.auc:.3f} | {deletion.auc:.3f} | {rel} | {objective:.3f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ images never scored before. Each search's forward passes are counted as the engi
 as the memo happened to serve them; seconds are those of the first (uncached) run of each search
 and are noisy on this shared 2-core machine. Curves are cached per order.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,18 +28,18 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-
 from _common import CACHE, ROOT, header
+
 from explainers import metrics
-from explainers.images import open_image
 from explainers.evaluate import stats
 from explainers.evaluate.stats import ILL_CONDITIONED_AUC
+from explainers.images import open_image
 from explainers.methods import region_search
 from explainers.models import load_model
 from explainers.regions import label_masks
@@ -51,6 +52,7 @@ DATASET_CACHE = CACHE / "dataset"
 
 
 # --- the data set ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Row:
@@ -66,6 +68,7 @@ def manifest_rows(data: Path, every: int = 4, offset: int = 0) -> list[Row]:
 
 
 # --- scoring kept sets, memoised on disk -----------------------------------------------------
+
 
 class KeptScores:
     """Normalised target score (black 0, full photo 1) of the photo keeping a set of regions.
@@ -153,7 +156,7 @@ class Counted:
     def __call__(self, sets: np.ndarray) -> np.ndarray:
         sets = np.asarray(sets, dtype=bool)
         values = self.kept_scores(np.concatenate([sets, ~sets]))
-        return values[: len(sets)] + 1.0 - values[len(sets):]
+        return values[: len(sets)] + 1.0 - values[len(sets) :]
 
 
 @dataclass
@@ -193,6 +196,7 @@ def load_photo(adapter, data: Path, row: Row, n_regions: int, kind: str) -> Phot
 
 # --- SRG of an order, cached -----------------------------------------------------------------
 
+
 def srg_parts(deletion: np.ndarray, insertion: np.ndarray, full: float, empty: float) -> tuple[float, float]:
     """(insertion AUC, deletion AUC) of raw curves, normalised and integrated as metrics does."""
     span = full - empty
@@ -216,7 +220,8 @@ class CurveCache:
         key = hashlib.sha1(order.astype(np.int32).tobytes()).hexdigest()
         if key not in self.saved:
             deletion, insertion, full, empty = metrics.curves_for_orders(
-                self.adapter, self.photo.pixels, self.photo.target, [order], self.steps, "black")[0]
+                self.adapter, self.photo.pixels, self.photo.target, [order], self.steps, "black"
+            )[0]
             self.saved[key] = [list(map(float, deletion)), list(map(float, insertion)), full, empty]
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(self.saved))
@@ -225,6 +230,7 @@ class CurveCache:
 
 
 # --- statistics --------------------------------------------------------------------------------
+
 
 def bootstrap_ci(values: np.ndarray, seed: int = 0, draws: int = 10_000) -> tuple[float, float]:
     """95 % percentile bootstrap CI of the mean (seeded): the data-set evaluation's statistics."""
@@ -235,6 +241,7 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, draws: int = 10_000) -> tupl
 
 
 # --- searches: (photo, objective) -> order ------------------------------------------------------------
+
 
 def greedy(photo: Photo, paid: Counted) -> list[int]:
     return region_search.greedy_order(photo.n, paid)[0]
@@ -248,23 +255,31 @@ def fast(photo: Photo, paid: Counted) -> list[int]:
     return region_search.fast_order(photo.n, paid)[0]
 
 
-def engine(name: str, **options) -> "SearchFn":
+def engine(name: str, **options) -> SearchFn:
     """A search of explainers.methods.region_search, run on the memoised objective."""
     return lambda photo, objective: region_search.SEARCH_FUNCTIONS[name](photo.n, objective, **options)[0]
 
 
-def two_ended_budget(times: float) -> "SearchFn":
+def two_ended_budget(times: float) -> SearchFn:
     """The two-ended search with ``times`` its default budget (a fifth of greedy's passes)."""
+
     def search(photo: Photo, objective: Counted) -> list[int]:
         budget = int(times * (region_search.greedy_images(photo.n) // 5 - 2))
         return region_search.two_ended_order(photo.n, objective, budget=budget)[0]
+
     return search
 
 
 SearchFn = Callable[[Photo, Counted], list[int]]
-SEARCHES: dict[str, SearchFn] = {"greedy": greedy, "lazy": lazy, "fast": fast, "lima": engine("lima"),
-                                 "two-ended": engine("two-ended"),
-                                 "two-ended-2x": two_ended_budget(2.0), "two-ended-0.5x": two_ended_budget(0.5)}
+SEARCHES: dict[str, SearchFn] = {
+    "greedy": greedy,
+    "lazy": lazy,
+    "fast": fast,
+    "lima": engine("lima"),
+    "two-ended": engine("two-ended"),
+    "two-ended-2x": two_ended_budget(2.0),
+    "two-ended-0.5x": two_ended_budget(0.5),
+}
 
 
 def run_search(photo: Photo, name: str, search: SearchFn) -> dict:
@@ -277,8 +292,7 @@ def run_search(photo: Photo, name: str, search: SearchFn) -> dict:
         order = [int(r) for r in search(photo, paid)]
         seconds = time.perf_counter() - started
         assert sorted(order) == list(range(photo.n)), name
-        saved[name] = {"order": order, "passes": paid.images, "seconds": seconds,
-                       "scored_now": photo.scores.scored}
+        saved[name] = {"order": order, "passes": paid.images, "seconds": seconds, "scored_now": photo.scores.scored}
         photo.scores.save()
         path.write_text(json.dumps(saved))
     return saved[name]
@@ -326,10 +340,13 @@ def main() -> None:
     others = [m for m in args.others.split(",") if m]
     adapter = load_model("bundled")
     rows = manifest_rows(args.data, args.every, args.offset)[: args.limit]
-    header(f"Region search over {len(rows)} ImageNet photos (bundled, {args.kind} {args.regions}, "
-           f"black, {args.steps} curve steps)")
-    table: dict[str, dict[str, list]] = {name: {"srg": [], "ins": [], "del": [], "passes": [], "seconds": []}
-                                         for name in searches + others}
+    header(
+        f"Region search over {len(rows)} ImageNet photos (bundled, {args.kind} {args.regions}, "
+        f"black, {args.steps} curve steps)"
+    )
+    table: dict[str, dict[str, list]] = {
+        name: {"srg": [], "ins": [], "del": [], "passes": [], "seconds": []} for name in searches + others
+    }
     correct, regions_found, ill = [], [], []
     for number, row in enumerate(rows, 1):
         photo = load_photo(adapter, args.data, row, args.regions, args.kind)
@@ -342,39 +359,69 @@ def main() -> None:
         random_map = np.random.default_rng(0).random(photo.labels.shape)
         if any(abs(auc) > ILL_CONDITIONED_AUC for auc in curves.aucs(random_map)):
             ill.append(row.image)
-            print(f"  {number}/{len(rows)} {row.image}: ill-conditioned (photo {photo.scores.full:.3f}, "
-                  f"removed {photo.scores.empty:.3f}), left out", flush=True)
+            print(
+                f"  {number}/{len(rows)} {row.image}: ill-conditioned (photo {photo.scores.full:.3f}, "
+                f"removed {photo.scores.empty:.3f}), left out",
+                flush=True,
+            )
             continue
         correct.append(photo.correct)
         regions_found.append(photo.n)
         for name in searches:
             found = run_search(photo, name, SEARCHES[name])
             ins, dele = curves.aucs(region_search.order_map(found["order"], photo.labels))
-            for key, value in (("srg", ins - dele), ("ins", ins), ("del", dele),
-                               ("passes", found["passes"]), ("seconds", found["seconds"])):
+            for key, value in (
+                ("srg", ins - dele),
+                ("ins", ins),
+                ("del", dele),
+                ("passes", found["passes"]),
+                ("seconds", found["seconds"]),
+            ):
                 table[name][key].append(value)
         for name in others:
             values, seconds, passes = other_map(adapter, photo, name)
             ins, dele = curves.aucs(values)
-            for key, value in (("srg", ins - dele), ("ins", ins), ("del", dele), ("passes", passes),
-                               ("seconds", seconds)):
+            for key, value in (
+                ("srg", ins - dele),
+                ("ins", ins),
+                ("del", dele),
+                ("passes", passes),
+                ("seconds", seconds),
+            ):
                 table[name][key].append(value)
-        print(f"  {number}/{len(rows)} {row.image}: n={photo.n} "
-              + " ".join(f"{name} {table[name]['srg'][-1]:+.2f}" for name in searches + others), flush=True)
+        print(
+            f"  {number}/{len(rows)} {row.image}: n={photo.n} "
+            + " ".join(f"{name} {table[name]['srg'][-1]:+.2f}" for name in searches + others),
+            flush=True,
+        )
 
     n = len(correct)
-    print(f"\n{n} photos ({sum(correct)} classified correctly), SLIC gave {min(regions_found)}-"
-          f"{max(regions_found)} regions (mean {np.mean(regions_found):.1f})"
-          + (f"; left out as ill-conditioned: {', '.join(ill)}" if ill else "") + ".\n")
+    print(
+        f"\n{n} photos ({sum(correct)} classified correctly), SLIC gave {min(regions_found)}-"
+        f"{max(regions_found)} regions (mean {np.mean(regions_found):.1f})"
+        + (f"; left out as ill-conditioned: {', '.join(ill)}" if ill else "")
+        + ".\n"
+    )
     reference = "greedy" if "greedy" in searches else None
-    print("| map | forward passes (mean) | passes / greedy | seconds (mean) | insertion | deletion | "
-          "SRG mean [95 % CI] | SRG / greedy's | SRG - greedy's [95 % CI] |")
+    print(
+        "| map | forward passes (mean) | passes / greedy | seconds (mean) | insertion | deletion | "
+        "SRG mean [95 % CI] | SRG / greedy's | SRG - greedy's [95 % CI] |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in searches + others:
         t = {k: np.asarray(v, dtype=float) for k, v in table[name].items()}
         lo, hi = bootstrap_ci(t["srg"])
-        cells = [name, f"{t['passes'].mean():.0f}", "", f"{t['seconds'].mean():.1f}", f"{t['ins'].mean():.3f}",
-                 f"{t['del'].mean():.3f}", f"{t['srg'].mean():.3f} [{lo:.3f}, {hi:.3f}]", "", ""]
+        cells = [
+            name,
+            f"{t['passes'].mean():.0f}",
+            "",
+            f"{t['seconds'].mean():.1f}",
+            f"{t['ins'].mean():.3f}",
+            f"{t['del'].mean():.3f}",
+            f"{t['srg'].mean():.3f} [{lo:.3f}, {hi:.3f}]",
+            "",
+            "",
+        ]
         if reference:
             g = {k: np.asarray(v, dtype=float) for k, v in table[reference].items()}
             cells[2] = f"{t['passes'].mean() / g['passes'].mean():.2f}" if name in searches else "-"
@@ -388,9 +435,11 @@ def main() -> None:
         for name in others:
             mean, (lo, hi) = paired(table[default]["srg"], table[name]["srg"])
             print(f"- {default} - {name}: SRG {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-    print("\nPasses are what the engine's objective pays (exact). Seconds are the first run of each search, "
-          "on a memo that earlier searches of the same photo may already have filled, on a shared 2-core "
-          "machine: not comparable between searches (the data-set evaluation times the default search alone).")
+    print(
+        "\nPasses are what the engine's objective pays (exact). Seconds are the first run of each search, "
+        "on a memo that earlier searches of the same photo may already have filled, on a shared 2-core "
+        "machine: not comparable between searches (the data-set evaluation times the default search alone)."
+    )
 
 
 if __name__ == "__main__":

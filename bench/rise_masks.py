@@ -7,13 +7,14 @@ correlation (the map of the even masks against the odd ones; Spearman-Brown's 2r
 estimates the full map's reliability), the correlation with the map of the largest budget, and
 SRG with insertion / deletion AUC (black substrate, ``--steps`` curve steps, 3 random orderings).
 """
+
 from __future__ import annotations
 
 import argparse
 
 import numpy as np
-
 from _common import PHOTOS, Clock, header, photo_path
+
 from explainers import api
 from explainers.models import load_model
 from explainers.types import Target
@@ -29,7 +30,9 @@ def main() -> None:
     adapter = load_model("bundled")
     params = api.validate_params({"curve_steps": args.steps})
     header(f"RISE masks, bundled, {args.steps} curve steps, black substrate")
-    print("| photo | masks | forward | seconds | split-half r | full-map reliability | r with largest | SRG | ins / del |")
+    print(
+        "| photo | masks | forward | seconds | split-half r | full-map reliability | r with largest | SRG | ins / del |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     summary: dict[int, list] = {m: [] for m in budgets}
     for photo in args.photos.split(","):
@@ -47,8 +50,11 @@ def main() -> None:
             with_largest = float(np.corrcoef(m.values.ravel(), largest)[0, 1])
             c = curves[str(masks)]
             summary[masks].append((r, c.srg))
-            print(f"| {photo} | {masks} | {m.forward_passes} | {seconds:.1f} | {r:.3f} | {2 * r / (1 + r):.3f} "
-                  f"| {with_largest:.3f} | {c.srg:.3f} | {c.insertion.auc:.3f} / {c.deletion.auc:.3f} |", flush=True)
+            print(
+                f"| {photo} | {masks} | {m.forward_passes} | {seconds:.1f} | {r:.3f} | {2 * r / (1 + r):.3f} "
+                f"| {with_largest:.3f} | {c.srg:.3f} | {c.insertion.auc:.3f} / {c.deletion.auc:.3f} |",
+                flush=True,
+            )
     print("\n| masks | mean split-half r | mean SRG |")
     print("|---|---|---|")
     for masks, values in summary.items():

@@ -24,6 +24,7 @@ Sections (Markdown tables; bundled model, 224x224):
 Wall seconds are medians of ``--repeats`` runs where a row is cheap enough to repeat; other
 engineers' jobs share this 2-core machine, so the header prints the load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ import statistics
 
 import numpy as np
 import torch
-
 from _common import PHOTOS, Clock, header, photo_path
+
 from explainers import explain, metrics
 from explainers.images import open_image
 from explainers.models import load_model
@@ -69,6 +70,7 @@ class CaptureSubstrates:
             substrate = self._original(*args, **kwargs)
             self.made.append(substrate)
             return substrate
+
         metrics.make_substrate = capture
         return self
 
@@ -117,14 +119,14 @@ def section_fill_by_batch(adapter, pixels, target, masks, repeats: int) -> None:
     for batch in (1, 2, 4, 8, 16, 32):
         cells = []
         for kind in ("black", "blur"):
-            wall, cpu = measure(lambda: [fixed[kind].fill(masks[i:i + batch]) for i in range(0, n, batch)], repeats)
+            wall, cpu = measure(lambda: [fixed[kind].fill(masks[i : i + batch]) for i in range(0, n, batch)], repeats)
             cells.append(f"{1000 * wall / n:.2f} / {1000 * cpu / n:.2f}")
         iterations = []
 
         def road() -> None:
             iterations.clear()
             for i in range(0, n, batch):
-                road_impute(pixels, masks[i:i + batch], chunk=batch, iterations=iterations)
+                road_impute(pixels, masks[i : i + batch], chunk=batch, iterations=iterations)
 
         wall, cpu = measure(road, repeats)
         cells.append(f"{1000 * wall / n:.1f} / {1000 * cpu / n:.1f}")
@@ -144,15 +146,21 @@ def stress_masks(size: int = 224, seed: int = 0) -> tuple[list[str], torch.Tenso
     names, masks = [], []
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     for frac in (0.01, 0.02, 0.05, 0.2, 0.5, 0.8, 0.95, 0.98, 0.99):
-        fields = {"uniform": torch.rand(1, 1, size, size, generator=generator),
-                  **{f"smooth {s} px": field(s) for s in (4, 16, 64)},
-                  "salt": field(16) + 1.5 * torch.randn(1, 1, size, size, generator=generator)}
+        fields = {
+            "uniform": torch.rand(1, 1, size, size, generator=generator),
+            **{f"smooth {s} px": field(s) for s in (4, 16, 64)},
+            "salt": field(16) + 1.5 * torch.randn(1, 1, size, size, generator=generator),
+        }
         for name, f in fields.items():
             masks.append((f >= torch.quantile(f.flatten(), 1 - frac)).float())
             names.append(f"{name}, {frac:.0%} kept")
-    patterns = {"checkerboard": (yy + xx) % 2 == 0, "every 4th pixel kept": (yy % 2 == 0) & (xx % 2 == 0),
-                "grid lines kept": (yy % 8 == 0) | (xx % 8 == 0), "one column kept": xx < 1,
-                "a 5-pixel dot kept": (yy - size // 2) ** 2 + (xx - size // 2) ** 2 < 4}
+    patterns = {
+        "checkerboard": (yy + xx) % 2 == 0,
+        "every 4th pixel kept": (yy % 2 == 0) & (xx % 2 == 0),
+        "grid lines kept": (yy % 8 == 0) | (xx % 8 == 0),
+        "one column kept": xx < 1,
+        "a 5-pixel dot kept": (yy - size // 2) ** 2 + (xx - size // 2) ** 2 < 4,
+    }
     for name, m in patterns.items():
         masks.append(m.float().view(1, 1, size, size))
         names.append(name)
@@ -164,12 +172,16 @@ def section_solver(pixels, masks, iterations_seen: list[int]) -> None:
     if iterations_seen:
         counts = np.bincount(iterations_seen)
         spread = ", ".join(f"{i}: {c}" for i, c in enumerate(counts) if c)
-        print(f"Iterations per mask over every road curve mask of section 3 ({len(iterations_seen)} masks, "
-              f"chelsea): mean {np.mean(iterations_seen):.2f}, max {max(iterations_seen)}; "
-              f"masks by iterations {{{spread}}}\n")
+        print(
+            f"Iterations per mask over every road curve mask of section 3 ({len(iterations_seen)} masks, "
+            f"chelsea): mean {np.mean(iterations_seen):.2f}, max {max(iterations_seen)}; "
+            f"masks by iterations {{{spread}}}\n"
+        )
     names, stress = stress_masks()
-    print("| masks | count | multigrid s/mask (wall / CPU) | scipy direct s/mask (wall / CPU) | iterations mean / max "
-          "| max abs difference | median |")
+    print(
+        "| masks | count | multigrid s/mask (wall / CPU) | scipy direct s/mask (wall / CPU) | iterations mean / max "
+        "| max abs difference | median |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, sample in (("curve masks (chelsea, 50 steps)", masks[:8]), ("stress masks", stress)):
         iterations: list[int] = []
@@ -179,21 +191,30 @@ def section_solver(pixels, masks, iterations_seen: list[int]) -> None:
             exact = road_impute_direct(pixels, sample)
         error = (fast - exact).abs().amax(dim=(1, 2, 3))
         n = len(sample)
-        print(f"| {label} | {n} | {fast_clock.wall / n:.3f} / {fast_clock.cpu / n:.3f} | "
-              f"{direct_clock.wall / n:.3f} / {direct_clock.cpu / n:.3f} | {np.mean(iterations):.1f} / "
-              f"{max(iterations)} | {float(error.max()):.1e} | {float(error.median()):.1e} |", flush=True)
+        print(
+            f"| {label} | {n} | {fast_clock.wall / n:.3f} / {fast_clock.cpu / n:.3f} | "
+            f"{direct_clock.wall / n:.3f} / {direct_clock.cpu / n:.3f} | {np.mean(iterations):.1f} / "
+            f"{max(iterations)} | {float(error.max()):.1e} | {float(error.median()):.1e} |",
+            flush=True,
+        )
         if label == "stress masks":
             worst = int(error.argmax())
-            print(f"\nStress masks: {', '.join(names[:5])}, ... ; the largest difference is on "
-                  f"\"{names[worst]}\" ({iterations[worst]} iterations).")
+            print(
+                f"\nStress masks: {', '.join(names[:5])}, ... ; the largest difference is on "
+                f'"{names[worst]}" ({iterations[worst]} iterations).'
+            )
 
 
 def section_curves(adapter, pixels, target, orders, repeats: int) -> list[int]:
     header("3. One explain()'s curves: 3 maps + 3 random orderings, deletion and insertion")
-    print("Wall / CPU seconds. The fill column scores with a model that costs nothing: the masks and the "
-          "substrate alone.\n")
-    print("| steps | substrate | images filled | fill s (free model) | curves s (bundled) | forward passes "
-          "| road iterations per mask (mean / max) |")
+    print(
+        "Wall / CPU seconds. The fill column scores with a model that costs nothing: the masks and the "
+        "substrate alone.\n"
+    )
+    print(
+        "| steps | substrate | images filled | fill s (free model) | curves s (bundled) | forward passes "
+        "| road iterations per mask (mean / max) |"
+    )
     print("|---|---|---|---|---|---|---|")
     iterations_seen = []
     for steps in (20, 50):
@@ -202,7 +223,8 @@ def section_curves(adapter, pixels, target, orders, repeats: int) -> list[int]:
             runs = repeats if kind != "road" else 1  # road's rows take long enough to be read once
             with CaptureSubstrates() as captured:
                 fill_wall, fill_cpu = measure(
-                    lambda: metrics.curves_for_orders(free, pixels, target, orders, steps=steps, substrate=kind), runs)
+                    lambda: metrics.curves_for_orders(free, pixels, target, orders, steps=steps, substrate=kind), runs
+                )
             images = free.forward_passes // runs - 1  # the photo itself is not filled
             metered = Metered(adapter)
             with Clock() as clock:
@@ -212,36 +234,51 @@ def section_curves(adapter, pixels, target, orders, repeats: int) -> list[int]:
                 counts = [c for s in captured.made for c in s.iterations]
                 iterations_seen += counts
                 its = f"{np.mean(counts):.1f} / {max(counts)}"
-            print(f"| {steps} | {kind} | {images} | {fill_wall:.2f} / {fill_cpu:.2f} | {clock.wall:.2f} / {clock.cpu:.2f} | "
-                  f"{metered.forward_passes} | {its} |", flush=True)
+            print(
+                f"| {steps} | {kind} | {images} | {fill_wall:.2f} / {fill_cpu:.2f} | {clock.wall:.2f} / {clock.cpu:.2f} | "
+                f"{metered.forward_passes} | {its} |",
+                flush=True,
+            )
     return iterations_seen
 
 
 def section_explain(photos: list[str], steps: int) -> None:
     header(f"4. explain() per substrate (bundled, {steps} curve steps, methods {', '.join(METHODS)})")
-    print("| photo | substrate | wall / CPU s | " + " | ".join(f"{m} ins / del / SRG" for m in METHODS)
-          + " | random ins / del / SRG |")
+    print(
+        "| photo | substrate | wall / CPU s | "
+        + " | ".join(f"{m} ins / del / SRG" for m in METHODS)
+        + " | random ins / del / SRG |"
+    )
     print("|---|---|---|" + "---|" * (len(METHODS) + 1))
-    wins = {kind: 0 for kind in SUBSTRATE_KINDS}
+    wins = dict.fromkeys(SUBSTRATE_KINDS, 0)
     for photo in photos:
         for kind in SUBSTRATE_KINDS:
             with Clock() as clock:
-                result = explain(photo_path(photo), PHOTOS[photo], methods=list(METHODS), substrate=kind,
-                                 curve_steps=steps)
+                result = explain(
+                    photo_path(photo), PHOTOS[photo], methods=list(METHODS), substrate=kind, curve_steps=steps
+                )
             random_srg = result.random.insertion.auc - result.random.deletion.auc
             cells = []
             for m in METHODS:
                 r = result.methods[m]
                 srg = r.insertion.auc - r.deletion.auc
-                better = result.more_faithful_than_random(m) if hasattr(result, "more_faithful_than_random") \
+                better = (
+                    result.more_faithful_than_random(m)
+                    if hasattr(result, "more_faithful_than_random")
                     else srg > random_srg
+                )
                 wins[kind] += bool(better)
                 cells.append(f"{r.insertion.auc:.3f} / {r.deletion.auc:.3f} / {srg:.3f}{'' if better else ' ✗'}")
-            print(f"| {photo} | {kind} | {clock.wall:.1f} / {clock.cpu:.1f} | " + " | ".join(cells)
-                  + f" | {result.random.insertion.auc:.3f} / {result.random.deletion.auc:.3f} / {random_srg:.3f} |",
-                  flush=True)
-    print("\n✗ = the SRG does not beat the random reference. Method-photo pairs beating random: "
-          + ", ".join(f"{k} {v}/{len(photos) * len(METHODS)}" for k, v in wins.items()))
+            print(
+                f"| {photo} | {kind} | {clock.wall:.1f} / {clock.cpu:.1f} | "
+                + " | ".join(cells)
+                + f" | {result.random.insertion.auc:.3f} / {result.random.deletion.auc:.3f} / {random_srg:.3f} |",
+                flush=True,
+            )
+    print(
+        "\n✗ = the SRG does not beat the random reference. Method-photo pairs beating random: "
+        + ", ".join(f"{k} {v}/{len(photos) * len(METHODS)}" for k, v in wins.items())
+    )
 
 
 def main() -> None:

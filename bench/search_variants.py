@@ -28,22 +28,23 @@ explainers.metrics):
 Kept-set scores are memoised within a run so the variants cost seconds; pass counts are what
 each search would cost on its own. The README and bench/RESULTS.md quote this table.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
-
 from _common import PHOTOS, header, photo_path
+
 from explainers import metrics
 from explainers.images import open_image
 from explainers.methods import region_search
-from explainers.substrates import make_substrate
 from explainers.models import load_model
 from explainers.regions import label_masks
+from explainers.substrates import make_substrate
 from explainers.types import Target
 
 
@@ -65,7 +66,9 @@ class KeptSetScores:
         keys = [np.packbits(row).tobytes() for row in kept]
         new = list({key: i for i, key in enumerate(keys) if key not in self.memo}.values())
         if new:
-            images = region_search.keep_regions(self.substrate, self.flat, torch.from_numpy(kept[new].astype(np.float32)))
+            images = region_search.keep_regions(
+                self.substrate, self.flat, torch.from_numpy(kept[new].astype(np.float32))
+            )
             scores = (self.adapter.score_many(images, self.target).numpy() - self.empty) / (self.full - self.empty)
             self.memo.update({keys[i]: float(s) for i, s in zip(new, scores)})
         return np.array([self.memo[key] for key in keys])
@@ -85,7 +88,7 @@ class Counted:
         """SMDL's F with both weights 1: s(S kept) + 1 - s(S removed)."""
         sets = np.asarray(sets, dtype=bool)
         values = self.kept(np.concatenate([sets, ~sets]))
-        return values[: len(sets)] + 1.0 - values[len(sets):]
+        return values[: len(sets)] + 1.0 - values[len(sets) :]
 
 
 def with_each(base: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -102,8 +105,10 @@ def best_first(candidates: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 # --- searches: (n, Counted) -> order --------------------------------------------------------------
 
-def bidirectional(n: int, paid: Counted, min_gain: float = 0.02, front_pool: int | None = None,
-                  tail_batch: int = 1) -> list[int]:
+
+def bidirectional(
+    n: int, paid: Counted, min_gain: float = 0.02, front_pool: int | None = None, tail_batch: int = 1
+) -> list[int]:
     front, singles, current = np.zeros(n, dtype=bool), None, 0.0
     order: list[int] = []
     while not front.all():
@@ -186,6 +191,7 @@ SEARCHES: dict[str, Callable[[int, Counted], list[int]]] = {
 
 # --- diagnostics along greedy's path ------------------------------------------------------------
 
+
 def greedy_trace(n: int, paid: Counted) -> tuple[list[int], list[dict[int, float]]]:
     """The project's plain greedy (``region_search.greedy_order``), keeping every candidate's F at
     every step. Step t's rows are "the first t regions of the order plus r" for each remaining r
@@ -257,13 +263,17 @@ def main() -> None:
 
         gradients = gradient_estimates(scores, greedy)
         # (label, first step it exists at, estimate at a step)
-        estimates = [(f"values {d} step{'s' if d > 1 else ''} stale", d, (lambda d: lambda s: trace[s - d])(d))
-                     for d in (1, 2, 4)]
+        estimates = [
+            (f"values {d} step{'s' if d > 1 else ''} stale", d, (lambda d: lambda s: trace[s - d])(d))
+            for d in (1, 2, 4)
+        ]
         estimates.append(("gradient at the current set", 0, lambda s: gradients[s]))
         for label, first, estimate in estimates:
             ranks = rank_of_choice(greedy, trace, estimate, first)
-            diagnostics.append(f"| {photo} | {n} | {label} | {np.median(ranks):.0f} | {np.mean(ranks < 3):.0%} "
-                               f"| {np.mean(ranks < 6):.0%} |")
+            diagnostics.append(
+                f"| {photo} | {n} | {label} | {np.median(ranks):.0f} | {np.mean(ranks < 3):.0%} "
+                f"| {np.mean(ranks < 6):.0%} |"
+            )
 
         maps = {name: region_search.order_map(order, labels) for name, order in orders.items()}
         curves, _ = metrics.faithfulness(adapter, pixels, target, maps, steps=args.curve_steps, n_random=1)
@@ -271,21 +281,30 @@ def main() -> None:
         for name, order in orders.items():
             deletion, insertion = curves[name]
             mean_f = float(np.mean(Counted(scores).objective(region_search.prefix_sets(order))))
-            meets = (passes[name] <= passes["greedy"] / 5 and insertion.auc >= 0.98 * base_insertion.auc
-                     and deletion.auc <= base_deletion.auc + 0.02)
-            rows.append(f"| {photo} | {name} | {passes[name]} | {passes[name] / passes['greedy']:.2f} "
-                        f"| {insertion.auc:.3f} | {deletion.auc:.3f} | {insertion.auc / base_insertion.auc:.3f} "
-                        f"| {deletion.auc - base_deletion.auc:+.3f} | {mean_f:.3f} | {'yes' if meets else ''} |")
+            meets = (
+                passes[name] <= passes["greedy"] / 5
+                and insertion.auc >= 0.98 * base_insertion.auc
+                and deletion.auc <= base_deletion.auc + 0.02
+            )
+            rows.append(
+                f"| {photo} | {name} | {passes[name]} | {passes[name] / passes['greedy']:.2f} "
+                f"| {insertion.auc:.3f} | {deletion.auc:.3f} | {insertion.auc / base_insertion.auc:.3f} "
+                f"| {deletion.auc - base_deletion.auc:+.3f} | {mean_f:.3f} | {'yes' if meets else ''} |"
+            )
         print(f"({photo}: {n} regions done)", flush=True)
 
     print("\nRank of greedy's choice among the remaining regions under a cheap estimate (0 = its top):\n")
     print("| photo | regions | estimate | median rank | in top 3 | in top 6 |")
     print("|---|---|---|---|---|---|")
     print("\n".join(diagnostics))
-    print("\nSearches (passes: images scored; targets: <= 1/5 of greedy's passes, insertion >= 98 % of "
-          "greedy's, deletion <= greedy's + 0.02):\n")
-    print("| photo | search | forward | / greedy | insertion AUC | deletion AUC | ins / greedy | del - greedy "
-          "| mean F on the path | meets all |")
+    print(
+        "\nSearches (passes: images scored; targets: <= 1/5 of greedy's passes, insertion >= 98 % of "
+        "greedy's, deletion <= greedy's + 0.02):\n"
+    )
+    print(
+        "| photo | search | forward | / greedy | insertion AUC | deletion AUC | ins / greedy | del - greedy "
+        "| mean F on the path | meets all |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 

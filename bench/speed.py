@@ -14,6 +14,7 @@ shape), then timed. Model load is excluded. Columns:
   backward (autograd) calls; the rest is mask building, SLIC, numpy, Python;
 - peak RSS: the process's peak resident memory so far (it only grows).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import sys
 import time
 
 import torch
-
 from _common import PHOTOS, ROOT, Clock, header, peak_rss_mb, photo_path
+
 from explainers import api
 from explainers.models import load_model
 from explainers.types import Target
@@ -52,6 +53,7 @@ class ModelTimer:
             finally:
                 self.seconds += time.perf_counter() - started
                 self._depth -= 1
+
         return timed
 
 
@@ -65,8 +67,11 @@ def load(name: str):
 
 def row(label, clock, forward, backward, timer_seconds, extra=""):
     share = timer_seconds / clock.wall if clock.wall else 0.0
-    print(f"| {label} | {clock.wall:.2f} | {clock.cpu:.2f} | {forward} | {backward} | {share:.0%} "
-          f"| {peak_rss_mb():.0f} |{extra}", flush=True)
+    print(
+        f"| {label} | {clock.wall:.2f} | {clock.cpu:.2f} | {forward} | {backward} | {share:.0%} "
+        f"| {peak_rss_mb():.0f} |{extra}",
+        flush=True,
+    )
 
 
 def run_model(name: str, photos: list[str], methods: list[str], curve_steps: int | None) -> None:
@@ -101,8 +106,13 @@ def run_model(name: str, photos: list[str], methods: list[str], curve_steps: int
             curves, reference = api.evaluate_maps(prepared, maps, params)
         passes = sum(c.deletion.forward_passes + c.insertion.forward_passes for c in curves.values())
         passes += reference.deletion.forward_passes + reference.insertion.forward_passes
-        row(f"{photo}: curves ({len(maps)} maps + {params['n_random']} random, {params['curve_steps']} steps)",
-            clock, f"~{passes}", 0, timer.seconds - t0)
+        row(
+            f"{photo}: curves ({len(maps)} maps + {params['n_random']} random, {params['curve_steps']} steps)",
+            clock,
+            f"~{passes}",
+            0,
+            timer.seconds - t0,
+        )
         t0 = timer.seconds
         with Clock() as clock:
             result = api.explain(photo_path(photo), PHOTOS[photo], model=adapter, methods=methods, **params)
@@ -121,8 +131,21 @@ def main() -> None:
     if args.model is None:
         for model in ("bundled", "clip-random"):
             extra = ["--curve-steps", str(args.curve_steps)] if args.curve_steps else []
-            subprocess.run([sys.executable, __file__, "--model", model, "--photos", args.photos,
-                            "--methods", args.methods, *extra], check=True, cwd=ROOT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--model",
+                    model,
+                    "--photos",
+                    args.photos,
+                    "--methods",
+                    args.methods,
+                    *extra,
+                ],
+                check=True,
+                cwd=ROOT,
+            )
         return
     run_model(args.model, args.photos.split(","), args.methods.split(","), args.curve_steps)
 

@@ -12,6 +12,7 @@ finished image (start-up excluded), when the first image finished, the workers' 
 image (model load included; on a shared machine the figure that measures the work), and each
 worker's peak RSS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,21 +42,37 @@ def one(mode: str, args: argparse.Namespace) -> dict:
     workers, threads, ray = MODES[mode]
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        summary = evaluate(args.manifest, out, methods=args.methods, limit=args.photos, workers=workers,
-                           threads=threads, ray=ray or None, device="cpu", progress=False,
-                           curve_steps=args.steps)
+        summary = evaluate(
+            args.manifest,
+            out,
+            methods=args.methods,
+            limit=args.photos,
+            workers=workers,
+            threads=threads,
+            ray=ray or None,
+            device="cpu",
+            progress=False,
+            curve_steps=args.steps,
+        )
         wall = time.perf_counter() - started
     run = summary.run
     n = run["images_computed"]
     span = run["last_result_seconds"] - run["first_result_seconds"]
-    return {"mode": mode, "images": n, "wall": wall, "per_minute": 60 * n / wall,
-            "steady_per_minute": 60 * (n - 1) / span if n > 1 and span > 0 else None,
-            "first_result": run["first_result_seconds"],
-            "rss_mb": [w.get("peak_rss_mb") for w in run["worker_details"]],
-            "cpu_per_image": sum(w.get("cpu_seconds", 0.0) for w in run["worker_details"]) / max(n, 1),
-            "passes_per_image": sum(m["forward_passes_mean"] + m["curve_forward_passes_mean"]
-                                    for m in summary.methods.values()) + summary.random["forward_passes_mean"],
-            "load": load_average()}
+    return {
+        "mode": mode,
+        "images": n,
+        "wall": wall,
+        "per_minute": 60 * n / wall,
+        "steady_per_minute": 60 * (n - 1) / span if n > 1 and span > 0 else None,
+        "first_result": run["first_result_seconds"],
+        "rss_mb": [w.get("peak_rss_mb") for w in run["worker_details"]],
+        "cpu_per_image": sum(w.get("cpu_seconds", 0.0) for w in run["worker_details"]) / max(n, 1),
+        "passes_per_image": sum(
+            m["forward_passes_mean"] + m["curve_forward_passes_mean"] for m in summary.methods.values()
+        )
+        + summary.random["forward_passes_mean"],
+        "load": load_average(),
+    }
 
 
 def main() -> None:
@@ -72,29 +89,52 @@ def main() -> None:
         return
     if not args.manifest.is_file():
         sys.exit(f"no manifest at {args.manifest}: this bench reads the ImageNet samples of ../shared/data")
-    header(f"evaluate throughput: {args.photos} photos, {args.steps} curve steps, methods {args.methods}, "
-           f"{os.cpu_count()} cores")
-    print("| mode | workers x threads | wall s | images/min | steady images/min | first image done at s "
-          "| worker CPU s per image | peak RSS per worker, MB | forward passes per image | load before |")
+    header(
+        f"evaluate throughput: {args.photos} photos, {args.steps} curve steps, methods {args.methods}, "
+        f"{os.cpu_count()} cores"
+    )
+    print(
+        "| mode | workers x threads | wall s | images/min | steady images/min | first image done at s "
+        "| worker CPU s per image | peak RSS per worker, MB | forward passes per image | load before |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     for mode in args.modes.split(","):
         load = load_average()
         child = subprocess.run(
-            [sys.executable, __file__, "--one", mode, "--manifest", str(args.manifest), "--photos", str(args.photos),
-             "--steps", str(args.steps), "--methods", args.methods],
-            cwd=ROOT, env=env, capture_output=True, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                mode,
+                "--manifest",
+                str(args.manifest),
+                "--photos",
+                str(args.photos),
+                "--steps",
+                str(args.steps),
+                "--methods",
+                args.methods,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
         if child.returncode or not lines:
             print(f"| {mode} | failed: {(child.stderr.strip().splitlines() or ['?'])[-1][:120]} |")
             continue
-        r = json.loads(lines[-1][len("RESULT "):])
+        r = json.loads(lines[-1][len("RESULT ") :])
         workers, threads, ray = MODES[mode]
         steady = "–" if r["steady_per_minute"] is None else f"{r['steady_per_minute']:.1f}"
         rss = ", ".join(str(m) for m in r["rss_mb"])
-        print(f"| {mode}{' (Ray)' if ray else ''} | {workers} x {threads} | {r['wall']:.1f} | {r['per_minute']:.1f} "
-              f"| {steady} | {r['first_result']:.1f} | {r['cpu_per_image']:.1f} | {rss} | {r['passes_per_image']:.0f} "
-              f"| {load} |", flush=True)
+        print(
+            f"| {mode}{' (Ray)' if ray else ''} | {workers} x {threads} | {r['wall']:.1f} | {r['per_minute']:.1f} "
+            f"| {steady} | {r['first_result']:.1f} | {r['cpu_per_image']:.1f} | {rss} | {r['passes_per_image']:.0f} "
+            f"| {load} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

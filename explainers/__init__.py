@@ -1,14 +1,30 @@
 """Saliency Lab's engine: where a vision-language model looks, and how faithful each map is.
 
-    from explainers import explain
-    result = explain("assets/chelsea.jpg", "a cat")
+from explainers import explain
+result = explain("assets/chelsea.jpg", "a cat")
 """
+
 from .api import DEFAULTS, PARAMS, explain
 from .errors import ModelLoadError, UserError
 from .methods import list_methods
 from .models import ClassifierAdapter, ModelAdapter, list_models
 from .types import Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, Target
 
-__all__ = ["explain", "list_methods", "list_models", "DEFAULTS", "PARAMS", "UserError", "ModelLoadError",
-           "ClassifierAdapter", "ModelAdapter", "Curve", "Curves", "MethodResult", "RandomReference", "Result",
-           "SaliencyMap", "Target"]
+__all__ = [
+    "DEFAULTS",
+    "PARAMS",
+    "ClassifierAdapter",
+    "Curve",
+    "Curves",
+    "MethodResult",
+    "ModelAdapter",
+    "ModelLoadError",
+    "RandomReference",
+    "Result",
+    "SaliencyMap",
+    "Target",
+    "UserError",
+    "explain",
+    "list_methods",
+    "list_models",
+]

@@ -4,6 +4,7 @@ Writes DIR/result.json, DIR/<method>.png (overlays), DIR/curves.png and DIR/curv
 Bad input exits with code 2 and one line ``error: ...`` on stderr. Every parameter flag is
 generated from the parameter specs (the protocol's and each registered method's).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,22 +26,37 @@ def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS, default_methods
     from .models import DEVICES
 
-    parser = OneLineParser(prog="python -m explainers",
-                           description="Saliency maps (" + ", ".join(m.title for m in METHODS.values()) + ") with "
-                                       "deletion/insertion faithfulness curves for an image and a prompt.")
+    parser = OneLineParser(
+        prog="python -m explainers",
+        description="Saliency maps (" + ", ".join(m.title for m in METHODS.values()) + ") with "
+        "deletion/insertion faithfulness curves for an image and a prompt.",
+    )
     parser.add_argument("image", help="path to the image (PNG, JPEG, GIF, WebP, BMP, TIFF)")
     parser.add_argument("--prompt", required=True, help="what to look for, e.g. 'a cat'")
-    parser.add_argument("--contrast", action="append", default=[], metavar="TEXT",
-                        help="a contrast prompt (repeatable): explain the prompt against these")
+    parser.add_argument(
+        "--contrast",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a contrast prompt (repeatable): explain the prompt against these",
+    )
     parser.add_argument("--model", default="bundled", help="bundled (offline default) or clip:<hub id or folder>")
-    parser.add_argument("--methods", default=",".join(default_methods()),
-                        help=f"comma-separated, from {','.join(METHODS)} (default {','.join(default_methods())})")
-    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto: CUDA where there is one)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(default_methods()),
+        help=f"comma-separated, from {','.join(METHODS)} (default {','.join(default_methods())})",
+    )
+    parser.add_argument(
+        "--device", default="auto", help=f"{', '.join(DEVICES)} (default auto: CUDA where there is one)"
+    )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--sanity", action="store_true",
-                        help="also run the sanity check (model-parameter randomisation, Adebayo et al. 2018): "
-                             "every method again on the model randomised layer by layer from the top; "
-                             "Spearman and SSIM per stage in result.json (several times the methods' cost)")
+    parser.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also run the sanity check (model-parameter randomisation, Adebayo et al. 2018): "
+        "every method again on the model randomised layer by layer from the top; "
+        "Spearman and SSIM per stage in result.json (several times the methods' cost)",
+    )
     add_param_flags(parser)
     return parser
 
@@ -58,8 +74,13 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(title)
         for spec in specs:
             default = CLI_CURVE_STEPS if spec.name == "curve_steps" else spec.default
-            group.add_argument(spec.cli_flag, dest=spec.name, default=None, metavar="N" if not spec.choices else "X",
-                               help=f"{spec.help}: {spec.describe()} (default {default})".replace("%", "%%"))
+            group.add_argument(
+                spec.cli_flag,
+                dest=spec.name,
+                default=None,
+                metavar="N" if not spec.choices else "X",
+                help=f"{spec.help}: {spec.describe()} (default {default})".replace("%", "%%"),
+            )
 
 
 def params_from_args(args: argparse.Namespace) -> dict:
@@ -67,8 +88,10 @@ def params_from_args(args: argparse.Namespace) -> dict:
     (curve_steps 50, every other at its spec's default). Raises UserError naming the flag."""
     from .api import PARAMS, validate_params
 
-    params = {name: (_number(getattr(args, name)) if not spec.choices else getattr(args, name))
-              for name, spec in PARAMS.items()}
+    params = {
+        name: (_number(getattr(args, name)) if not spec.choices else getattr(args, name))
+        for name, spec in PARAMS.items()
+    }
     if params["curve_steps"] is None:
         params["curve_steps"] = CLI_CURVE_STEPS
     return validate_params(params, labels={name: spec.cli_flag for name, spec in PARAMS.items()})
@@ -99,9 +122,16 @@ def main(argv: list[str] | None = None) -> int:
 
         params = params_from_args(args)  # a bad value is refused here, naming its flag
         image = open_image(args.image)
-        result = explain(image, args.prompt, contrast=args.contrast, model=args.model, device=args.device,
-                         methods=[m.strip() for m in args.methods.split(",") if m.strip()], sanity=args.sanity,
-                         **params)
+        result = explain(
+            image,
+            args.prompt,
+            contrast=args.contrast,
+            model=args.model,
+            device=args.device,
+            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            sanity=args.sanity,
+            **params,
+        )
         written = save_bundle(result, args.out, original_size=image.size)
     except (UserError, OSError) as error:  # OSError: e.g. the output folder cannot be written
         print(f"error: {cli_error(error, args.out)}", file=sys.stderr)
@@ -111,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result.model}: score of {result.target.prompt!r} = {result.score:.4f}")
     for name, m in result.methods.items():
         verdict = "more faithful than random order" if result.more_faithful_than_random(name) else "NOT above random"
-        print(f"  {name:8s} SRG {m.srg:+.3f} ({verdict})  insertion AUC {m.insertion.auc:.3f}  "
-              f"deletion AUC {m.deletion.auc:.3f}  {m.saliency.seconds:.2f} s  {m.saliency.forward_passes} forward passes")
-    print(f"  {'random':8s} SRG {result.random.srg:+.3f} (max of {result.random.orderings} orderings "
-          f"{max(result.random.srgs):+.3f})  insertion AUC {result.random.insertion.auc:.3f}  "
-          f"deletion AUC {result.random.deletion.auc:.3f}")
+        print(
+            f"  {name:8s} SRG {m.srg:+.3f} ({verdict})  insertion AUC {m.insertion.auc:.3f}  "
+            f"deletion AUC {m.deletion.auc:.3f}  {m.saliency.seconds:.2f} s  {m.saliency.forward_passes} forward passes"
+        )
+    print(
+        f"  {'random':8s} SRG {result.random.srg:+.3f} (max of {result.random.orderings} orderings "
+        f"{max(result.random.srgs):+.3f})  insertion AUC {result.random.insertion.auc:.3f}  "
+        f"deletion AUC {result.random.deletion.auc:.3f}"
+    )
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 

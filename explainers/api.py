@@ -1,10 +1,12 @@
 """``explain(image, prompt, ...) -> Result``: the one entry point for the app, the CLI and the benchmarks."""
+
 from __future__ import annotations
 
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +20,17 @@ from .params import Param, shown
 from .regions import region_labels
 from .sanity import cascading_randomization, sanity_stages
 from .substrates import SUBSTRATES
-from .types import (Curves, MethodResult, ProgressFn, RandomReference, Result, SaliencyMap, SanityCheck, Target,
-                    no_progress)
+from .types import (
+    Curves,
+    MethodResult,
+    ProgressFn,
+    RandomReference,
+    Result,
+    SaliencyMap,
+    SanityCheck,
+    Target,
+    no_progress,
+)
 
 MAX_CONTRAST = 16
 MAX_PROMPT_CHARS = 1000
@@ -27,17 +38,48 @@ MAX_PROMPT_CHARS = 1000
 # The protocol's parameters (every method's own are declared in its file: METHOD.params).
 # The defaults are what the app uses; the CLI raises curve_steps to 50 (the paper protocol).
 PROTOCOL_PARAMS: tuple[Param, ...] = (
-    Param("curve_steps", 20, "curve steps: the deletion/insertion curves are scored at this many equal "
-          "fractions of the pixels", low=2, high=200, flag="--steps", label="Curves: steps"),
-    Param("substrate", "black", "what removed pixels become: black (SMDL/LIMA), blur (RISE) or road "
-          "(noisy linear imputation, Rong et al. 2022)", choices=SUBSTRATES, label="Curves: removed pixels become"),
-    Param("seed", 0, "seed of the random reference (and of anything else random in the run)", low=0,
-          high=2**31 - 1, label="Seed (random reference)"),
-    Param("n_random", 3, "random orderings in the random reference", low=1, high=20, flag="--random-orderings",
-          label="Random reference: orderings"),
-    Param("random_ranking", "pixels", "what the random reference shuffles: single pixels, or the regions "
-          "region search uses (to see how much of a map's advantage is its granularity)",
-          choices=metrics.RANDOM_RANKINGS, label="Random reference: shuffle"),
+    Param(
+        "curve_steps",
+        20,
+        "curve steps: the deletion/insertion curves are scored at this many equal fractions of the pixels",
+        low=2,
+        high=200,
+        flag="--steps",
+        label="Curves: steps",
+    ),
+    Param(
+        "substrate",
+        "black",
+        "what removed pixels become: black (SMDL/LIMA), blur (RISE) or road "
+        "(noisy linear imputation, Rong et al. 2022)",
+        choices=SUBSTRATES,
+        label="Curves: removed pixels become",
+    ),
+    Param(
+        "seed",
+        0,
+        "seed of the random reference (and of anything else random in the run)",
+        low=0,
+        high=2**31 - 1,
+        label="Seed (random reference)",
+    ),
+    Param(
+        "n_random",
+        3,
+        "random orderings in the random reference",
+        low=1,
+        high=20,
+        flag="--random-orderings",
+        label="Random reference: orderings",
+    ),
+    Param(
+        "random_ranking",
+        "pixels",
+        "what the random reference shuffles: single pixels, or the regions "
+        "region search uses (to see how much of a map's advantage is its granularity)",
+        choices=metrics.RANDOM_RANKINGS,
+        label="Random reference: shuffle",
+    ),
 )
 
 
@@ -57,7 +99,7 @@ DEFAULTS: dict[str, Any] = {name: p.default for name, p in PARAMS.items()}
 DEFAULT_METHODS = tuple(default_methods())
 
 
-def validate_params(params: dict[str, Any], labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
+def validate_params(params: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Defaults filled in; every value checked. Raises UserError naming the parameter and its range.
 
     ``labels`` renames parameters in the messages (the CLI: ``{"curve_steps": "--steps"}``).
@@ -67,8 +109,10 @@ def validate_params(params: dict[str, Any], labels: Optional[dict[str, str]] = N
     if unknown:
         raise UserError(f"unknown parameter(s): {', '.join(sorted(map(str, unknown)))}; known: {', '.join(PARAMS)}")
     given = {k: v for k, v in params.items() if v is not None}
-    return {name: spec.check(given[name], labels.get(name)) if name in given else spec.default
-            for name, spec in PARAMS.items()}
+    return {
+        name: spec.check(given[name], labels.get(name)) if name in given else spec.default
+        for name, spec in PARAMS.items()
+    }
 
 
 def clean_methods(methods: Any) -> list[str]:
@@ -111,7 +155,7 @@ def _clean_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def clean_prompts(prompt: Any, contrast: Optional[Sequence[Any]]) -> tuple[Target, list[str]]:
+def clean_prompts(prompt: Any, contrast: Sequence[Any] | None) -> tuple[Target, list[str]]:
     """Validate the prompt and contrast prompts -> (Target, notes for the user).
 
     Empty prompts are refused; prompts over MAX_PROMPT_CHARS are cut (with a note); contrast prompts
@@ -165,11 +209,14 @@ def _token_notes(adapter, target: Target) -> list[str]:
     for i, p in enumerate(target.prompts):
         which = "the prompt" if i == 0 else "the contrast prompt"
         if count is not None and limit is not None and count(p) > limit:
-            notes.append(f"{which} {shown(p)} is longer than the model's limit of {limit} tokens; "
-                         f"only its first {limit} tokens were used")
+            notes.append(
+                f"{which} {shown(p)} is longer than the model's limit of {limit} tokens; "
+                f"only its first {limit} tokens were used"
+            )
         if unknown is not None and unknown(p):
-            notes.append(f"the model's text encoder knows none of the words in {which} {shown(p)}, "
-                         "so its score means little")
+            notes.append(
+                f"the model's text encoder knows none of the words in {which} {shown(p)}, so its score means little"
+            )
     return notes
 
 
@@ -192,12 +239,17 @@ class Prepared:
     pixels: torch.Tensor  # [1, 3, H, W] in [0, 1], on the adapter's device
     target: Target
     score: float
-    prompt_probabilities: Optional[dict[str, float]]
+    prompt_probabilities: dict[str, float] | None
     notes: tuple[str, ...] = ()
 
 
-def validate(prompt: Any, contrast: Optional[Sequence[Any]] = None, methods: Any = None,
-             labels: Optional[dict[str, str]] = None, **params: Any) -> Request:
+def validate(
+    prompt: Any,
+    contrast: Sequence[Any] | None = None,
+    methods: Any = None,
+    labels: dict[str, str] | None = None,
+    **params: Any,
+) -> Request:
     """Check everything a user typed before any model work; UserError (one sentence) otherwise."""
     checked = validate_params(params, labels)
     names = clean_methods(methods)
@@ -205,7 +257,7 @@ def validate(prompt: Any, contrast: Optional[Sequence[Any]] = None, methods: Any
     return Request(target, tuple(names), checked, tuple(notes))
 
 
-def resolve_model(model: Union[str, ModelAdapter, None], device: Any = "cpu") -> ModelAdapter:
+def resolve_model(model: str | ModelAdapter | None, device: Any = "cpu") -> ModelAdapter:
     """A model name (loaded and cached on ``device``) or a ready adapter (used as it is)."""
     if isinstance(model, ModelAdapter):
         return model
@@ -231,16 +283,23 @@ def _within(progress: ProgressFn, start: float, end: float) -> ProgressFn:
     return lambda fraction, text, **details: progress(min(1.0, start + (end - start) * fraction), text, **details)
 
 
-def run_methods(prepared: Prepared, methods: Sequence[str], params: dict[str, Any],
-                progress: ProgressFn = no_progress) -> dict[str, SaliencyMap]:
+def run_methods(
+    prepared: Prepared, methods: Sequence[str], params: dict[str, Any], progress: ProgressFn = no_progress
+) -> dict[str, SaliencyMap]:
     """Every method's map, each metered on its own (seconds, forward and backward passes).
     ``progress`` goes from 0 to 1 over all of them, each method taking its registered share."""
     shares = np.cumsum([0.0] + [get_method(name).progress_share for name in methods])
     maps = {}
     for name, start, end in zip(methods, shares[:-1] / shares[-1], shares[1:] / shares[-1]):
         torch.manual_seed(params["seed"])
-        maps[name] = run_method(name, prepared.adapter, prepared.pixels, prepared.target,
-                                progress=_within(progress, start, end), **method_kwargs(name, params))
+        maps[name] = run_method(
+            name,
+            prepared.adapter,
+            prepared.pixels,
+            prepared.target,
+            progress=_within(progress, start, end),
+            **method_kwargs(name, params),
+        )
     return maps
 
 
@@ -249,36 +308,51 @@ def method_kwargs(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"substrate": params["substrate"], "seed": params["seed"], **get_method(name).kwargs(params)}
 
 
-def check_sanity(prepared: Prepared, maps: dict[str, SaliencyMap], params: dict[str, Any],
-                 progress: ProgressFn = no_progress) -> SanityCheck:
+def check_sanity(
+    prepared: Prepared, maps: dict[str, SaliencyMap], params: dict[str, Any], progress: ProgressFn = no_progress
+) -> SanityCheck:
     """The model-parameter randomisation test (Adebayo et al., NeurIPS 2018; explainers/sanity.py)
     for these maps: each method again, with the parameters it ran with, on a seeded copy of the
     model randomised stage by stage from the top layer down."""
     return cascading_randomization(
-        prepared.adapter, prepared.pixels, prepared.target, {n: m.values for n, m in maps.items()},
-        {n: method_kwargs(n, params) for n in maps}, seed=params["seed"], progress=progress,
+        prepared.adapter,
+        prepared.pixels,
+        prepared.target,
+        {n: m.values for n, m in maps.items()},
+        {n: method_kwargs(n, params) for n in maps},
+        seed=params["seed"],
+        progress=progress,
     )
 
 
-def evaluate_maps(prepared: Prepared, maps: dict[str, np.ndarray], params: dict[str, Any],
-                  progress: ProgressFn = no_progress) -> tuple[dict[str, Curves], RandomReference]:
+def evaluate_maps(
+    prepared: Prepared, maps: dict[str, np.ndarray], params: dict[str, Any], progress: ProgressFn = no_progress
+) -> tuple[dict[str, Curves], RandomReference]:
     """The faithfulness protocol for these maps: their curves and the random reference."""
     labels = None
     if params["random_ranking"] == "regions":
         labels = region_labels(prepared.pixels, params["n_regions"], params["region_kind"])
     return metrics.faithfulness(
-        prepared.adapter, prepared.pixels, prepared.target, maps, steps=params["curve_steps"],
-        substrate=params["substrate"], n_random=params["n_random"], seed=params["seed"], progress=progress,
-        random_ranking=params["random_ranking"], region_labels=labels,
+        prepared.adapter,
+        prepared.pixels,
+        prepared.target,
+        maps,
+        steps=params["curve_steps"],
+        substrate=params["substrate"],
+        n_random=params["n_random"],
+        seed=params["seed"],
+        progress=progress,
+        random_ranking=params["random_ranking"],
+        region_labels=labels,
     )
 
 
 def explain(
     image: ImageInput,
     prompt: str,
-    contrast: Optional[Sequence[str]] = None,
-    model: Union[str, ModelAdapter] = DEFAULT_MODEL,
-    methods: Optional[Sequence[str]] = None,
+    contrast: Sequence[str] | None = None,
+    model: str | ModelAdapter = DEFAULT_MODEL,
+    methods: Sequence[str] | None = None,
     progress: ProgressFn = no_progress,
     device: str = "cpu",
     sanity: bool = False,
@@ -311,30 +385,47 @@ def explain(
     total = method_shares * (1 + sanity_share) + CURVES_PROGRESS_SHARE
     methods_end, curves_end = method_shares / total, (method_shares + CURVES_PROGRESS_SHARE) / total
     maps = run_methods(prepared, request.methods, request.params, progress=_within(progress, 0.0, methods_end))
-    curves, reference = evaluate_maps(prepared, {n: m.values for n, m in maps.items()}, request.params,
-                                      progress=_within(progress, methods_end, curves_end))
-    check = (check_sanity(prepared, maps, request.params, progress=_within(progress, curves_end, 1.0))
-             if sanity else None)
+    curves, reference = evaluate_maps(
+        prepared,
+        {n: m.values for n, m in maps.items()},
+        request.params,
+        progress=_within(progress, methods_end, curves_end),
+    )
+    check = (
+        check_sanity(prepared, maps, request.params, progress=_within(progress, curves_end, 1.0)) if sanity else None
+    )
     progress(1.0, "done")
-    return assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started,
-                    sanity=check)
+    return assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started, sanity=check)
 
 
-def assemble(request: Request, prepared: Prepared, maps: dict[str, SaliencyMap], curves: dict[str, Curves],
-             reference: RandomReference, seconds: float, sanity: Optional[SanityCheck] = None) -> Result:
+def assemble(
+    request: Request,
+    prepared: Prepared,
+    maps: dict[str, SaliencyMap],
+    curves: dict[str, Curves],
+    reference: RandomReference,
+    seconds: float,
+    sanity: SanityCheck | None = None,
+) -> Result:
     """The Result of one request: maps, curves, the reference, every parameter, the notes (and the
     sanity check, where one ran)."""
     image_view = (prepared.pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return Result(
-        model=prepared.adapter.name, target=prepared.target, score=prepared.score,
-        prompt_probabilities=prepared.prompt_probabilities, image=image_view,
+        model=prepared.adapter.name,
+        target=prepared.target,
+        score=prepared.score,
+        prompt_probabilities=prepared.prompt_probabilities,
+        image=image_view,
         methods={n: MethodResult(maps[n], curves[n]) for n in request.methods},
-        random=reference, params={"methods": list(request.methods), **request.params}, seconds=seconds,
-        notes=request.notes + prepared.notes, sanity=sanity,
+        random=reference,
+        params={"methods": list(request.methods), **request.params},
+        seconds=seconds,
+        notes=request.notes + prepared.notes,
+        sanity=sanity,
     )
 
 
-def describe_prompt(model: Union[str, ModelAdapter], prompt: str) -> Optional[list[tuple[str, float]]]:
+def describe_prompt(model: str | ModelAdapter, prompt: str) -> list[tuple[str, float]] | None:
     """What a prompt means to ``model`` where the model can say: a classifier's matched classes
     with their weights (best 3); None for models that score text directly (CLIP)."""
     adapter = resolve_model(model)

@@ -5,20 +5,20 @@ Limits, checked before any pixel is decoded where the format allows:
 - images under ``MIN_SIDE`` pixels a side or longer than ``MAX_ASPECT`` times their width are refused;
 - anything larger than ``WORKING_MAX_SIDE`` is downscaled once (the models see 224 px anyway).
 """
+
 from __future__ import annotations
 
 import io
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 MAX_PIXELS = 50_000_000  # a 45 MP camera photo fits; larger images are refused (decompression bombs)
 MAX_FILE_BYTES = 50 * 1024 * 1024
 WORKING_MAX_SIDE = 2048  # larger images are downscaled once on load; the model sees 224 px anyway
@@ -111,11 +111,12 @@ def _check_size(image: Image.Image, name: str = "the image") -> None:
     if min(width, height) < MIN_SIDE:
         raise UserError(f"{name} is too small ({width}x{height}); it needs at least {MIN_SIDE} pixels a side")
     if max(width, height) > MAX_ASPECT * min(width, height):
-        raise UserError(f"{name} is too thin ({width}x{height}); its long side may be at most "
-                        f"{MAX_ASPECT} times its short side")
+        raise UserError(
+            f"{name} is too thin ({width}x{height}); its long side may be at most {MAX_ASPECT} times its short side"
+        )
 
 
-def _unsupported_kind(data: bytes, name: str) -> Optional[str]:
+def _unsupported_kind(data: bytes, name: str) -> str | None:
     """Name formats PIL cannot read, from the first bytes (or the file name), for the message."""
     head = data[:1024]
     lower = head.lstrip().lower()
@@ -199,7 +200,8 @@ def _convert(image: Image.Image) -> Image.Image:
         from PIL import ImageCms
 
         lab_to_srgb = ImageCms.buildTransformFromOpenProfiles(
-            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
         image = ImageCms.applyTransform(image, lab_to_srgb)
     if image.mode == "La":  # premultiplied grey + alpha: PIL converts it only to LA
         image = image.convert("LA")

@@ -17,6 +17,7 @@ normalised AUC follow SMDL (Chen et al., ICLR 2024) and LIMA. The protocol (ARCH
 This module imports no method. All curves of one call are scored in shared batches, and the two
 end points (full image, substrate) are scored once for all of them.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,7 +28,6 @@ import torch
 from .models.base import Metered, ModelAdapter
 from .substrates import SUBSTRATES, make_substrate, substrate_image  # noqa: F401 - re-exported
 from .types import Curve, Curves, ProgressFn, RandomReference, Target, no_progress
-
 
 
 def pixel_order(saliency: np.ndarray) -> np.ndarray:
@@ -75,9 +75,15 @@ def _normalise(scores: np.ndarray, full: float, substrate: float) -> np.ndarray:
 def _make_curve(kind, fractions, scores, full, substrate, passes, seconds) -> Curve:
     normalized = _normalise(scores, full, substrate)
     return Curve(
-        kind=kind, fractions=fractions, scores=scores, normalized=normalized,
-        auc=float(np.trapezoid(normalized, fractions)), full_score=full, substrate_score=substrate,
-        forward_passes=passes, seconds=seconds,
+        kind=kind,
+        fractions=fractions,
+        scores=scores,
+        normalized=normalized,
+        auc=float(np.trapezoid(normalized, fractions)),
+        full_score=full,
+        substrate_score=substrate,
+        forward_passes=passes,
+        seconds=seconds,
     )
 
 
@@ -93,13 +99,15 @@ def step_count(step: int, steps: int, n_pixels: int) -> int:
     return int(np.round(np.linspace(0.0, 1.0, steps + 1) * n_pixels)[step])
 
 
-def curve_images(pixels: torch.Tensor, saliency: np.ndarray, step: int, steps: int, substrate: str = "black",
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def curve_images(
+    pixels: torch.Tensor, saliency: np.ndarray, step: int, steps: int, substrate: str = "black", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The deletion and the insertion image the curves scored at ``step`` of ``steps`` for this map:
     the same images, rebuilt without a forward pass (e.g. for the app's curve scrubber)."""
     _, _, height, width = pixels.shape
-    shown = (pixel_ranks(pixel_order(saliency), height, width).to(pixels.device)
-             < step_count(step, steps, height * width)).float()
+    shown = (
+        pixel_ranks(pixel_order(saliency), height, width).to(pixels.device) < step_count(step, steps, height * width)
+    ).float()
     images = make_substrate(pixels, substrate, seed).fill(torch.cat([1.0 - shown, shown]))
     return images[:1], images[1:]
 
@@ -134,7 +142,7 @@ def curves_for_orders(
     ranks_t = [pixel_ranks(order, height, width).to(pixels.device) for order in orders]
     batch = adapter.max_batch
     for start in range(0, len(jobs), batch):
-        chunk = jobs[start:start + batch]
+        chunk = jobs[start : start + batch]
         masks = torch.cat([(ranks_t[o] < counts[k]).float() for o, _, k in chunk])
         deleting = torch.tensor([kind == 0 for _, kind, _ in chunk], device=pixels.device).view(-1, 1, 1, 1)
         # deletion (kind 0): chosen pixels become substrate; insertion (kind 1): only they show.
@@ -183,13 +191,20 @@ def faithfulness(
     passes = meter.forward_passes // len(orders) // 2
 
     def curves(deletion, insertion, full, empty, share=1) -> Curves:
-        return Curves(_make_curve("deletion", fractions, deletion, full, empty, passes * share, seconds * share),
-                      _make_curve("insertion", fractions, insertion, full, empty, passes * share, seconds * share))
+        return Curves(
+            _make_curve("deletion", fractions, deletion, full, empty, passes * share, seconds * share),
+            _make_curve("insertion", fractions, insertion, full, empty, passes * share, seconds * share),
+        )
 
     out = {name: curves(*r) for name, r in zip(names, raw)}
-    random_raw = raw[len(names):]
+    random_raw = raw[len(names) :]
     srgs = tuple(curves(*r).srg for r in random_raw)
     full, empty = random_raw[0][2], random_raw[0][3]
-    mean = curves(np.mean([r[0] for r in random_raw], axis=0), np.mean([r[1] for r in random_raw], axis=0),
-                  full, empty, share=n_random)
+    mean = curves(
+        np.mean([r[0] for r in random_raw], axis=0),
+        np.mean([r[1] for r in random_raw], axis=0),
+        full,
+        empty,
+        share=n_random,
+    )
     return out, RandomReference(mean, srgs, random_ranking, seed)

@@ -4,11 +4,12 @@ the app's widgets and the benchmarks (so none of them lists parameters by hand).
 A method declares its own in its file (``explainers.methods.<name>.METHOD.params``); the
 protocol's (curve steps, substrate, seed...) are declared in ``explainers.api``.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -34,14 +35,14 @@ class Param:
     default: Any
     help: str
     kind: type = int
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     choices: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)  # choice -> what the app shows
-    arg: Optional[str] = None
-    flag: Optional[str] = None
-    label: Optional[str] = None  # the app's widget label (default: help)
-    step: Optional[float] = None  # the app's slider step for floats
+    arg: str | None = None
+    flag: str | None = None
+    label: str | None = None  # the app's widget label (default: help)
+    step: float | None = None  # the app's slider step for floats
 
     @property
     def keyword(self) -> str:
@@ -59,10 +60,10 @@ class Param:
         whole = "a whole number" if self.kind is int else "a number"
         return f"{whole} from {self._number(self.low)} to {self._number(self.high)}"
 
-    def _number(self, value: Optional[float]) -> str:
+    def _number(self, value: float | None) -> str:
         return str(int(value)) if self.kind is int and value is not None else str(value)
 
-    def check(self, value: Any, label: Optional[str] = None) -> Any:
+    def check(self, value: Any, label: str | None = None) -> Any:
         """``value`` in its canonical type (int, float or lower-case choice), or UserError naming
         ``label`` (default: the parameter's name) and what is allowed."""
         allowed = f"{label or self.name} must be {self.describe()}"

@@ -1,4 +1,5 @@
 """Image -> sub-regions for region search: SLIC superpixels (default, as SMDL) or a square grid."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,7 @@ def superpixels(image: np.ndarray, n_regions: int) -> np.ndarray:
 
 def grid(height: int, width: int, n_regions: int) -> np.ndarray:
     """A square-ish grid of about ``n_regions`` cells -> ``[H, W]`` int labels."""
-    side = max(1, int(round(np.sqrt(n_regions))))
+    side = max(1, round(np.sqrt(n_regions)))
     rows = np.minimum(np.arange(height) * side // height, side - 1)
     cols = np.minimum(np.arange(width) * side // width, side - 1)
     return (rows[:, None] * side + cols[None, :]).astype(np.int64)

@@ -5,6 +5,7 @@ Takes only ``Result`` values (numpy), so the app and the CLI render the same way
 calls a model: the scrubber's and the step-through's pictures are rebuilt from the maps
 (``metrics.curve_images``, the substrate's ``fill``), never scored.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,16 +14,16 @@ import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .methods import METHODS
 from .report import RANDOM_TITLE, title  # noqa: F401 - re-exported: render.title and render.RANDOM_TITLE name things as before
-from .types import (Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, SanityCheck, SanityStage,
-                    Target)
+from .types import Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, SanityCheck, SanityStage, Target
 
 RANDOM_COLOUR = "#7f7f7f"
 # Perceptually uniform first (equal steps in value look equal; they read in black and white);
@@ -65,8 +66,14 @@ def _heat(values: np.ndarray, cmap: str) -> np.ndarray:
     return (colormaps[cmap](values)[..., :3] * 255).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, saliency: np.ndarray, cmap: str = DEFAULT_COLOUR_MAP, alpha: float = 0.5,
-            size: tuple[int, int] | None = None, smooth: float = 0.0) -> Image.Image:
+def overlay(
+    image: np.ndarray,
+    saliency: np.ndarray,
+    cmap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = 0.5,
+    size: tuple[int, int] | None = None,
+    smooth: float = 0.0,
+) -> Image.Image:
     """Heat map over the image. ``size`` (width, height) upsamples both, e.g. to the original photo."""
     heat_image = Image.fromarray(_heat(display_values(saliency, smooth), cmap))
     base = Image.fromarray(image)
@@ -78,9 +85,15 @@ def overlay(image: np.ndarray, saliency: np.ndarray, cmap: str = DEFAULT_COLOUR_
     return Image.blend(base, heat_image, float(alpha))
 
 
-def region_overlay(image: np.ndarray, labels: np.ndarray, order: Sequence[int], cmap: str = DEFAULT_COLOUR_MAP,
-                   alpha: float = 0.5, size: tuple[int, int] | None = None,
-                   outlined: int = OUTLINED_REGIONS) -> Image.Image:
+def region_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    order: Sequence[int],
+    cmap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = 0.5,
+    size: tuple[int, int] | None = None,
+    outlined: int = OUTLINED_REGIONS,
+) -> Image.Image:
     """Region search's map, readable: each region in its rank's colour (first chosen brightest),
     the first ``outlined`` regions outlined in white and numbered 1, 2, ... at their inmost point."""
     from scipy.ndimage import binary_erosion, distance_transform_edt
@@ -112,8 +125,13 @@ def region_overlay(image: np.ndarray, labels: np.ndarray, order: Sequence[int], 
     return out
 
 
-def preview_overlay(photo: Image.Image, preview: np.ndarray, cmap: str = DEFAULT_COLOUR_MAP, alpha: float = 0.5,
-                    size: tuple[int, int] | None = None) -> Image.Image:
+def preview_overlay(
+    photo: Image.Image,
+    preview: np.ndarray,
+    cmap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = 0.5,
+    size: tuple[int, int] | None = None,
+) -> Image.Image:
     """A map found so far (e.g. region search's regions chosen so far, the rest 0) over the photo."""
     rgb = np.asarray(photo.convert("RGB"))
     return overlay(rgb, preview, cmap, alpha, size or photo.size)
@@ -122,10 +140,11 @@ def preview_overlay(photo: Image.Image, preview: np.ndarray, cmap: str = DEFAULT
 def colour_stops(cmap: str = DEFAULT_COLOUR_MAP, count: int = 11) -> list[str]:
     """``count`` colours along a colour map, low to high, as hex (for a colour bar)."""
     colours = _heat(np.linspace(0, 1, count), cmap)
-    return ["#%02x%02x%02x" % tuple(int(c) for c in rgb) for rgb in colours]
+    return ["#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb)) for rgb in colours]
 
 
 # --- region labels (recomputed: SLIC and the grid are deterministic) -------------------------
+
 
 def _pixels(result: Result):
     """The model's pixels, exactly: Result.image / 255 as float32, ``[1, 3, H, W]``."""
@@ -135,25 +154,32 @@ def _pixels(result: Result):
 
 
 @functools.lru_cache(maxsize=16)
-def _labels_cached(key: str, image_bytes: bytes, shape: tuple, n_regions: int, kind: str) -> np.ndarray:
+def _labels_cached(key: str, image_bytes: bytes, shape: tuple, n_regions: int, kind: str) -> np.ndarray:  # noqa: ARG001 - key: the cache key
     from .regions import make_regions
 
     return make_regions(np.frombuffer(image_bytes, dtype=np.uint8).reshape(shape), n_regions, kind)
 
 
-def region_labels_of(result: Result) -> Optional[np.ndarray]:
+def region_labels_of(result: Result) -> np.ndarray | None:
     """The regions region search cut this result's photo into (None when it did not run)."""
     if "region" not in result.methods:
         return None
     image = np.ascontiguousarray(result.image)
     key = hashlib.sha1(image.tobytes()).hexdigest()
-    labels = _labels_cached(key, image.tobytes(), image.shape, int(result.params["n_regions"]),
-                            str(result.params["region_kind"]))
+    labels = _labels_cached(
+        key, image.tobytes(), image.shape, int(result.params["n_regions"]), str(result.params["region_kind"])
+    )
     return labels
 
 
-def method_picture(result: Result, name: str, cmap: str = DEFAULT_COLOUR_MAP, alpha: float = 0.5,
-                   size: tuple[int, int] | None = None, ig_display: str = "raw") -> Image.Image:
+def method_picture(
+    result: Result,
+    name: str,
+    cmap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = 0.5,
+    size: tuple[int, int] | None = None,
+    ig_display: str = "raw",
+) -> Image.Image:
     """A method's map as the page shows it: region search by rank with its first regions outlined,
     integrated gradients optionally smoothed, every other map as a heat overlay."""
     r = result.methods[name]
@@ -167,14 +193,16 @@ def method_picture(result: Result, name: str, cmap: str = DEFAULT_COLOUR_MAP, al
 
 # --- curves ----------------------------------------------------------------------------------
 
+
 def _named_curves(result: Result) -> list[tuple[str, Curves]]:
     return [*((name, r.curves) for name, r in result.methods.items()), ("random", result.random.curves)]
 
 
 def shared_ylim(result: Result, kinds: tuple[str, ...] = ("deletion", "insertion")) -> tuple[float, float]:
     """One y range that holds every curve of ``kinds`` (at least 0..1), so separate plots compare."""
-    values = [np.asarray(getattr(r, kind).normalized, dtype=np.float64)
-              for _, r in _named_curves(result) for kind in kinds]
+    values = [
+        np.asarray(getattr(r, kind).normalized, dtype=np.float64) for _, r in _named_curves(result) for kind in kinds
+    ]
     finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
     low = min(0.0, float(finite.min())) if finite.size else 0.0
     high = max(1.0, float(finite.max())) if finite.size else 1.0
@@ -182,8 +210,9 @@ def shared_ylim(result: Result, kinds: tuple[str, ...] = ("deletion", "insertion
     return low - pad, high + pad
 
 
-def curves_figure(result: Result, kinds: tuple[str, ...] = ("deletion", "insertion"),
-                  ylim: tuple[float, float] | None = None):
+def curves_figure(
+    result: Result, kinds: tuple[str, ...] = ("deletion", "insertion"), ylim: tuple[float, float] | None = None
+):
     """One matplotlib Figure: a panel per curve kind, every method and the random reference.
 
     The panels share one y range (``ylim``, default ``shared_ylim``) so they compare at a glance.
@@ -196,15 +225,19 @@ def curves_figure(result: Result, kinds: tuple[str, ...] = ("deletion", "inserti
     ylim = ylim or shared_ylim(result, kinds)
     # Fixed margins rather than a layout engine: the layout pass cost as much as the drawing.
     figure = Figure(figsize=(6.0 * len(kinds), 4.2), dpi=100)
-    figure.subplots_adjust(left=0.11 / len(kinds), right=1 - 0.02 / len(kinds), top=0.92, bottom=0.12,
-                           wspace=0.25)
+    figure.subplots_adjust(left=0.11 / len(kinds), right=1 - 0.02 / len(kinds), top=0.92, bottom=0.12, wspace=0.25)
     axes = figure.subplots(1, len(kinds), squeeze=False)[0]
     for axis, kind in zip(axes, kinds):
         for name, r in _named_curves(result):
             curve = getattr(r, kind)
-            axis.plot(curve.fractions, curve.normalized, color=colour(name),
-                      linestyle="--" if name == "random" else "-", linewidth=2.5,
-                      label=f"{title(name)} (AUC {curve.auc:.3f})")
+            axis.plot(
+                curve.fractions,
+                curve.normalized,
+                color=colour(name),
+                linestyle="--" if name == "random" else "-",
+                linewidth=2.5,
+                label=f"{title(name)} (AUC {curve.auc:.3f})",
+            )
         better = "higher is better" if getattr(result.random, kind).higher_is_better else "lower is better"
         axis.set_title(f"{kind.capitalize()} curve ({better})", fontsize=13)
         axis.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "revealed"), fontsize=11)
@@ -271,8 +304,9 @@ def _cached_plot(result: Result, key: str, draw_figure) -> _Plot:
     return plot
 
 
-def curve_plot(result: Result, kind: str, ylim: tuple[float, float] | None = None,
-               marker: Optional[int] = None) -> Image.Image:
+def curve_plot(
+    result: Result, kind: str, ylim: tuple[float, float] | None = None, marker: int | None = None
+) -> Image.Image:
     """One curve kind's plot (as ``curves_figure``), with the scrubber's ``marker`` (a step of the
     curves): a dotted vertical line and a dot on each curve. The figure is drawn once per result."""
     ylim = ylim or shared_ylim(result)
@@ -316,8 +350,13 @@ def curve_step_images(result: Result, name: str, step: int) -> tuple[Image.Image
     from . import metrics
 
     deleted, revealed = metrics.curve_images(
-        _pixels(result), result.methods[name].saliency.values, int(step), int(result.params["curve_steps"]),
-        str(result.params["substrate"]), int(result.params["seed"]))
+        _pixels(result),
+        result.methods[name].saliency.values,
+        int(step),
+        int(result.params["curve_steps"]),
+        str(result.params["substrate"]),
+        int(result.params["seed"]),
+    )
     return _to_image(deleted), _to_image(revealed)
 
 
@@ -334,8 +373,9 @@ def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None
     rows = -(-len(names) // per_row)
     pad, head, foot = 12, 26, 22
     block_w = 2 * tw + pad
-    canvas = Image.new("RGB", (per_row * block_w + (per_row + 1) * pad, rows * (head + th + foot) + (rows + 1) * pad),
-                       "white")
+    canvas = Image.new(
+        "RGB", (per_row * block_w + (per_row + 1) * pad, rows * (head + th + foot) + (rows + 1) * pad), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     title_font, text_font = _font(17), _font(14)
     for i, name in enumerate(names):
@@ -345,8 +385,9 @@ def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None
         draw.text((x + 8, y + 2), title(name), fill="black", font=title_font)
         deleted, revealed = curve_step_images(result, name, step)
         r = result.methods[name]
-        for j, (picture, what, value) in enumerate(((deleted, "deleted", r.deletion.normalized[step]),
-                                                     (revealed, "revealed", r.insertion.normalized[step]))):
+        for j, (picture, what, value) in enumerate(
+            ((deleted, "deleted", r.deletion.normalized[step]), (revealed, "revealed", r.insertion.normalized[step]))
+        ):
             left = x + j * (tw + pad)
             canvas.paste(picture.resize((tw, th), Image.BICUBIC), (left, y + head))
             draw.text((left, y + head + th + 3), f"{what}: score {value:.2f}", fill="black", font=text_font)
@@ -354,6 +395,7 @@ def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None
 
 
 # --- the region search's steps ---------------------------------------------------------------
+
 
 def region_step_images(result: Result, chosen: int) -> tuple[Image.Image, Image.Image]:
     """The pictures region search scored after ``chosen`` steps: only the chosen regions kept,
@@ -364,7 +406,7 @@ def region_step_images(result: Result, chosen: int) -> tuple[Image.Image, Image.
 
     labels = region_labels_of(result)
     order = result.methods["region"].saliency.meta["order"]
-    keep = torch.from_numpy(np.isin(labels, order[:int(chosen)]).astype(np.float32))[None, None]
+    keep = torch.from_numpy(np.isin(labels, order[: int(chosen)]).astype(np.float32))[None, None]
     substrate = make_substrate(_pixels(result), str(result.params["substrate"]), int(result.params["seed"]))
     kept, removed = substrate.fill(torch.cat([keep, 1.0 - keep])).split(1)
     return _to_image(kept), _to_image(removed)
@@ -394,8 +436,9 @@ def _path_figure(result: Result):
     if (~scored).any():
         axis.bar(steps[~scored], gains[~scored], color="#dddddd", label="gain in F (estimated)")
     axis.plot(steps, _path_column(path, "kept"), "-o", color="#2ca02c", markersize=3, label="score of the kept part")
-    axis.plot(steps, _path_column(path, "removed"), "-o", color="#d62728", markersize=3,
-              label="score of the removed part")
+    axis.plot(
+        steps, _path_column(path, "removed"), "-o", color="#d62728", markersize=3, label="score of the removed part"
+    )
     axis.set_xlim(0.5, n + 0.5)
     axis.set_xlabel("step (regions chosen)", fontsize=11)
     axis.set_ylabel("0 = blank, 1 = photo", fontsize=11)
@@ -439,6 +482,7 @@ def step_picture(result: Result, chosen: int, size: tuple[int, int] | None = Non
 
 # --- the sanity check ------------------------------------------------------------------------
 
+
 def _wrap(text: str, width: int) -> list[str]:
     lines, line = [], ""
     for word in text.split():
@@ -450,8 +494,9 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + [line] if line else lines
 
 
-def sanity_strip(result: Result, cmap: str = DEFAULT_COLOUR_MAP, size: tuple[int, int] | None = None,
-                 thumb: int = 120) -> Optional[Image.Image]:
+def sanity_strip(
+    result: Result, cmap: str = DEFAULT_COLOUR_MAP, size: tuple[int, int] | None = None, thumb: int = 120
+) -> Image.Image | None:
     """The sanity check as a strip per method: its map on the trained model, then on the model
     randomised down to each stage (top layer first), each with its rank correlation (rho) and SSIM
     against the first. The maps alone (|map|, no photo underneath), as Adebayo et al. show them."""
@@ -489,6 +534,7 @@ def sanity_strip(result: Result, cmap: str = DEFAULT_COLOUR_MAP, size: tuple[int
 
 # --- files -----------------------------------------------------------------------------------
 
+
 def curves_csv(result: Result) -> str:
     """Long-format CSV: method, curve, fraction, raw score, normalised score."""
     out = io.StringIO()
@@ -501,28 +547,56 @@ def curves_csv(result: Result) -> str:
     return out.getvalue()
 
 
-AUC_HEADERS = ["Method", "SRG (higher is better)", "More faithful than random order?",
-               "Insertion AUC (higher is better)", "Deletion AUC (lower is better)", "Seconds", "Forward passes"]
+AUC_HEADERS = [
+    "Method",
+    "SRG (higher is better)",
+    "More faithful than random order?",
+    "Insertion AUC (higher is better)",
+    "Deletion AUC (lower is better)",
+    "Seconds",
+    "Forward passes",
+]
 
 
 def auc_table(result: Result) -> list[list]:
     """Rows (AUC_HEADERS): method, SRG, verdict, insertion AUC, deletion AUC, seconds, forward passes;
     the random reference last."""
-    rows = [[title(n), round(r.srg, 4), "yes" if result.more_faithful_than_random(n) else "no",
-             round(r.insertion.auc, 4), round(r.deletion.auc, 4), round(r.saliency.seconds, 2),
-             r.saliency.forward_passes]
-            for n, r in result.methods.items()]
-    rows.append([title("random"), round(result.random.srg, 4),
-                 f"(max of {result.random.orderings} orderings: {max(result.random.srgs):.4f})",
-                 round(result.random.insertion.auc, 4), round(result.random.deletion.auc, 4), None, None])
+    rows = [
+        [
+            title(n),
+            round(r.srg, 4),
+            "yes" if result.more_faithful_than_random(n) else "no",
+            round(r.insertion.auc, 4),
+            round(r.deletion.auc, 4),
+            round(r.saliency.seconds, 2),
+            r.saliency.forward_passes,
+        ]
+        for n, r in result.methods.items()
+    ]
+    rows.append(
+        [
+            title("random"),
+            round(result.random.srg, 4),
+            f"(max of {result.random.orderings} orderings: {max(result.random.srgs):.4f})",
+            round(result.random.insertion.auc, 4),
+            round(result.random.deletion.auc, 4),
+            None,
+            None,
+        ]
+    )
     return rows
 
 
 MAPS_FILE = "maps.npz"
 
 
-def save_bundle(result: Result, out_dir: str | Path, cmap: str = DEFAULT_COLOUR_MAP, alpha: float = 0.5,
-                original_size: tuple[int, int] | None = None) -> list[Path]:
+def save_bundle(
+    result: Result,
+    out_dir: str | Path,
+    cmap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = 0.5,
+    original_size: tuple[int, int] | None = None,
+) -> list[Path]:
     """Write ``<method>.png``, ``curves.png``, ``curves.csv``, ``result.json`` and ``maps.npz``
     (the model-input image and every map as numpy arrays) into ``out_dir``. ``load_bundle``
     reads them back into a Result."""
@@ -540,19 +614,38 @@ def save_bundle(result: Result, out_dir: str | Path, cmap: str = DEFAULT_COLOUR_
     path.write_text(curves_csv(result))
     written.append(path)
     path = out / "result.json"
-    summary = {**result.summary(), "render": {"colour_map": cmap, "opacity": float(alpha),
-                                              "overlay_size": list(original_size or result.image.shape[1::-1])}}
+    summary = {
+        **result.summary(),
+        "render": {
+            "colour_map": cmap,
+            "opacity": float(alpha),
+            "overlay_size": list(original_size or result.image.shape[1::-1]),
+        },
+    }
     if result.sanity is not None:  # what load_bundle needs besides the summary's correlations
-        summary["sanity_check"] = {"stages": [[label, list(modules)] for label, modules in result.sanity.stages],
-                                   "seed": result.sanity.seed, "seconds": result.sanity.seconds}
+        summary["sanity_check"] = {
+            "stages": [[label, list(modules)] for label, modules in result.sanity.stages],
+            "seed": result.sanity.seed,
+            "seconds": result.sanity.seconds,
+        }
     path.write_text(json.dumps(summary, indent=2, allow_nan=False))
     written.append(path)
     path = out / MAPS_FILE
-    sanity_maps = {} if result.sanity is None else {
-        f"sanity_{name}_{k}": np.asarray(stage.values, dtype=np.float32)
-        for name, stages in result.sanity.methods.items() for k, stage in enumerate(stages)}
-    np.savez_compressed(path, image=result.image, **sanity_maps,
-                        **{f"map_{name}": r.saliency.values.astype(np.float32) for name, r in result.methods.items()})
+    sanity_maps = (
+        {}
+        if result.sanity is None
+        else {
+            f"sanity_{name}_{k}": np.asarray(stage.values, dtype=np.float32)
+            for name, stages in result.sanity.methods.items()
+            for k, stage in enumerate(stages)
+        }
+    )
+    np.savez_compressed(
+        path,
+        image=result.image,
+        **sanity_maps,
+        **{f"map_{name}": r.saliency.values.astype(np.float32) for name, r in result.methods.items()},
+    )
     written.append(path)
     return written
 
@@ -576,11 +669,18 @@ def _curves_from(summary_curves: dict, aucs: dict, passes: int = 0, seconds: flo
         normalized = _array(c["normalized"])
         fractions = _array(c["fractions"])
         auc = aucs.get(f"{kind}_auc")
-        return Curve(kind, fractions, _array(c["scores"]), normalized,
-                     float(np.trapezoid(normalized, fractions)) if auc is None else float(auc),
-                     float(c["full_score"] if c["full_score"] is not None else np.nan),
-                     float(c["substrate_score"] if c["substrate_score"] is not None else np.nan),
-                     passes // 2, seconds / 2)
+        return Curve(
+            kind,
+            fractions,
+            _array(c["scores"]),
+            normalized,
+            float(np.trapezoid(normalized, fractions)) if auc is None else float(auc),
+            float(c["full_score"] if c["full_score"] is not None else np.nan),
+            float(c["substrate_score"] if c["substrate_score"] is not None else np.nan),
+            passes // 2,
+            seconds / 2,
+        )
+
     return Curves(curve("deletion"), curve("insertion"))
 
 
@@ -602,32 +702,59 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
             sanity_maps = {name: arrays[name] for name in arrays.files if name.startswith("sanity_")}
     methods = {}
     for name, m in summary["methods"].items():
-        saliency = SaliencyMap(name, maps[name], seconds=float(m["seconds"] or 0.0),
-                               forward_passes=int(m["forward_passes"] or 0),
-                               backward_passes=int(m["backward_passes"] or 0), meta=m["meta"])
-        methods[name] = MethodResult(saliency, _curves_from(m["curves"], m, m.get("curve_forward_passes") or 0,
-                                                            m.get("curve_seconds") or 0.0))
+        saliency = SaliencyMap(
+            name,
+            maps[name],
+            seconds=float(m["seconds"] or 0.0),
+            forward_passes=int(m["forward_passes"] or 0),
+            backward_passes=int(m["backward_passes"] or 0),
+            meta=m["meta"],
+        )
+        methods[name] = MethodResult(
+            saliency, _curves_from(m["curves"], m, m.get("curve_forward_passes") or 0, m.get("curve_seconds") or 0.0)
+        )
     random = summary["random"]
-    reference = RandomReference(_curves_from(random["curves"], random),
-                                tuple(np.nan if s is None else float(s) for s in random["srg_orderings"]),
-                                random["ranking"], int(random["seed"]))
+    reference = RandomReference(
+        _curves_from(random["curves"], random),
+        tuple(np.nan if s is None else float(s) for s in random["srg_orderings"]),
+        random["ranking"],
+        int(random["seed"]),
+    )
     result = Result(
-        model=summary["model"], target=Target(summary["prompt"], tuple(summary["contrast"])),
+        model=summary["model"],
+        target=Target(summary["prompt"], tuple(summary["contrast"])),
         score=float(summary["score"]) if summary["score"] is not None else float("nan"),
-        prompt_probabilities=summary["prompt_probabilities"], image=image, methods=methods, random=reference,
-        params=summary["params"], seconds=float(summary["seconds"]), notes=tuple(summary["notes"]),
+        prompt_probabilities=summary["prompt_probabilities"],
+        image=image,
+        methods=methods,
+        random=reference,
+        params=summary["params"],
+        seconds=float(summary["seconds"]),
+        notes=tuple(summary["notes"]),
         sanity=_sanity_from(summary, sanity_maps),
     )
     return result, summary.get("render", {})
 
 
-def _sanity_from(summary: dict, maps: dict[str, np.ndarray]) -> Optional[SanityCheck]:
+def _sanity_from(summary: dict, maps: dict[str, np.ndarray]) -> SanityCheck | None:
     detail = summary.get("sanity_check")
     if detail is None or "sanity" not in summary:
         return None
-    methods = {name: tuple(SanityStage(s["stage"], np.nan if s["spearman"] is None else float(s["spearman"]),
-                                       np.nan if s["ssim"] is None else float(s["ssim"]), maps[f"sanity_{name}_{k}"])
-                           for k, s in enumerate(stages))
-               for name, stages in summary["sanity"].items()}
-    return SanityCheck(tuple((label, tuple(modules)) for label, modules in detail["stages"]), methods,
-                       int(detail["seed"]), float(detail["seconds"]))
+    methods = {
+        name: tuple(
+            SanityStage(
+                s["stage"],
+                np.nan if s["spearman"] is None else float(s["spearman"]),
+                np.nan if s["ssim"] is None else float(s["ssim"]),
+                maps[f"sanity_{name}_{k}"],
+            )
+            for k, s in enumerate(stages)
+        )
+        for name, stages in summary["sanity"].items()
+    }
+    return SanityCheck(
+        tuple((label, tuple(modules)) for label, modules in detail["stages"]),
+        methods,
+        int(detail["seed"]),
+        float(detail["seconds"]),
+    )

@@ -3,10 +3,11 @@
 Text only (Markdown), from a ``Result`` and the method registry, so that the app's page, its
 tests and any other front end say the same thing. No gradio, no torch import of its own.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 from .methods import METHODS
 from .sanity import SANITY_NOTE
@@ -44,7 +45,7 @@ def _exp(value: float) -> float:
         return float("inf")
 
 
-def prompt_probability(result: Result) -> Optional[float]:
+def prompt_probability(result: Result) -> float | None:
     """The probability the model gives the prompt, where its score is one: with contrast prompts
     the score is the prompt's softmax probability among them; a classifier's score (the bundled
     model) is a log-probability; CLIP's is a scaled cosine, which is no probability (None)."""
@@ -55,24 +56,29 @@ def prompt_probability(result: Result) -> Optional[float]:
     return _exp(result.score)
 
 
-def score_markdown(result: Result, classes: Optional[Sequence[tuple[str, float]]] = None) -> str:
+def score_markdown(result: Result, classes: Sequence[tuple[str, float]] | None = None) -> str:
     """The headline: the prompt's score in words, what it means for this model, the matched classes."""
     prompt = result.target.prompt
     lines = []
     if result.target.contrast:
         others = ", ".join(f"“{c}”" for c in result.target.contrast)
         lines.append(f"### Probability of “{prompt}” rather than {others}: {result.score:.1%}")
-        lines.append("The model compares the prompts with each other; the bars show each one's share. "
-                     "The maps explain this probability: what tells the prompt apart from the others.")
+        lines.append(
+            "The model compares the prompts with each other; the bars show each one's share. "
+            "The maps explain this probability: what tells the prompt apart from the others."
+        )
     elif prompt_probability(result) is not None:
         lines.append(f"### Score of “{prompt}”: {result.score:.3f} (probability {prompt_probability(result):.1%})")
-        lines.append("The model is an image classifier. It matches the prompt to some of its classes and "
-                     "gives the probability of those classes; the score is the log of that probability "
-                     "(0 would be 100 %).")
+        lines.append(
+            "The model is an image classifier. It matches the prompt to some of its classes and "
+            "gives the probability of those classes; the score is the log of that probability "
+            "(0 would be 100 %)."
+        )
     else:
         lines.append(f"### Score of “{prompt}”: {result.score:.3f}")
-        lines.append("CLIP's score: how closely the photo and the prompt match (scaled cosine similarity; "
-                     "higher is closer).")
+        lines.append(
+            "CLIP's score: how closely the photo and the prompt match (scaled cosine similarity; higher is closer)."
+        )
     if classes:
         matched = ", ".join(f"{name} ({weight:.0%})" for name, weight in classes if weight >= 0.01)
         if matched:
@@ -87,10 +93,14 @@ def verdict(result: Result, name: str) -> str:
     """One sentence: the method's SRG and whether it is more faithful than random order."""
     srg, best_random = result.methods[name].srg, max(result.random.srgs)
     if result.more_faithful_than_random(name):
-        return (f"SRG {srg:.3f}: **more faithful than random order** "
-                f"(the {result.random.orderings} random orderings reach at most {best_random:.3f}).")
-    return (f"SRG {srg:.3f}: **not more faithful than random order** "
-            f"(a random ordering reaches {best_random:.3f}); do not trust this map for this photo.")
+        return (
+            f"SRG {srg:.3f}: **more faithful than random order** "
+            f"(the {result.random.orderings} random orderings reach at most {best_random:.3f})."
+        )
+    return (
+        f"SRG {srg:.3f}: **not more faithful than random order** "
+        f"(a random ordering reaches {best_random:.3f}); do not trust this map for this photo."
+    )
 
 
 def caption(result: Result, name: str) -> str:
@@ -100,10 +110,12 @@ def caption(result: Result, name: str) -> str:
     extra = ""
     if name == "ig" and "completeness_error" in r.saliency.meta:
         extra = f" · completeness error {r.saliency.meta['completeness_error']:.1%}"
-    return (f"**{title(name)}** · {r.saliency.seconds:.1f} s · {passes} forward pass{'es' if passes != 1 else ''}"
-            f"{extra}<br>{verdict(result, name)}<br>"
-            f"insertion AUC **{r.insertion.auc:.3f}** (higher is better) · "
-            f"deletion AUC **{r.deletion.auc:.3f}** (lower is better)")
+    return (
+        f"**{title(name)}** · {r.saliency.seconds:.1f} s · {passes} forward pass{'es' if passes != 1 else ''}"
+        f"{extra}<br>{verdict(result, name)}<br>"
+        f"insertion AUC **{r.insertion.auc:.3f}** (higher is better) · "
+        f"deletion AUC **{r.deletion.auc:.3f}** (lower is better)"
+    )
 
 
 def _leaves_band(values: Iterable[float]) -> bool:
@@ -117,18 +129,24 @@ def warnings(result: Result) -> list[str]:
     found = []
     probability = prompt_probability(result)
     if probability is not None and probability < UNSURE_PROBABILITY:
-        what = (f"finds “{result.target.prompt}” less likely than the other prompts"
-                if result.target.contrast and probability < 1 / len(result.target.prompts)
-                else f"is unsure that this photo shows “{result.target.prompt}”")
-        found.append(f"The model {what} (probability {probability:.1%}, below {UNSURE_PROBABILITY:.0%}). "
-                     "The maps and curves then explain a weak score: read them with care, or ask about "
-                     "something the model recognises in the photo.")
+        what = (
+            f"finds “{result.target.prompt}” less likely than the other prompts"
+            if result.target.contrast and probability < 1 / len(result.target.prompts)
+            else f"is unsure that this photo shows “{result.target.prompt}”"
+        )
+        found.append(
+            f"The model {what} (probability {probability:.1%}, below {UNSURE_PROBABILITY:.0%}). "
+            "The maps and curves then explain a weak score: read them with care, or ask about "
+            "something the model recognises in the photo."
+        )
     named = [*result.methods.items(), ("random", result.random)]
     wild = [title(n) for n, r in named if any(_leaves_band(c.normalized) for c in r.curves)]
     if wild:
-        found.append(f"Some curves leave the band from 0 to 1 ({', '.join(wild)}): some partly covered "
-                     "pictures score higher than the whole photo, or lower than the blank one. This happens "
-                     "when the model is unsure about the photo; compare the AUCs with caution.")
+        found.append(
+            f"Some curves leave the band from 0 to 1 ({', '.join(wild)}): some partly covered "
+            "pictures score higher than the whole photo, or lower than the blank one. This happens "
+            "when the model is unsure about the photo; compare the AUCs with caution."
+        )
     return found
 
 
@@ -191,23 +209,32 @@ STEPS_NOTE = (
 )
 
 
-def how_to_read(methods: Optional[Iterable[str]] = None, result: Optional[Result] = None,
-                extra: Sequence[str] = ()) -> str:
+def how_to_read(methods: Iterable[str] | None = None, result: Result | None = None, extra: Sequence[str] = ()) -> str:
     """The classroom text: the methods' notes (from the registry), maps, curves, SRG, the region
     search's steps, the sanity check, ``extra`` sections, and, with a ``result``, the verdicts of
     that run."""
     names = list(result.methods) if result is not None else list(methods if methods is not None else METHODS)
-    parts = ["#### The methods", *(METHODS[n].note for n in names if n in METHODS),
-             "#### Reading the maps", MAPS_NOTE,
-             "#### The curves", CURVES_NOTE, SRG_NOTE, "#### Region search", STEPS_NOTE,
-             "#### The sanity check", SANITY_NOTE, *extra]
+    parts = [
+        "#### The methods",
+        *(METHODS[n].note for n in names if n in METHODS),
+        "#### Reading the maps",
+        MAPS_NOTE,
+        "#### The curves",
+        CURVES_NOTE,
+        SRG_NOTE,
+        "#### Region search",
+        STEPS_NOTE,
+        "#### The sanity check",
+        SANITY_NOTE,
+        *extra,
+    ]
     if result is not None:
         parts += ["#### This run", run_verdicts(result)]
         parts += [f"**Careful.** {w}" for w in warnings(result)]
     return "\n\n".join(parts)
 
 
-def _score(value: Optional[float]) -> str:
+def _score(value: float | None) -> str:
     return "not scored" if value is None or value != value else f"{value:.2f}"
 
 
@@ -216,11 +243,15 @@ def scrub_markdown(result: Result, step: int) -> str:
     steps = int(result.params["curve_steps"])
     step = max(0, min(int(step), steps))
     fraction = step / steps
-    lines = [f"**{fraction:.0%} of the pixels** (step {step} of {steps}) on the {result.params['substrate']} "
-             "substrate. Scores: 0 = blank picture, 1 = whole photo."]
+    lines = [
+        f"**{fraction:.0%} of the pixels** (step {step} of {steps}) on the {result.params['substrate']} "
+        "substrate. Scores: 0 = blank picture, 1 = whole photo."
+    ]
     for name, r in [*result.methods.items(), ("random", result.random)]:
-        lines.append(f"- **{title(name)}**: top {fraction:.0%} deleted → {r.deletion.normalized[step]:.2f}; "
-                     f"top {fraction:.0%} revealed → {r.insertion.normalized[step]:.2f}")
+        lines.append(
+            f"- **{title(name)}**: top {fraction:.0%} deleted → {r.deletion.normalized[step]:.2f}; "
+            f"top {fraction:.0%} revealed → {r.insertion.normalized[step]:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -233,23 +264,35 @@ def step_markdown(result: Result, chosen: int) -> str:
     path = meta.get("path") or []
     n = len(path)
     chosen = max(0, min(int(chosen), n))
-    names = {"two-ended": "two-ended search", "fast": "fast search", "lazy": "lazy greedy",
-             "lima": "LIMA-style search", "greedy": "plain greedy"}
+    names = {
+        "two-ended": "two-ended search",
+        "fast": "fast search",
+        "lazy": "lazy greedy",
+        "lima": "LIMA-style search",
+        "greedy": "plain greedy",
+    }
     search = names.get(meta.get("search"), meta.get("search", ""))
     if chosen == 0:
-        return (f"**Step 0 of {n}** ({search}): nothing chosen yet. The kept picture is blank (score 0), "
-                "the removed picture is the whole photo (score 1). Move the slider to add regions in the "
-                "order the search chose them.")
+        return (
+            f"**Step 0 of {n}** ({search}): nothing chosen yet. The kept picture is blank (score 0), "
+            "the removed picture is the whole photo (score 1). Move the slider to add regions in the "
+            "order the search chose them."
+        )
     entry = path[chosen - 1]
     gain = entry.get("gain")
     scored = entry.get("kept") is not None and entry.get("removed") is not None
-    lines = [f"**Step {chosen} of {n}** ({search}): region {entry.get('region')} added"
-             + (f", gain in F {gain:+.3f}" + ("" if scored else " (estimated)") if gain is not None else "") + ".",
-             f"Kept part (the {chosen} region{'s' if chosen != 1 else ''} chosen so far): score "
-             f"**{_score(entry.get('kept'))}**. Removed part (the rest): score **{_score(entry.get('removed'))}**."]
+    lines = [
+        f"**Step {chosen} of {n}** ({search}): region {entry.get('region')} added"
+        + (f", gain in F {gain:+.3f}" + ("" if scored else " (estimated)") if gain is not None else "")
+        + ".",
+        f"Kept part (the {chosen} region{'s' if chosen != 1 else ''} chosen so far): score "
+        f"**{_score(entry.get('kept'))}**. Removed part (the rest): score **{_score(entry.get('removed'))}**.",
+    ]
     if not scored:
-        lines.append(f"The {search} did not ask the model about both parts of this set: it placed this region "
-                     "by its estimates from earlier scores (“Refine with plain greedy” scores every step).")
+        lines.append(
+            f"The {search} did not ask the model about both parts of this set: it placed this region "
+            "by its estimates from earlier scores (“Refine with plain greedy” scores every step)."
+        )
     return "\n\n".join(lines)
 
 
@@ -264,20 +307,27 @@ def sanity_markdown(result: Result) -> str:
         if not stages:
             continue
         first, last = stages[0], stages[-1]
-        words = ("it changes with the model" if abs(last.spearman) < SANITY_STILL_ALIKE else
-                 "it still looks much like the original: this map shows the photo more than what the model learnt")
-        lines.append(f"- **{title(name)}**: rank correlation with the original map {first.spearman:.2f} with "
-                     f"{first.stage} randomised, {last.spearman:.2f} with the whole model randomised "
-                     f"(SSIM {last.ssim:.2f}): {words}.")
+        words = (
+            "it changes with the model"
+            if abs(last.spearman) < SANITY_STILL_ALIKE
+            else "it still looks much like the original: this map shows the photo more than what the model learnt"
+        )
+        lines.append(
+            f"- **{title(name)}**: rank correlation with the original map {first.spearman:.2f} with "
+            f"{first.stage} randomised, {last.spearman:.2f} with the whole model randomised "
+            f"(SSIM {last.ssim:.2f}): {words}."
+        )
     return "\n".join(lines[:1]) + "\n\n" + "\n".join(lines[1:])
 
 
 def colour_bar_html(stops: Sequence[str], low: str = "not important", high: str = "important to the model") -> str:
     """A horizontal colour bar (CSS gradient over ``stops``, hex colours) with its two ends named."""
     gradient = ", ".join(stops)
-    return (f'<div class="colour-bar" role="img" aria-label="colour bar: {low} to {high}">'
-            f'<span>{low}</span><div style="background: linear-gradient(to right, {gradient});"></div>'
-            f'<span>{high}</span></div>')
+    return (
+        f'<div class="colour-bar" role="img" aria-label="colour bar: {low} to {high}">'
+        f'<span>{low}</span><div style="background: linear-gradient(to right, {gradient});"></div>'
+        f"<span>{high}</span></div>"
+    )
 
 
 def done_status(result: Result) -> str:

@@ -16,12 +16,14 @@ The test is a floor, not a ranking (Binder et al., "Shortcomings of Top-Down Ran
 Sanity Checks for Evaluations of Deep Neural Network Explanations", CVPR 2023): a map of pure
 noise changes most and so "passes" best.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ SANITY_NOTE = (
     "destroyed: passing looks like the correlations with the original map falling towards 0 and "
     "maps that no longer look like it. A map that stays the same is showing the photo (its edges, "
     "its bright spots), not what the model learnt. The test is a floor, not a ranking: do not use "
-    "it to rank methods. A map of pure noise changes the most, so it \"passes\" best "
+    'it to rank methods. A map of pure noise changes the most, so it "passes" best '
     "(Binder et al., CVPR 2023); the deletion and insertion curves are what compare methods."
 )
 
@@ -53,8 +55,10 @@ def sanity_stages(adapter: ModelAdapter) -> list[Stage]:
     try:
         stages = adapter.randomization_stages()
     except NotImplementedError:
-        raise UserError(f"the sanity check needs a model that declares its layers; the model "
-                        f"{getattr(adapter, 'name', 'given')!r} does not (the bundled and CLIP models do)") from None
+        raise UserError(
+            f"the sanity check needs a model that declares its layers; the model "
+            f"{getattr(adapter, 'name', 'given')!r} does not (the bundled and CLIP models do)"
+        ) from None
     if not stages:
         raise UserError(f"the model {getattr(adapter, 'name', 'given')!r} declares no layers to randomise")
     return stages
@@ -117,10 +121,16 @@ def compare_maps(original: np.ndarray, randomized: np.ndarray) -> tuple[float, f
     return rho, float(structural_similarity(_unit(a), _unit(b), data_range=1.0))
 
 
-def cascading_randomization(adapter: ModelAdapter, pixels: torch.Tensor, target: Target,
-                            originals: dict[str, np.ndarray], method_kwargs: dict[str, dict[str, Any]],
-                            seed: int = 0, progress: ProgressFn = no_progress,
-                            stages: Optional[Sequence[Stage]] = None) -> SanityCheck:
+def cascading_randomization(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    target: Target,
+    originals: dict[str, np.ndarray],
+    method_kwargs: dict[str, dict[str, Any]],
+    seed: int = 0,
+    progress: ProgressFn = no_progress,
+    stages: Sequence[Stage] | None = None,
+) -> SanityCheck:
     """Adebayo et al.'s cascading randomisation test for every map in ``originals`` (method name ->
     the method's map on the trained model). ``method_kwargs[name]`` are the keywords the map was
     made with (run_method's), so each randomised map uses the same method parameters; ``seed``
@@ -150,11 +160,22 @@ def cascading_randomization(adapter: ModelAdapter, pixels: torch.Tensor, target:
 
             saliency = run_method(name, copy, pixels, target, progress=method_progress, **method_kwargs[name])
             rho, ssim = compare_maps(originals[name], saliency.values)
-            results[name].append(SanityStage(label, rho, ssim, saliency.values, saliency.seconds,
-                                             saliency.forward_passes, saliency.backward_passes))
+            results[name].append(
+                SanityStage(
+                    label,
+                    rho,
+                    ssim,
+                    saliency.values,
+                    saliency.seconds,
+                    saliency.forward_passes,
+                    saliency.backward_passes,
+                )
+            )
     progress(1.0, "sanity check")
     return SanityCheck(
         stages=tuple((label, tuple(modules)) for label, modules in stages),
-        methods={name: tuple(entries) for name, entries in results.items()}, seed=seed,
-        seconds=time.perf_counter() - started, randomize_seconds=tuple(randomize_seconds),
+        methods={name: tuple(entries) for name, entries in results.items()},
+        seed=seed,
+        seconds=time.perf_counter() - started,
+        randomize_seconds=tuple(randomize_seconds),
     )

@@ -10,6 +10,7 @@ ROAD (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attributi
 ICML 2022), where removed pixels are inferred from the pixels kept around them, so that the
 shape of the removed set tells the model as little as possible.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -115,10 +116,10 @@ def _apply(stencil: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """A 9-point operator with per-pixel coefficients ``[B, 9, h, w]`` applied to ``[B, C, h, w]``."""
     height, width = u.shape[-2:]
     padded = F.pad(u, (1, 1, 1, 1))
-    out = stencil[:, _CENTRE:_CENTRE + 1] * u
+    out = stencil[:, _CENTRE : _CENTRE + 1] * u
     for k, (dr, dc) in enumerate(_OFFSETS):
         if k != _CENTRE:
-            out.addcmul_(stencil[:, k:k + 1], padded[..., 1 + dr:1 + dr + height, 1 + dc:1 + dc + width])
+            out.addcmul_(stencil[:, k : k + 1], padded[..., 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width])
     return out
 
 
@@ -236,7 +237,7 @@ def _hierarchy(unknown: torch.Tensor) -> list[_Level]:
     while max(levels[-1].active.shape[-2:]) > 1:
         height, width = levels[-1].active.shape[-2:]
         stencil = _galerkin(levels[-1], (height + 1) // 2, (width + 1) // 2)
-        diag = stencil[:, _CENTRE:_CENTRE + 1]
+        diag = stencil[:, _CENTRE : _CENTRE + 1]
         # A coarse cell that touches no removed pixel has a zero row: it takes no part.
         active = diag > 1e-6
         if min(stencil.shape[-2:]) == 1 and max(stencil.shape[-2:]) == 1:
@@ -265,8 +266,9 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum((2, 3), keepdim=True, dtype=torch.float64)
 
 
-def _multigrid_solve(pixels: torch.Tensor, unknown: torch.Tensor, tolerance: float,
-                     max_iterations: int) -> tuple[torch.Tensor, list[int], list[bool]]:
+def _multigrid_solve(
+    pixels: torch.Tensor, unknown: torch.Tensor, tolerance: float, max_iterations: int
+) -> tuple[torch.Tensor, list[int], list[bool]]:
     """ROAD's imputation for masks with at least one kept pixel: conjugate gradients
     preconditioned by a multigrid V-cycle, the masks and the 3 channels at once.
 
@@ -304,9 +306,15 @@ def _multigrid_solve(pixels: torch.Tensor, unknown: torch.Tensor, tolerance: flo
     return known + x * unknown, counts.tolist(), (~running).view(-1).tolist()
 
 
-def road_impute(pixels: torch.Tensor, keep: torch.Tensor, tolerance: float = ROAD_TOLERANCE,
-                max_iterations: int = ROAD_MAX_ITERATIONS, chunk: int = ROAD_CHUNK,
-                iterations: list[int] | None = None, fallback: bool = True) -> torch.Tensor:
+def road_impute(
+    pixels: torch.Tensor,
+    keep: torch.Tensor,
+    tolerance: float = ROAD_TOLERANCE,
+    max_iterations: int = ROAD_MAX_ITERATIONS,
+    chunk: int = ROAD_CHUNK,
+    iterations: list[int] | None = None,
+    fallback: bool = True,
+) -> torch.Tensor:
     """ROAD's linear imputation, before noise (Rong et al., ICML 2022).
 
     ``pixels`` ``[1, 3, H, W]``, ``keep`` ``[B, 1, H, W]`` (read as kept where >= 0.5) ->
@@ -329,7 +337,7 @@ def road_impute(pixels: torch.Tensor, keep: torch.Tensor, tolerance: float = ROA
         out[empty] = pixels.mean(dim=(2, 3), keepdim=True).expand(-1, -1, *pixels.shape[2:])
     to_solve = torch.nonzero((n_kept > 0) & (n_kept < kept[0].numel())).flatten()
     for start in range(0, len(to_solve), chunk):
-        rows = to_solve[start:start + chunk]
+        rows = to_solve[start : start + chunk]
         images, counts, converged = _multigrid_solve(pixels, unknown[rows], tolerance, max_iterations)
         out[rows] = images
         if iterations is not None:
@@ -382,9 +390,13 @@ def road_impute_direct(pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
             cols.append(index[neighbour[~is_kept]])
             entries.append(np.full(int((~is_kept).sum()), -weight))
         n = len(removed)
-        matrix = sp.csc_matrix((np.concatenate(entries + [diagonal]),
-                                (np.concatenate(rows + [np.arange(n)]), np.concatenate(cols + [np.arange(n)]))),
-                               shape=(n, n))
+        matrix = sp.csc_matrix(
+            (
+                np.concatenate(entries + [diagonal]),
+                (np.concatenate(rows + [np.arange(n)]), np.concatenate(cols + [np.arange(n)])),
+            ),
+            shape=(n, n),
+        )
         out[i][:, removed] = splu(matrix).solve(rhs).T
     return torch.from_numpy(out.reshape(len(masks), channels, height, width)).to(pixels.dtype).to(pixels.device)
 
@@ -420,8 +432,9 @@ class RoadSubstrate:
 
     kind = "road"
 
-    def __init__(self, pixels: torch.Tensor, seed: int = 0, noise_std: float = ROAD_NOISE_STD,
-                 solver: str = "multigrid") -> None:
+    def __init__(
+        self, pixels: torch.Tensor, seed: int = 0, noise_std: float = ROAD_NOISE_STD, solver: str = "multigrid"
+    ) -> None:
         if solver not in ("multigrid", "direct"):
             raise ValueError(f"unknown ROAD solver {solver!r}; use 'multigrid' or 'direct'")
         self.pixels = pixels.detach()

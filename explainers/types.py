@@ -1,9 +1,11 @@
 """The value types that flow through the engine. All frozen: no state passes between calls."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -186,8 +188,10 @@ class SanityCheck:
 
     def summary(self) -> dict[str, list[dict[str, Any]]]:
         """What result.json keeps: ``{method: [{"stage", "spearman", "ssim"}, ...]}`` (no maps)."""
-        return {name: [{"stage": s.stage, "spearman": s.spearman, "ssim": s.ssim} for s in stages]
-                for name, stages in self.methods.items()}
+        return {
+            name: [{"stage": s.stage, "spearman": s.spearman, "ssim": s.ssim} for s in stages]
+            for name, stages in self.methods.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -197,14 +201,14 @@ class Result:
     model: str
     target: Target
     score: float
-    prompt_probabilities: Optional[dict[str, float]]
+    prompt_probabilities: dict[str, float] | None
     image: np.ndarray  # uint8 [H, W, 3], the model-input view of the image the maps refer to
     methods: dict[str, MethodResult]
     random: RandomReference
     params: dict[str, Any]
     seconds: float
     notes: tuple[str, ...] = ()
-    sanity: Optional[SanityCheck] = None  # the model-randomisation check, if asked
+    sanity: SanityCheck | None = None  # the model-randomisation check, if asked
 
     def more_faithful_than_random(self, method: str) -> bool:
         """The protocol's verdict: the method's SRG is above the random reference's mean SRG
@@ -213,44 +217,46 @@ class Result:
 
     def summary(self) -> dict[str, Any]:
         """The JSON the CLI writes (and the app offers for download); non-finite numbers -> null."""
-        return _jsonable({
-            "model": self.model,
-            "prompt": self.target.prompt,
-            "contrast": list(self.target.contrast),
-            "score": self.score,
-            "prompt_probabilities": self.prompt_probabilities,
-            "methods": {
-                name: {
-                    "insertion_auc": r.insertion.auc,
-                    "deletion_auc": r.deletion.auc,
-                    "srg": r.srg,
-                    "more_faithful_than_random": self.more_faithful_than_random(name),
-                    "seconds": r.saliency.seconds,
-                    "forward_passes": r.saliency.forward_passes,
-                    "backward_passes": r.saliency.backward_passes,
-                    "curve_forward_passes": r.insertion.forward_passes + r.deletion.forward_passes,
-                    "curve_seconds": r.insertion.seconds + r.deletion.seconds,
-                    "meta": _jsonable(r.saliency.meta),
-                    "curves": _curves_json(r.curves),
-                }
-                for name, r in self.methods.items()
-            },
-            "random": {
-                "insertion_auc": self.random.insertion.auc,
-                "deletion_auc": self.random.deletion.auc,
-                "srg": self.random.srg,
-                "srg_max": max(self.random.srgs),
-                "srg_orderings": list(self.random.srgs),
-                "ranking": self.random.ranking,
-                "orderings": self.random.orderings,
-                "seed": self.random.seed,
-                "curves": _curves_json(self.random.curves),
-            },
-            **({"sanity": self.sanity.summary()} if self.sanity is not None else {}),
-            "params": _jsonable(self.params),
-            "seconds": self.seconds,
-            "notes": list(self.notes),
-        })
+        return _jsonable(
+            {
+                "model": self.model,
+                "prompt": self.target.prompt,
+                "contrast": list(self.target.contrast),
+                "score": self.score,
+                "prompt_probabilities": self.prompt_probabilities,
+                "methods": {
+                    name: {
+                        "insertion_auc": r.insertion.auc,
+                        "deletion_auc": r.deletion.auc,
+                        "srg": r.srg,
+                        "more_faithful_than_random": self.more_faithful_than_random(name),
+                        "seconds": r.saliency.seconds,
+                        "forward_passes": r.saliency.forward_passes,
+                        "backward_passes": r.saliency.backward_passes,
+                        "curve_forward_passes": r.insertion.forward_passes + r.deletion.forward_passes,
+                        "curve_seconds": r.insertion.seconds + r.deletion.seconds,
+                        "meta": _jsonable(r.saliency.meta),
+                        "curves": _curves_json(r.curves),
+                    }
+                    for name, r in self.methods.items()
+                },
+                "random": {
+                    "insertion_auc": self.random.insertion.auc,
+                    "deletion_auc": self.random.deletion.auc,
+                    "srg": self.random.srg,
+                    "srg_max": max(self.random.srgs),
+                    "srg_orderings": list(self.random.srgs),
+                    "ranking": self.random.ranking,
+                    "orderings": self.random.orderings,
+                    "seed": self.random.seed,
+                    "curves": _curves_json(self.random.curves),
+                },
+                **({"sanity": self.sanity.summary()} if self.sanity is not None else {}),
+                "params": _jsonable(self.params),
+                "seconds": self.seconds,
+                "notes": list(self.notes),
+            }
+        )
 
 
 def beats_random(srg: float, reference: RandomReference) -> bool:

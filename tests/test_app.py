@@ -4,6 +4,7 @@ Outputs are found by their label in the API's description of /explain, never by 
 Order matters a little: the error cases run first and the example afterwards, which also shows
 that the app keeps serving after errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,11 @@ from explainers.api import PARAMS
 from explainers.methods import METHODS, default_methods
 
 gradio_client = pytest.importorskip("gradio_client")
+from _app_server import forward_passes  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from _app_server import forward_passes  # noqa: E402
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
 ROOT = Path(__file__).resolve().parents[1]
 CHELSEA = ROOT / "assets" / "chelsea.jpg"
@@ -43,6 +45,7 @@ def outputs(client):
 
     def read(out, label: str):
         return out[index[label]]
+
     return read
 
 
@@ -59,7 +62,7 @@ def visible(output) -> bool:
 
 def assert_plain_error(error: Exception, *fragments: str) -> None:
     message = str(error)
-    assert "Traceback" not in message and "File \"" not in message, message
+    assert "Traceback" not in message and 'File "' not in message, message
     for fragment in fragments:
         assert fragment.lower() in message.lower(), message
 
@@ -105,8 +108,9 @@ def test_a_parameter_out_of_range_is_a_plain_error(client):
 def test_clip_offline_is_a_plain_error(client):
     started = time.monotonic()
     with pytest.raises(AppError) as caught:
-        client.predict(handle_file(str(CHELSEA)), "a cat", model="clip:openai/clip-vit-base-patch32",
-                       api_name="/explain")
+        client.predict(
+            handle_file(str(CHELSEA)), "a cat", model="clip:openai/clip-vit-base-patch32", api_name="/explain"
+        )
     assert_plain_error(caught.value, "could not load CLIP", "offline")
     assert time.monotonic() - started < 60
 
@@ -152,8 +156,9 @@ def test_example_comes_back_with_overlays_verdicts_curves_and_table(chelsea_run,
     how = value(outputs(out, "How to read this"))
     assert "Deletion curve" in how and "This run" in how and "SRG = insertion AUC − deletion AUC" in how
 
-    with zipfile.ZipFile(value(outputs(out, "Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), "
-                                           "result.json"))) as bundle:
+    with zipfile.ZipFile(
+        value(outputs(out, "Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), result.json"))
+    ) as bundle:
         names = set(bundle.namelist())
         assert {*(f"{m}.png" for m in DEFAULT_METHODS), "curves.csv", "curves.png", "result.json", "maps.npz"} <= names
         summary = json.loads(bundle.read("result.json"))
@@ -176,8 +181,9 @@ def test_scrubber_and_step_through_come_ready_and_redraw_without_the_model(chels
     assert step["visible"] and step["value"] == 5 and step["maximum"] >= 20
     assert "Step 5 of" in value(outputs(out, "This step of the search"))
 
-    bundle = handle_file(value(outputs(out, "Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), "
-                                           "result.json")))
+    bundle = handle_file(
+        value(outputs(out, "Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), result.json"))
+    )
     before = forward_passes(app_url)
     pictures, texts = [], []
     for k in (0, 10, steps):
@@ -194,8 +200,14 @@ def test_scrubber_and_step_through_come_ready_and_redraw_without_the_model(chels
 
 
 def test_contrast_prompts_give_probabilities_and_only_chosen_methods(client, outputs):
-    out = client.predict(handle_file(str(CHELSEA)), "a cat", contrast="a tiger, a lynx", methods=["gradcam"],
-                         curve_steps=5, api_name="/explain")
+    out = client.predict(
+        handle_file(str(CHELSEA)),
+        "a cat",
+        contrast="a tiger, a lynx",
+        methods=["gradcam"],
+        curve_steps=5,
+        api_name="/explain",
+    )
     probabilities = outputs(out, "Probability of each prompt")
     assert visible(probabilities)
     labels = {c["label"]: c["confidence"] for c in value(probabilities)["confidences"]}
@@ -207,33 +219,45 @@ def test_contrast_prompts_give_probabilities_and_only_chosen_methods(client, out
         if name != "gradcam":
             assert not visible(outputs(out, method.title))
     assert [row[0] for row in value(outputs(out, "Area under the curves (AUC) and SRG"))["data"]] == [
-        "Grad-CAM", "Random order"]
+        "Grad-CAM",
+        "Random order",
+    ]
     assert not visible(outputs(out, "Region search step-through: regions chosen so far"))
 
 
 def test_sanity_check_shows_a_strip_and_its_words(client, outputs):
-    out = client.predict(handle_file(str(CHELSEA)), "a cat", methods=["gradcam"], curve_steps=4, sanity=True,
-                         api_name="/explain")
+    out = client.predict(
+        handle_file(str(CHELSEA)), "a cat", methods=["gradcam"], curve_steps=4, sanity=True, api_name="/explain"
+    )
     strip = outputs(out, "Sanity check: the maps as the model is destroyed")
     assert visible(strip)
     with Image.open(value(strip)) as picture:
         assert picture.width > 600  # the trained model's map and one per stage
     text = value(outputs(out, "Sanity check"))
     assert "not a ranking" in text and "**Grad-CAM**: rank correlation with the original map" in text
-    with zipfile.ZipFile(value(outputs(out, "Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), "
-                                           "result.json"))) as bundle:
+    with zipfile.ZipFile(
+        value(outputs(out, "Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), result.json"))
+    ) as bundle:
         summary = json.loads(bundle.read("result.json"))
     assert [s["stage"] for s in summary["sanity"]["gradcam"]][0] == "fc"  # the top layer first
 
 
 def test_refine_reruns_region_search_alone_with_plain_greedy(client, outputs, app_url):
-    out = client.predict(handle_file(str(CHELSEA)), "a cat", methods=["gradcam", "region"], n_regions=9,
-                         region_kind="grid", curve_steps=4, api_name="/explain")
+    out = client.predict(
+        handle_file(str(CHELSEA)),
+        "a cat",
+        methods=["gradcam", "region"],
+        n_regions=9,
+        region_kind="grid",
+        curve_steps=4,
+        api_name="/explain",
+    )
     download = "Download everything: overlays (PNG), maps (NPZ), curves (CSV + PNG), result.json"
     gradcam_before = value(outputs(out, "Grad-CAM caption"))
     before = forward_passes(app_url)
-    refined = client.predict(handle_file(value(outputs(out, download))), 0.5, "inferno", "raw",
-                             api_name="/refine_region")
+    refined = client.predict(
+        handle_file(value(outputs(out, download))), 0.5, "inferno", "raw", api_name="/refine_region"
+    )
     # Plain greedy over 9 regions scores each distinct set once: far more than the fast search's 47.
     assert forward_passes(app_url) - before >= 9 * 10 // 2
     assert "refined with plain greedy" in value(outputs(refined, "Status"))
@@ -253,8 +277,15 @@ def test_refine_before_any_run_is_a_plain_error(client):
 
 
 def test_cancel_stops_the_run_and_frees_the_model(client, outputs):
-    slow = client.submit(handle_file(str(CHELSEA)), "a cat", methods=["region"], region_search="greedy",
-                         n_regions=196, curve_steps=200, api_name="/explain")
+    slow = client.submit(
+        handle_file(str(CHELSEA)),
+        "a cat",
+        methods=["region"],
+        region_search="greedy",
+        n_regions=196,
+        curve_steps=200,
+        api_name="/explain",
+    )
     deadline = time.monotonic() + 60
     while slow.status().code.name not in ("PROCESSING", "PROGRESS", "ITERATING"):
         assert time.monotonic() < deadline, f"the run never started: {slow.status()}"
@@ -263,8 +294,7 @@ def test_cancel_stops_the_run_and_frees_the_model(client, outputs):
     assert not slow.done()
     slow.cancel()
     started = time.monotonic()
-    out = client.predict(handle_file(str(CHELSEA)), "a cat", methods=["gradcam"], curve_steps=5,
-                         api_name="/explain")
+    out = client.predict(handle_file(str(CHELSEA)), "a cat", methods=["gradcam"], curve_steps=5, api_name="/explain")
     # The greedy search over 196 regions alone takes minutes; a quick run right after shows it stopped.
     assert time.monotonic() - started < 45
     assert visible(outputs(out, "Grad-CAM"))

@@ -2,6 +2,7 @@
 parameter (the protocol's and each method's) its widget and /explain parameter. And the proof of
 "a method is its file plus one registry line": in a scratch copy of the code without RISE's line,
 RISE is gone from the engine, the page and the API; with it, it is there."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from explainers.api import PARAMS
 from explainers.methods import METHODS
 
-from conftest import ROOT
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
 # Prints, as JSON on its last line, what the page built from the registry holds.
 PROBE = """
@@ -43,8 +45,7 @@ print(json.dumps({
 def probe(tree: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("PYTHONPATH", None)
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=tree, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=tree, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -124,8 +125,11 @@ def test_rise_is_on_the_page_by_its_registry_line_alone(tmp_path):
     for page_, present in ((with_rise, True), (without, False)):
         assert ("rise" in page_["checkboxes"]) is present
         assert ("overlay-rise" in page_["elem_ids"]) is present
-        assert {"param-rise_masks", "param-rise_cells"} <= set(page_["elem_ids"]) if present else \
-            not {"param-rise_masks", "param-rise_cells"} & set(page_["elem_ids"])
+        assert (
+            {"param-rise_masks", "param-rise_cells"} <= set(page_["elem_ids"])
+            if present
+            else not {"param-rise_masks", "param-rise_cells"} & set(page_["elem_ids"])
+        )
         assert ("rise_masks" in page_["api"]) is present and ("rise_masks" in page_["params"]) is present
         assert ("RISE" in page_["returns"]) is present
         assert (METHODS["rise"].note in page_["how_to_read"]) is present
@@ -136,8 +140,14 @@ def test_rise_is_on_the_page_by_its_registry_line_alone(tmp_path):
 
 def test_the_device_comes_from_the_environment():
     env = {**os.environ, "SALIENCY_DEVICE": "cpu", "SALIENCY_EXAMPLES_CACHE": "off", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", "import app; print(app.DEVICE)"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", "import app; print(app.DEVICE)"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0 and done.stdout.split()[-1] == "cpu", done.stderr[-2000:]
 
 

@@ -1,6 +1,7 @@
 """The pictures behind the app's replays (explainers/render.py), on a small hand-made Result:
 the bundle round trip, the scrubber's and the step-through's pictures (the very images the
 curves and the search scored, rebuilt without a model), the markers, the region map."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,21 +35,46 @@ def result() -> Result:
     labels = grid(SIDE, SIDE, 16)
     rank_value = np.zeros(16, np.float32)
     rank_value[ORDER] = 1 - np.arange(16) / 16
-    path = [{"region": r, "gain": 0.1, "kept": k / 16 if k < 6 else None, "removed": 1 - k / 16 if k < 6 else None}
-            for k, r in enumerate(ORDER, start=1)]
+    path = [
+        {"region": r, "gain": 0.1, "kept": k / 16 if k < 6 else None, "removed": 1 - k / 16 if k < 6 else None}
+        for k, r in enumerate(ORDER, start=1)
+    ]
     methods = {
-        "gradcam": MethodResult(SaliencyMap("gradcam", rng.random((SIDE, SIDE)).astype(np.float32), 0.5, 1, 1),
-                                curves([1, 0.5, 0.25, 0.1, 0], [0, 0.6, 0.8, 0.9, 1])),
-        "region": MethodResult(SaliencyMap("region", rank_value[labels], 2.0, 40,
-                                           meta={"order": ORDER, "path": path, "n_regions": 16, "search": "fast"}),
-                               curves([1, 0.3, 0.2, 0.1, 0], [0, 0.7, 0.9, 1.1, 1])),
+        "gradcam": MethodResult(
+            SaliencyMap("gradcam", rng.random((SIDE, SIDE)).astype(np.float32), 0.5, 1, 1),
+            curves([1, 0.5, 0.25, 0.1, 0], [0, 0.6, 0.8, 0.9, 1]),
+        ),
+        "region": MethodResult(
+            SaliencyMap(
+                "region",
+                rank_value[labels],
+                2.0,
+                40,
+                meta={"order": ORDER, "path": path, "n_regions": 16, "search": "fast"},
+            ),
+            curves([1, 0.3, 0.2, 0.1, 0], [0, 0.7, 0.9, 1.1, 1]),
+        ),
     }
     reference = RandomReference(curves([1, 0.6, 0.4, 0.2, 0], [0, 0.3, 0.5, 0.7, 1]), (0.01, -0.02, 0.03), "pixels", 0)
-    return Result(model="bundled", target=Target("a cat", ("a dog",)), score=0.75,
-                  prompt_probabilities={"a cat": 0.75, "a dog": 0.25}, image=image, methods=methods, random=reference,
-                  params={"methods": ["gradcam", "region"], "curve_steps": STEPS, "substrate": "black", "seed": 0,
-                          "n_regions": 16, "region_kind": "grid"},
-                  seconds=2.5, notes=("a note",))
+    return Result(
+        model="bundled",
+        target=Target("a cat", ("a dog",)),
+        score=0.75,
+        prompt_probabilities={"a cat": 0.75, "a dog": 0.25},
+        image=image,
+        methods=methods,
+        random=reference,
+        params={
+            "methods": ["gradcam", "region"],
+            "curve_steps": STEPS,
+            "substrate": "black",
+            "seed": 0,
+            "n_regions": 16,
+            "region_kind": "grid",
+        },
+        seconds=2.5,
+        notes=("a note",),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +96,12 @@ def test_bundle_reads_back_the_result_it_was_written_from(result, bundle):
     loaded, settings = render.bundle_from_zip(bundle)
     assert settings["overlay_size"] == [64, 48] and settings["colour_map"] == render.DEFAULT_COLOUR_MAP
     np.testing.assert_array_equal(loaded.image, result.image)
-    assert (loaded.model, loaded.target, loaded.score, loaded.notes) == (result.model, result.target, result.score,
-                                                                         result.notes)
+    assert (loaded.model, loaded.target, loaded.score, loaded.notes) == (
+        result.model,
+        result.target,
+        result.score,
+        result.notes,
+    )
     assert loaded.params == result.params and loaded.random.srgs == result.random.srgs
     for name, r in result.methods.items():
         mine = loaded.methods[name]
@@ -90,8 +120,9 @@ def test_scrubber_pictures_are_the_images_the_curves_scored(result):
         deleted, revealed = render.curve_step_images(result, "gradcam", step)
         expected = metrics.curve_images(pixels_of(result), result.methods["gradcam"].saliency.values, step, STEPS)
         for picture, tensor in zip((deleted, revealed), expected):
-            np.testing.assert_array_equal(as_array(picture),
-                                          (tensor[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+            np.testing.assert_array_equal(
+                as_array(picture), (tensor[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            )
     deleted, revealed = render.curve_step_images(result, "gradcam", 0)
     np.testing.assert_array_equal(as_array(deleted), result.image)  # nothing deleted yet
     assert as_array(revealed).max() == 0  # nothing revealed on black
@@ -124,7 +155,7 @@ def test_markers_land_on_the_curves(result):
     plot = render._cached_plot(result, f"curve:deletion:{render.shared_ylim(result)}", None)
     x, y = plot.pixel(0, 0.25, 0.5)  # Grad-CAM's deletion curve at step 1
     centre = as_array(marked)[round(y), round(x)]
-    assert tuple(centre) == tuple(int(render.colour("gradcam")[i:i + 2], 16) for i in (1, 3, 5))
+    assert tuple(centre) == tuple(int(render.colour("gradcam")[i : i + 2], 16) for i in (1, 3, 5))
     assert np.array_equal(as_array(render.curve_plot(result, "deletion")), plain)  # the cached figure is untouched
 
 

@@ -1,6 +1,7 @@
 """The architecture the README promises, checked: the registry drives the API and the CLI, the
 layers import one way, a call's counts are its own even with two threads on one model, and any
 torch classifier can be explained through ``ClassifierAdapter`` (a small random torchvision model)."""
+
 from __future__ import annotations
 
 import ast
@@ -11,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ASSETS, ROOT
+from toys import FunctionAdapter, OneConv
 
 from explainers import explain
 from explainers.api import PARAMS, PROTOCOL_PARAMS
 from explainers.methods import METHODS, run_method
 from explainers.models import ClassifierAdapter
 from explainers.types import Target
-
-from conftest import ASSETS, ROOT
-from toys import FunctionAdapter, OneConv
 
 ENGINE = ROOT / "explainers"
 
@@ -45,8 +45,11 @@ def test_layers_import_one_way():
         assert not any(n.split(".")[0] == "gradio" for n in found), f"{path.name} imports gradio"
         if path.parent.name == "methods" and path.name not in ("__init__.py", "base.py"):
             own = f"explainers.methods.{path.stem}"
-            others = {n for n in found if n.startswith("explainers.methods.")} - {own, "explainers.methods.base",
-                                                                                    "explainers.methods.base.Method"}
+            others = {n for n in found if n.startswith("explainers.methods.")} - {
+                own,
+                "explainers.methods.base",
+                "explainers.methods.base.Method",
+            }
             assert not others, f"method {path.name} imports another method: {others}"
             assert not any(n.startswith("explainers.metrics") for n in found), f"{path.name} imports metrics"
         if path.name == "metrics.py":
@@ -97,8 +100,13 @@ def test_two_threads_on_one_model_count_their_own_passes():
     pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     params = {"ig": {"steps": 8, "max_steps": 8}, "region": {"n_regions": 9, "regions": "grid", "search": "lazy"}}
     alone = {name: run_method(name, shared, pixels, Target("x"), **kw) for name, kw in params.items()}
-    together = run_in_threads([lambda n=n, kw=kw: run_method(n, shared, pixels, Target("x"), **kw)
-                               for n, kw in params.items() for _ in range(2)])
+    together = run_in_threads(
+        [
+            lambda n=n, kw=kw: run_method(n, shared, pixels, Target("x"), **kw)
+            for n, kw in params.items()
+            for _ in range(2)
+        ]
+    )
     for result in together:
         reference = alone[result.method]
         assert (result.forward_passes, result.backward_passes) == (reference.forward_passes, reference.backward_passes)
@@ -145,8 +153,16 @@ def test_classifier_adapter_finds_the_last_feature_map_and_matches_prompts(small
 
 
 def test_explain_accepts_a_ready_adapter(small_classifier):
-    result = explain(ASSETS / "chelsea.jpg", "a cat", model=small_classifier, methods=["gradcam", "region"],
-                     curve_steps=4, n_regions=9, region_kind="grid", n_random=2)
+    result = explain(
+        ASSETS / "chelsea.jpg",
+        "a cat",
+        model=small_classifier,
+        methods=["gradcam", "region"],
+        curve_steps=4,
+        n_regions=9,
+        region_kind="grid",
+        n_random=2,
+    )
     assert result.model == "resnet18-random" and result.image.shape == (64, 64, 3)
     assert result.methods["gradcam"].saliency.values.shape == (64, 64)
     assert result.methods["gradcam"].saliency.forward_passes == 1

@@ -12,13 +12,15 @@ laptop's 1366 x 768 screen.
 Screenshots (tests/artifacts/, git-ignored) are taken at each stage to look at.
 Skips only where /usr/bin/chromium (or Playwright) is missing.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from _app_server import forward_passes
+
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,8 +30,7 @@ RUN_TIMEOUT_MS = 300_000
 LAPTOP = {"width": 1366, "height": 768}
 
 if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}: the browser test needs Debian's chromium package",
-                allow_module_level=True)
+    pytest.skip(f"no Chromium at {CHROMIUM}: the browser test needs Debian's chromium package", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 
 
@@ -37,7 +38,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Pyt
 def page(app_url):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
+            executable_path=str(CHROMIUM),
+            headless=True,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
         )
         try:
@@ -61,7 +63,9 @@ def wait_for_new_picture(page, element: str, old: str) -> str:
     page.wait_for_function(
         "([id, old]) => { const img = document.querySelector(`#${id} img`);"
         " return img && img.getAttribute('src') !== old && img.complete && img.naturalWidth > 100; }",
-        arg=[element, old], timeout=60_000)
+        arg=[element, old],
+        timeout=60_000,
+    )
     return source(page, element)
 
 
@@ -81,15 +85,17 @@ def test_run_shows_the_maps_in_view_on_a_laptop_screen(page):
     for element in ("overlay-gradcam", "overlay-ig", "overlay-region", "deletion-plot", "insertion-plot"):
         page.locator(f"#{element} img").first.wait_for(state="visible", timeout=RUN_TIMEOUT_MS)
     page.locator("#auc-table").get_by_text("Random order", exact=True).first.wait_for(timeout=RUN_TIMEOUT_MS)
-    page.wait_for_function("() => document.querySelector('#download')?.innerText.includes('saliency-lab-result')",
-                           timeout=RUN_TIMEOUT_MS)  # the download comes with the last update
+    page.wait_for_function(
+        "() => document.querySelector('#download')?.innerText.includes('saliency-lab-result')", timeout=RUN_TIMEOUT_MS
+    )  # the download comes with the last update
     page.wait_for_timeout(1000)  # let the last images finish painting
     for element in ("overlay-gradcam", "overlay-ig", "overlay-region"):
         picture = page.locator(f"#{element} img").first
         assert picture.evaluate("img => img.naturalWidth") > 100, f"#{element} has no picture"
         box = picture.bounding_box()
-        assert box and box["y"] >= 0 and box["y"] + box["height"] <= LAPTOP["height"], \
+        assert box and box["y"] >= 0 and box["y"] + box["height"] <= LAPTOP["height"], (
             f"#{element} is out of view after Run: {box}"
+        )
     assert "more faithful than random order" in page.locator("#caption-gradcam").inner_text()
     assert "Score of" in page.locator("#score").inner_text()
     shot(page, "run-1366x768.png")

@@ -4,6 +4,7 @@ A few cases run as real ``python -m explainers`` subprocesses (started together:
 seconds of imports); every case also runs in-process through ``main(argv)``, which is fast. All of
 them fail before any model loads.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -45,7 +46,7 @@ def command(arguments: list[str], out: Path) -> list[str]:
     image, prompt, rest = PHOTO, ["--prompt", "a cat"], []
     for argument in arguments:
         if argument.startswith("IMAGE:"):
-            image = argument[len("IMAGE:"):]
+            image = argument[len("IMAGE:") :]
         elif argument == "NOPROMPT":
             prompt = []
         else:
@@ -62,11 +63,25 @@ SUBPROCESS_CASES = ["steps zero", "steps nan", "steps text", "methods unknown", 
 def runs(tmp_path_factory):
     """Start the subprocess cases at once; wait for all."""
     out = tmp_path_factory.mktemp("cli")
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PATH": "/usr/bin:/bin", "HOME": str(out)}
-    processes = {name: subprocess.Popen(command(arguments, out / f"run{i}"), cwd=ROOT, env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for i, (name, (arguments, _)) in enumerate(CASES.items()) if name in SUBPROCESS_CASES}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(out),
+    }
+    processes = {
+        name: subprocess.Popen(
+            command(arguments, out / f"run{i}"),
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i, (name, (arguments, _)) in enumerate(CASES.items())
+        if name in SUBPROCESS_CASES
+    }
     results = {}
     for name, process in processes.items():
         try:
@@ -89,6 +104,7 @@ def check(name: str, code: int, stdout: str, stderr: str) -> None:
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
+@pytest.mark.slow
 def test_subprocess_exits_2_with_one_error_line(runs, name):
     check(name, *runs[name])
 

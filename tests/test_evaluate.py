@@ -6,6 +6,7 @@ milliseconds and its forward passes are counted), on small manifests made in tmp
 assets photos. Worker processes, Ray actors and the killed command load a model by name: a
 randomly initialised tiny CLIP saved once to a temporary folder.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,24 +23,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ASSETS, ROOT, TINYCLIP
 from scipy import stats as scipy_stats
 
 from explainers import explain
 from explainers.api import PARAMS
 from explainers.errors import UserError
-from explainers.evaluate import evaluate, read_rows
-from explainers.evaluate import stats
+from explainers.evaluate import evaluate, read_rows, stats
 from explainers.evaluate.__main__ import build_parser, main
 from explainers.evaluate.manifest import Item
 from explainers.evaluate.rows import RANDOM
 from explainers.images import open_image
 from explainers.models.base import CamLayer, ModelAdapter
 
-from conftest import ASSETS, ROOT, TINYCLIP
-
 SMALL = {"curve_steps": 4, "ig_steps": 4, "n_regions": 8, "rise_masks": 16}  # every method in milliseconds
-PHOTOS = [("chelsea.jpg", "a cat", "", "3"), ("coffee.jpg", "a cup of espresso", "a cat|a dog", "5"),
-          ("rocket.jpg", "a rocket", "", "1")]
+PHOTOS = [
+    ("chelsea.jpg", "a cat", "", "3"),
+    ("coffee.jpg", "a cup of espresso", "a cat|a dog", "5"),
+    ("rocket.jpg", "a rocket", "", "1"),
+]
 FLOATS = ("insertion_auc", "deletion_auc", "srg", "score")
 
 
@@ -112,15 +114,31 @@ def same_rows(a, b, tolerance=0.0):
 def test_rows_equal_the_one_photo_api_and_summary_has_the_schema(tmp_path):
     manifest = write_manifest(tmp_path / "data")
     toy = ToyConv()
-    summary = evaluate(manifest, tmp_path / "out", model=toy, methods="gradcam,ig,region,rise", progress=False,
-                       **SMALL)
+    summary = evaluate(manifest, tmp_path / "out", model=toy, methods="gradcam,ig,region,rise", progress=False, **SMALL)
     rows = rows_of(tmp_path / "out")
     assert len(rows) == 3 * 5 and len(by_key(rows)) == 15
-    assert rows[0].keys() >= {"image", "prompt", "method", "insertion_auc", "deletion_auc", "srg", "score",
-                              "seconds", "forward_passes", "error", "label"}
+    assert rows[0].keys() >= {
+        "image",
+        "prompt",
+        "method",
+        "insertion_auc",
+        "deletion_auc",
+        "srg",
+        "score",
+        "seconds",
+        "forward_passes",
+        "error",
+        "label",
+    }
     for image, prompt, contrast, label in PHOTOS:  # each row is what explain() says about that photo
-        result = explain(tmp_path / "data" / image, prompt, contrast=contrast.split("|") if contrast else None,
-                         model=toy, methods=["gradcam", "ig", "region", "rise"], **SMALL)
+        result = explain(
+            tmp_path / "data" / image,
+            prompt,
+            contrast=contrast.split("|") if contrast else None,
+            model=toy,
+            methods=["gradcam", "ig", "region", "rise"],
+            **SMALL,
+        )
         for method in ("gradcam", "ig", "region", "rise", RANDOM):
             row = by_key(rows)[(image, prompt, contrast, method)]
             expected = result.random if method == RANDOM else result.methods[method]
@@ -135,14 +153,27 @@ def test_rows_equal_the_one_photo_api_and_summary_has_the_schema(tmp_path):
     assert data["n"] == summary.n == 3
     for method in ("gradcam", "ig", "region", "rise"):
         entry = data["methods"][method]
-        assert entry.keys() >= {"srg_mean", "srg_ci", "insertion_mean", "deletion_mean", "beats_random",
-                                "seconds_mean", "forward_passes_mean"}
+        assert entry.keys() >= {
+            "srg_mean",
+            "srg_ci",
+            "insertion_mean",
+            "deletion_mean",
+            "beats_random",
+            "seconds_mean",
+            "forward_passes_mean",
+        }
         srgs = [float(by_key(rows)[(i, p, c, method)]["srg"]) for i, p, c, _ in PHOTOS]
         assert entry["srg_mean"] == pytest.approx(np.mean(srgs), abs=1e-12)
         assert entry["srg_ci"][0] <= entry["srg_mean"] <= entry["srg_ci"][1]
     assert data["random"].keys() >= {"srg_mean", "srg_ci", "insertion_mean", "deletion_mean"}
-    assert set(data["pairs"]) == {"gradcam vs ig", "gradcam vs region", "gradcam vs rise", "ig vs region",
-                                  "ig vs rise", "region vs rise"}
+    assert set(data["pairs"]) == {
+        "gradcam vs ig",
+        "gradcam vs region",
+        "gradcam vs rise",
+        "ig vs region",
+        "ig vs rise",
+        "region vs rise",
+    }
     assert data["pairs"]["gradcam vs ig"].keys() >= {"srg_diff_mean", "ci", "p_wilcoxon"}
     assert set(data["params"]) >= set(PARAMS) | {"model", "methods", "seed", "bootstrap_resamples"}
     assert data["params"]["curve_steps"] == 4 and data["params"]["model"] == "toy-conv"
@@ -151,8 +182,13 @@ def test_rows_equal_the_one_photo_api_and_summary_has_the_schema(tmp_path):
 
 
 def test_default_curve_steps_are_the_clis(tmp_path):
-    summary = evaluate(write_manifest(tmp_path / "data", PHOTOS[:1]), tmp_path / "out", model=ToyConv(),
-                       methods="gradcam", progress=False)
+    summary = evaluate(
+        write_manifest(tmp_path / "data", PHOTOS[:1]),
+        tmp_path / "out",
+        model=ToyConv(),
+        methods="gradcam",
+        progress=False,
+    )
     assert summary.params["curve_steps"] == 50
     assert all(v == PARAMS[k].default for k, v in summary.params.items() if k in PARAMS and k != "curve_steps")
 
@@ -246,8 +282,13 @@ def test_failed_images_get_error_rows_and_the_run_goes_on(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / "notes.jpg").write_text("not a photo")
-    photos = [PHOTOS[0], ("missing.jpg", "a cat", "", "0"), ("notes.jpg", "a cat", "", "0"),
-              ("rocket.jpg", "   ", "", "0"), PHOTOS[2]]
+    photos = [
+        PHOTOS[0],
+        ("missing.jpg", "a cat", "", "0"),
+        ("notes.jpg", "a cat", "", "0"),
+        ("rocket.jpg", "   ", "", "0"),
+        PHOTOS[2],
+    ]
     manifest, out, toy = write_manifest(folder, photos), tmp_path / "out", ToyConv()
     summary = evaluate(manifest, out, model=toy, methods="gradcam,ig", progress=False, **SMALL)
     rows = by_key(rows_of(out))
@@ -262,18 +303,20 @@ def test_failed_images_get_error_rows_and_the_run_goes_on(tmp_path):
     assert summary.methods["gradcam"]["n"] == 2
     # Error rows count as done; retry_errors computes them again and the newer rows win.
     toy.images = 0
-    assert evaluate(manifest, out, model=toy, methods="gradcam,ig", progress=False, **SMALL).run[
-        "images_computed"] == 0
+    assert evaluate(manifest, out, model=toy, methods="gradcam,ig", progress=False, **SMALL).run["images_computed"] == 0
     retried = evaluate(manifest, out, model=toy, methods="gradcam,ig", retry_errors=True, progress=False, **SMALL)
     assert retried.run["images_computed"] == 3 and retried.n_failed == 3 and len(rows_of(out)) == 5 * 3 + 3 * 3
 
 
-@pytest.mark.parametrize("content, words", [
-    (None, "there is no manifest file"),
-    ("image,label\nchelsea.jpg,3\n", "no 'prompt' column"),
-    ("image,prompt\n", "has no rows"),
-    ("image,prompt,srg\nchelsea.jpg,a cat,1\n", "'srg' clash"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, "there is no manifest file"),
+        ("image,label\nchelsea.jpg,3\n", "no 'prompt' column"),
+        ("image,prompt\n", "has no rows"),
+        ("image,prompt,srg\nchelsea.jpg,a cat,1\n", "'srg' clash"),
+    ],
+)
 def test_bad_manifests_are_one_sentence(tmp_path, content, words):
     path = tmp_path / "manifest.csv"
     if content is not None:
@@ -282,15 +325,18 @@ def test_bad_manifests_are_one_sentence(tmp_path, content, words):
         evaluate(path, tmp_path / "out", model=ToyConv(), progress=False)
 
 
-@pytest.mark.parametrize("arguments, words", [
-    (["--steps", "0"], "--steps must be a whole number from 2 to 200"),
-    (["--methods", "foo"], "unknown method 'foo'"),
-    (["--workers", "0"], "--workers"),
-    (["--device", "tpu"], "the device must be auto, cpu or cuda"),
-    (["--class-column", "nope"], "class column 'nope' is not in the manifest"),
-    (["--group-by", "colour"], "cannot group by 'colour'"),
-    (["--model", "resnet50"], "unknown model 'resnet50'"),
-])
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        (["--steps", "0"], "--steps must be a whole number from 2 to 200"),
+        (["--methods", "foo"], "unknown method 'foo'"),
+        (["--workers", "0"], "--workers"),
+        (["--device", "tpu"], "the device must be auto, cpu or cuda"),
+        (["--class-column", "nope"], "class column 'nope' is not in the manifest"),
+        (["--group-by", "colour"], "cannot group by 'colour'"),
+        (["--model", "resnet50"], "unknown model 'resnet50'"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, arguments, words):
     manifest = write_manifest(tmp_path / "data", PHOTOS[:1])
     try:
@@ -305,8 +351,19 @@ def test_every_parameter_has_its_flag_and_the_default_is_the_clis():
     parser = build_parser()
     flags = {option for action in parser._actions for option in action.option_strings}
     assert {p.cli_flag for p in PARAMS.values()} <= flags
-    assert {"--out", "--model", "--methods", "--limit", "--seed", "--workers", "--ray", "--device",
-            "--substrate", "--region-search", "--steps"} <= flags
+    assert {
+        "--out",
+        "--model",
+        "--methods",
+        "--limit",
+        "--seed",
+        "--workers",
+        "--ray",
+        "--device",
+        "--substrate",
+        "--region-search",
+        "--steps",
+    } <= flags
     from explainers.__main__ import params_from_args
 
     assert params_from_args(parser.parse_args(["m.csv", "--out", "o"]))["curve_steps"] == 50
@@ -321,17 +378,27 @@ def fake_rows(srgs: dict[str, list[float]], beats: dict[str, list[int]] | None =
     rows = {}
     for method, values in srgs.items():
         for i, (item, value) in enumerate(zip(items, values)):
-            rows[item.key + (method,)] = {"srg": value, "insertion_auc": value, "deletion_auc": 0.0, "error": "",
-                                          "beats_random": (beats or {}).get(method, [1] * n)[i], "seconds": 1.0,
-                                          "forward_passes": 10, "backward_passes": 0, "curve_forward_passes": 8}
+            rows[item.key + (method,)] = {
+                "srg": value,
+                "insertion_auc": value,
+                "deletion_auc": 0.0,
+                "error": "",
+                "beats_random": (beats or {}).get(method, [1] * n)[i],
+                "seconds": 1.0,
+                "forward_passes": 10,
+                "backward_passes": 0,
+                "curve_forward_passes": 8,
+            }
     return rows, items
 
 
 def test_summary_statistics_match_scipy():
     generator = np.random.default_rng(1)
     a, b, r = generator.normal(0.3, 0.1, 40), generator.normal(0.2, 0.1, 40), generator.normal(0.0, 0.02, 40)
-    rows, items = fake_rows({"gradcam": list(a), "region": list(b), RANDOM: list(r)},
-                            beats={"gradcam": [1] * 30 + [0] * 10, "region": [1] * 40})
+    rows, items = fake_rows(
+        {"gradcam": list(a), "region": list(b), RANDOM: list(r)},
+        beats={"gradcam": [1] * 30 + [0] * 10, "region": [1] * 40},
+    )
     out = stats.summarize(rows, items, ["gradcam", "region"], seed=0)
     assert out["n"] == 40 and out["methods"]["gradcam"]["beats_random"] == 0.75
     assert out["methods"]["gradcam"]["srg_mean"] == pytest.approx(a.mean(), abs=1e-12)
@@ -339,15 +406,18 @@ def test_summary_statistics_match_scipy():
     # Two independent 10,000-resample estimates of the same 2.5 % and 97.5 % quantiles of the mean
     # (standard error 0.016) differ by about 0.0006; a 90 % interval would be 0.005 narrower.
     assert out["methods"]["gradcam"]["srg_ci"] == pytest.approx(
-        [reference.confidence_interval.low, reference.confidence_interval.high], abs=0.002)
+        [reference.confidence_interval.low, reference.confidence_interval.high], abs=0.002
+    )
     pair = out["pairs"]["gradcam vs region"]
     assert pair["srg_diff_mean"] == pytest.approx((a - b).mean(), abs=1e-12)
     assert pair["p_wilcoxon"] == pytest.approx(scipy_stats.wilcoxon(a - b).pvalue, rel=1e-12)
     assert pair["first_higher"] == pytest.approx(np.mean(a > b))
     assert out["vs_random"]["region"]["srg_diff_mean"] == pytest.approx((b - r).mean(), abs=1e-12)
     assert out == stats.summarize(rows, items, ["gradcam", "region"], seed=0)  # seeded: the same every time
-    assert out["methods"]["gradcam"]["srg_ci"] != stats.summarize(rows, items, ["gradcam", "region"],
-                                                                  seed=1)["methods"]["gradcam"]["srg_ci"]
+    assert (
+        out["methods"]["gradcam"]["srg_ci"]
+        != stats.summarize(rows, items, ["gradcam", "region"], seed=1)["methods"]["gradcam"]["srg_ci"]
+    )
 
 
 def test_summary_edge_cases():
@@ -365,8 +435,9 @@ def test_summary_edge_cases():
 def test_ill_conditioned_images_are_left_out_of_every_mean_and_listed():
     """An image whose photo scores like the removed image has normalised AUCs of +-1000: it would
     swamp every mean. Left out by its random reference's AUC (the same for every method), listed."""
-    rows, items = fake_rows({"gradcam": [0.5, 0.7, 900.0, 0.6], "region": [0.6, 0.8, 1200.0, 0.7],
-                             RANDOM: [0.0, 0.1, -500.0, 0.05]})
+    rows, items = fake_rows(
+        {"gradcam": [0.5, 0.7, 900.0, 0.6], "region": [0.6, 0.8, 1200.0, 0.7], RANDOM: [0.0, 0.1, -500.0, 0.05]}
+    )
     out = stats.summarize(rows, items, ["gradcam", "region"], seed=0)
     assert out["n"] == 3 and out["random"]["n"] == 3
     assert out["methods"]["gradcam"]["srg_mean"] == pytest.approx(0.6)
@@ -381,8 +452,16 @@ def test_ill_conditioned_images_are_left_out_of_every_mean_and_listed():
 def test_class_column_marks_correct_images_and_groups_them(tmp_path):
     toy = ToyConv()
     manifest = write_manifest(tmp_path / "data")
-    summary = evaluate(manifest, tmp_path / "out", model=toy, methods="gradcam", class_column="label",
-                       group_by=["correct"], progress=False, **SMALL)
+    summary = evaluate(
+        manifest,
+        tmp_path / "out",
+        model=toy,
+        methods="gradcam",
+        class_column="label",
+        group_by=["correct"],
+        progress=False,
+        **SMALL,
+    )
     rows = by_key(rows_of(tmp_path / "out"))
     for image, prompt, contrast, label in PHOTOS:
         pixels = toy.load_image(open_image(tmp_path / "data" / image))
@@ -404,8 +483,12 @@ def tiny_clip_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tinyclip")
     config = CLIPConfig.from_pretrained(TINYCLIP)
     for tower in (config.text_config, config.vision_config):
-        for key, value in {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
-                           "num_hidden_layers": 2}.items():
+        for key, value in {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 2,
+        }.items():
             setattr(tower, key, value)
     config.vision_config.image_size, config.vision_config.patch_size, config.projection_dim = 64, 16, 32
     torch.manual_seed(0)
@@ -425,8 +508,16 @@ def one_worker_rows(tiny_clip_folder, tmp_path_factory):
     """The rows of the 3 photos with --workers 1 (in this process), the reference for the others."""
     base = tmp_path_factory.mktemp("one")
     manifest = write_manifest(base / "data")
-    evaluate(manifest, base / "out", model=f"clip:{tiny_clip_folder}", methods="gradcam,region", workers=1,
-             threads=1, progress=False, **SMALL)
+    evaluate(
+        manifest,
+        base / "out",
+        model=f"clip:{tiny_clip_folder}",
+        methods="gradcam,region",
+        workers=1,
+        threads=1,
+        progress=False,
+        **SMALL,
+    )
     return manifest, rows_of(base / "out")
 
 
@@ -437,8 +528,15 @@ CLIP_TOLERANCE = 1e-5
 
 def test_two_worker_processes_give_the_rows_of_one(one_worker_rows, tiny_clip_folder, tmp_path):
     manifest, reference = one_worker_rows
-    summary = evaluate(manifest, tmp_path / "out", model=f"clip:{tiny_clip_folder}", methods="gradcam,region",
-                       workers=2, progress=False, **SMALL)
+    summary = evaluate(
+        manifest,
+        tmp_path / "out",
+        model=f"clip:{tiny_clip_folder}",
+        methods="gradcam,region",
+        workers=2,
+        progress=False,
+        **SMALL,
+    )
     same_rows(rows_of(tmp_path / "out"), reference, CLIP_TOLERANCE)
     assert summary.run["threads_per_worker"] == max(1, torch.get_num_threads() // 2)
     assert len({w["pid"] for w in summary.run["worker_details"]}) in (1, 2)
@@ -451,8 +549,13 @@ def local_ray():
     import logging
 
     try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=80 * 1024 * 1024,
+            logging_level=logging.WARNING,
+        )
     except Exception as error:  # noqa: BLE001 - any reason Ray cannot start here is a skip, said plainly
         pytest.skip(f"Ray could not start on this machine: {error}")
     yield ray
@@ -462,25 +565,58 @@ def local_ray():
 def test_ray_with_two_actors_gives_the_rows_of_one_worker(one_worker_rows, tiny_clip_folder, local_ray, tmp_path):
     manifest, reference = one_worker_rows
     out = tmp_path / "out"
-    summary = evaluate(manifest, out, model=f"clip:{tiny_clip_folder}", methods="gradcam,region", ray=True,
-                       workers=2, progress=False, **SMALL)
+    summary = evaluate(
+        manifest,
+        out,
+        model=f"clip:{tiny_clip_folder}",
+        methods="gradcam,region",
+        ray=True,
+        workers=2,
+        progress=False,
+        **SMALL,
+    )
     same_rows(rows_of(out), reference, CLIP_TOLERANCE)
     assert summary.run["ray"]["actors"] == 2 and summary.run["ray"]["gpus_per_actor"] == 0
     actors = summary.run["worker_details"]
     assert len({a["pid"] for a in actors}) == 2 and all(a["device"] == "cpu" and a["threads"] == 1 for a in actors)
     # Resumable as any run: nothing left to do, no actor started.
-    again = evaluate(manifest, out, model=f"clip:{tiny_clip_folder}", methods="gradcam,region", ray=True,
-                     workers=2, progress=False, **SMALL)
+    again = evaluate(
+        manifest,
+        out,
+        model=f"clip:{tiny_clip_folder}",
+        methods="gradcam,region",
+        ray=True,
+        workers=2,
+        progress=False,
+        **SMALL,
+    )
     assert again.run["images_computed"] == 0 and again.run["ray"] is None and len(rows_of(out)) == 9
 
 
 def test_a_killed_command_leaves_valid_rows_and_the_rerun_completes(tiny_clip_folder, tmp_path):
-    photos = [(image, prompt, contrast, label) for image, _, contrast, label in PHOTOS
-              for prompt in ("a cat", "a dog", "a rocket")]  # 9 images: the kill lands in the middle
+    photos = [
+        (image, prompt, contrast, label)
+        for image, _, contrast, label in PHOTOS
+        for prompt in ("a cat", "a dog", "a rocket")
+    ]  # 9 images: the kill lands in the middle
     manifest, out = write_manifest(tmp_path / "data", photos), tmp_path / "out"
-    command = [sys.executable, "-m", "explainers.evaluate", str(manifest), "--out", str(out), "--model",
-               f"clip:{tiny_clip_folder}", "--methods", "gradcam,region", "--steps", "4", "--regions", "8",
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "explainers.evaluate",
+        str(manifest),
+        "--out",
+        str(out),
+        "--model",
+        f"clip:{tiny_clip_folder}",
+        "--methods",
+        "gradcam,region",
+        "--steps",
+        "4",
+        "--regions",
+        "8",
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None and len(rows_of(out)) < 3:
@@ -493,7 +629,13 @@ def test_a_killed_command_leaves_valid_rows_and_the_rerun_completes(tiny_clip_fo
     assert len(lines) >= 4 and all(len(line) == len(lines[0]) for line in lines)
     done = {k[:3] for k in by_key(dict(zip(lines[0], line)) for line in lines[1:])}
     assert 1 <= len(done) < 9, "the kill should land between the first and the last image"
-    resumed = evaluate(manifest, out, model=f"clip:{tiny_clip_folder}", methods="gradcam,region", progress=False,
-                       **{k: SMALL[k] for k in ("curve_steps", "n_regions")})
+    resumed = evaluate(
+        manifest,
+        out,
+        model=f"clip:{tiny_clip_folder}",
+        methods="gradcam,region",
+        progress=False,
+        **{k: SMALL[k] for k in ("curve_steps", "n_regions")},
+    )
     assert resumed.run["images_computed"] <= 9 - len(done) + 1 and resumed.n + len(resumed.ill_conditioned) == 9
     assert len(rows_of(out)) == 27 and len(by_key(rows_of(out))) == 27

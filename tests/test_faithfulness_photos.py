@@ -12,17 +12,23 @@ region-search maps remove whole parts and leave a natural-looking image that kee
 score (e.g. chelsea: Grad-CAM 0.56). The README's findings give the full table; the linear toy
 in test_metrics_protocol.py checks the deletion ordering itself.
 """
-import pytest
 
+import pytest
 from conftest import ASSETS
 
 from explainers import explain
 
+pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
+
 # The bundled model is confident on these (the prompt's classes hold most of the probability).
 # The astronaut holds a helmet ("an astronaut" matches no ImageNet class).
-CASES = [("chelsea.jpg", "a cat"), ("coffee.jpg", "a cup of espresso"),
-         ("grace_hopper.jpg", "a military uniform"), ("rocket.jpg", "a rocket"),
-         ("astronaut.jpg", "a helmet")]
+CASES = [
+    ("chelsea.jpg", "a cat"),
+    ("coffee.jpg", "a cup of espresso"),
+    ("grace_hopper.jpg", "a military uniform"),
+    ("rocket.jpg", "a rocket"),
+    ("astronaut.jpg", "a helmet"),
+]
 KNOWN_INSERTION_EXCEPTIONS = {("ig", "chelsea.jpg")}
 
 

@@ -1,11 +1,11 @@
 """Grad-CAM against a value computed by hand on a one-conv network."""
+
 import numpy as np
 import torch
+from toys import OneConv
 
 from explainers.methods import run_method
 from explainers.types import Target
-
-from toys import OneConv
 
 
 def test_gradcam_equals_hand_computation():

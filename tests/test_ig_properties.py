@@ -1,13 +1,13 @@
 """Integrated gradients' axioms (Sundararajan et al. 2017) on toy models, where they can be checked
 exactly: completeness, linearity in the model, and a zero map for a model that ignores its input."""
+
 import numpy as np
 import pytest
 import torch
+from toys import FunctionAdapter
 
 from explainers.methods import run_method
 from explainers.types import Target
-
-from toys import FunctionAdapter
 
 PIXELS = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 W1 = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -15,8 +15,9 @@ W2 = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
 
 
 def ig(function, steps=16, baseline="black"):
-    return run_method("ig", FunctionAdapter(function), PIXELS, Target("x"), steps=steps, max_steps=steps,
-                      baseline=baseline)
+    return run_method(
+        "ig", FunctionAdapter(function), PIXELS, Target("x"), steps=steps, max_steps=steps, baseline=baseline
+    )
 
 
 def test_completeness_is_exact_for_a_linear_model():
@@ -27,8 +28,9 @@ def test_completeness_is_exact_for_a_linear_model():
 
 
 def test_completeness_holds_for_a_smooth_nonlinear_model():
-    result = ig(lambda x: torch.tanh((x * W1).sum(dim=(1, 2, 3)) / 50) + ((x * W2) ** 2).sum(dim=(1, 2, 3)) / 100,
-                steps=64)
+    result = ig(
+        lambda x: torch.tanh((x * W1).sum(dim=(1, 2, 3)) / 50) + ((x * W2) ** 2).sum(dim=(1, 2, 3)) / 100, steps=64
+    )
     assert result.meta["completeness_error"] < 1e-3
     assert result.meta["attribution_sum"] == pytest.approx(result.meta["score_difference"], rel=1e-3)
 

@@ -2,6 +2,7 @@
 
 Model-free: these call ``explainers.images.open_image`` directly (no model load).
 """
+
 from __future__ import annotations
 
 import io
@@ -47,6 +48,7 @@ def assert_rgb(image: Image.Image, size=None, pixel=None, tolerance: int = 3) ->
 
 # ------------------------------------------------------------------------------------------
 # Modes
+
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV", "LAB"])
 def test_colour_modes_keep_the_colour(mode):
@@ -106,6 +108,7 @@ def test_grey_png_with_a_transparent_value():
 # ------------------------------------------------------------------------------------------
 # EXIF, animation, formats
 
+
 @pytest.mark.parametrize("orientation,size", [(1, (40, 20)), (3, (40, 20)), (6, (20, 40)), (8, (20, 40))])
 def test_exif_orientation_is_honoured(orientation, size):
     image = Image.new("RGB", (40, 20), (0, 0, 0))
@@ -156,6 +159,7 @@ def test_paths_bytes_and_arrays_agree(tmp_path):
 # ------------------------------------------------------------------------------------------
 # Sizes
 
+
 @pytest.mark.parametrize("size", [(1, 1), (1, 100), (MIN_SIDE - 1, 50), (0, 0)])
 def test_tiny_images_are_refused(size):
     if size == (0, 0):
@@ -188,7 +192,7 @@ def test_exif_rotated_large_jpeg_is_downscaled_and_rotated():
 
 
 def test_decompression_bombs_are_refused_before_decoding():
-    side = int(MAX_PIXELS ** 0.5) + 100  # a few kB of PNG that would decode to > MAX_PIXELS
+    side = int(MAX_PIXELS**0.5) + 100  # a few kB of PNG that would decode to > MAX_PIXELS
     bomb = encode(Image.new("1", (side, side)))
     assert len(bomb) < 1_000_000
     refused(bomb, "too large")
@@ -210,6 +214,7 @@ def test_files_over_the_byte_limit_are_refused(tmp_path):
 
 # ------------------------------------------------------------------------------------------
 # Not images
+
 
 def test_zero_bytes(tmp_path):
     refused(b"", "empty", "0 bytes")
@@ -236,18 +241,21 @@ def test_truncated_file_opened_lazily_by_the_caller(tmp_path):
     refused(lazy, "truncated")
 
 
-@pytest.mark.parametrize("data,words", [
-    (b"hello, this is a text file\n", ["not an image", "PNG"]),
-    (b"PK\x03\x04" + b"\x00" * 200, ["not an image"]),
-    (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', ["SVG"]),
-    (b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="10" height="10"/></svg>', ["SVG"]),
-    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, ["HEIC"]),
-    (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic" + b"\x00" * 64, ["HEIC"]),
-    (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64, ["video"]),
-    (b"%PDF-1.7\n" + b"\x00" * 64, ["PDF"]),
-    (b"<!DOCTYPE html><html><body>hi</body></html>", ["HTML"]),
-    (b"\xff\x0a" + b"\x00" * 64, ["JPEG XL"]),
-])
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        (b"hello, this is a text file\n", ["not an image", "PNG"]),
+        (b"PK\x03\x04" + b"\x00" * 200, ["not an image"]),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', ["SVG"]),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="10" height="10"/></svg>', ["SVG"]),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, ["HEIC"]),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic" + b"\x00" * 64, ["HEIC"]),
+        (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 64, ["video"]),
+        (b"%PDF-1.7\n" + b"\x00" * 64, ["PDF"]),
+        (b"<!DOCTYPE html><html><body>hi</body></html>", ["HTML"]),
+        (b"\xff\x0a" + b"\x00" * 64, ["JPEG XL"]),
+    ],
+)
 def test_non_images_and_unsupported_formats_are_named(data, words):
     message = refused(data, *words)
     if "not an image" not in message:
@@ -260,15 +268,18 @@ def test_unsupported_format_named_from_the_file_name(tmp_path):
     assert refused(path, "HEIC").startswith("IMG_0001.HEIC")
 
 
-@pytest.mark.parametrize("source,words", [
-    ("/no/such/file.png", ["no image file", "/no/such/file.png"]),
-    ("a\x00b.png", ["no image file"]),
-    ("x" * 5000, ["no readable image file"]),
-    (".", ["no image file"]),
-    (12, ["file path, bytes", "int"]),
-    (None, ["NoneType"]),
-    ([[1, 2], [3, 4]], ["list"]),
-])
+@pytest.mark.parametrize(
+    "source,words",
+    [
+        ("/no/such/file.png", ["no image file", "/no/such/file.png"]),
+        ("a\x00b.png", ["no image file"]),
+        ("x" * 5000, ["no readable image file"]),
+        (".", ["no image file"]),
+        (12, ["file path, bytes", "int"]),
+        (None, ["NoneType"]),
+        ([[1, 2], [3, 4]], ["list"]),
+    ],
+)
 def test_bad_sources(source, words):
     message = refused(source, *words)
     assert len(message) < 300
@@ -283,25 +294,31 @@ def test_unreadable_file(tmp_path):
     refused(path, "permission denied")
 
 
-@pytest.mark.parametrize("array,words", [
-    (np.zeros((2, 2, 2, 2)), ["HxW"]),
-    (np.zeros((10, 10, 2)), ["HxW"]),
-    (np.array([[object()] * 10] * 10), ["numbers"]),
-    (np.full((10, 10), "a"), ["numbers"]),
-])
+@pytest.mark.parametrize(
+    "array,words",
+    [
+        (np.zeros((2, 2, 2, 2)), ["HxW"]),
+        (np.zeros((10, 10, 2)), ["HxW"]),
+        (np.array([[object()] * 10] * 10), ["numbers"]),
+        (np.full((10, 10), "a"), ["numbers"]),
+    ],
+)
 def test_bad_arrays(array, words):
     refused(array, *words)
 
 
-@pytest.mark.parametrize("array,pixel", [
-    (np.full((10, 10, 3), 0.5), (128, 128, 128)),
-    (np.full((10, 10), 300, np.int32), (255, 255, 255)),
-    (np.full((10, 10, 3), -5.0), (0, 0, 0)),
-    (np.full((10, 10, 3), np.inf), (255, 255, 255)),
-    (np.ones((10, 10), bool), (255, 255, 255)),
-    (np.full((10, 10, 4), 255, np.uint8), (255, 255, 255)),
-    (np.full((10, 10, 1), 7, np.uint8), (7, 7, 7)),
-])
+@pytest.mark.parametrize(
+    "array,pixel",
+    [
+        (np.full((10, 10, 3), 0.5), (128, 128, 128)),
+        (np.full((10, 10), 300, np.int32), (255, 255, 255)),
+        (np.full((10, 10, 3), -5.0), (0, 0, 0)),
+        (np.full((10, 10, 3), np.inf), (255, 255, 255)),
+        (np.ones((10, 10), bool), (255, 255, 255)),
+        (np.full((10, 10, 4), 255, np.uint8), (255, 255, 255)),
+        (np.full((10, 10, 1), 7, np.uint8), (7, 7, 7)),
+    ],
+)
 def test_arrays(array, pixel):
     assert_rgb(open_image(array), (10, 10), pixel, tolerance=1)
 
@@ -313,8 +330,11 @@ SEEDS = [encode(Image.new("RGB", (24, 16), RED), fmt) for fmt in ("PNG", "JPEG",
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
-       st.integers(0, 10_000))
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+    st.integers(0, 10_000),
+)
 def test_corrupted_files_never_crash(seed, flips, cut):
     data = bytearray(seed)
     for position, value in flips:

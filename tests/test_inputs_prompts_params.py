@@ -3,6 +3,7 @@
 Most tests call the validators directly (no model). The ``test_explain_*`` tests at the end run the
 bundled model (loaded once per session) through ``explain`` with the cheapest settings.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explainers.api import (DEFAULTS, MAX_CONTRAST, MAX_PROMPT_CHARS, PARAMS, _token_notes, clean_methods,
-                            clean_model, clean_prompts, validate_params)
-from explainers.api import DEFAULT_METHODS
+from explainers.api import (
+    DEFAULT_METHODS,
+    DEFAULTS,
+    MAX_CONTRAST,
+    MAX_PROMPT_CHARS,
+    PARAMS,
+    _token_notes,
+    clean_methods,
+    clean_model,
+    clean_prompts,
+    validate_params,
+)
 from explainers.errors import UserError
 from explainers.methods import METHODS
 from explainers.types import Target
@@ -34,6 +44,7 @@ def one_sentence(error: UserError) -> str:
 # ------------------------------------------------------------------------------------------
 # Prompts
 
+
 @pytest.mark.parametrize("prompt", ["", " ", "\t\n ", "\x00\x01", "\u3000", None])
 def test_empty_or_blank_prompt(prompt):
     with pytest.raises(UserError) as caught:
@@ -48,10 +59,21 @@ def test_prompt_that_is_not_text(prompt, kind):
     assert f"must be text, not {kind}" in one_sentence(caught.value)
 
 
-@pytest.mark.parametrize("prompt", [
-    "a cat 🐱", "🐈‍⬛", "👩🏽‍🚀", "一只猫", "猫がいる", "고양이", "قطة على الأريكة", "חתול", "\u202bقطة\u202c",
-    "a ca\u0301t",  # combining accent: NFC-composed
-])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a cat 🐱",
+        "🐈‍⬛",
+        "👩🏽‍🚀",
+        "一只猫",
+        "猫がいる",
+        "고양이",
+        "قطة على الأريكة",
+        "חתול",
+        "\u202bقطة\u202c",
+        "a ca\u0301t",  # combining accent: NFC-composed
+    ],
+)
 def test_unicode_prompts_are_kept(prompt):
     target, notes = clean_prompts(prompt, None)
     assert target.prompt == " ".join(prompt.split()).replace("a\u0301", "á") and notes == []
@@ -119,8 +141,10 @@ class FakeAdapter:
 
 def test_token_notes_name_the_limit():
     notes = _token_notes(FakeAdapter(), Target("one two three", ("a b c d e f g h i",)))
-    assert notes == ["the contrast prompt 'a b c d e f g h i' is longer than the model's limit of 10 tokens; "
-                     "only its first 10 tokens were used"]
+    assert notes == [
+        "the contrast prompt 'a b c d e f g h i' is longer than the model's limit of 10 tokens; "
+        "only its first 10 tokens were used"
+    ]
     assert _token_notes(FakeAdapter(), Target("w " * 8)) == []  # exactly at the limit
     assert len(_token_notes(FakeAdapter(), Target("w " * 9))) == 1
 
@@ -139,9 +163,32 @@ def test_token_notes_for_clip(tiny_clip):
 # ------------------------------------------------------------------------------------------
 # Parameters
 
+
 @pytest.mark.parametrize("name", sorted(NUMERIC))
-@pytest.mark.parametrize("value", [0, -1, -(2**40), 10**30, 10**400, float("nan"), float("inf"), -float("inf"),
-                                   2.5, 1e300, "abc", "5", True, False, [3], {"a": 1}, b"5", np.array([5]), 3 + 0j])
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -1,
+        -(2**40),
+        10**30,
+        10**400,
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        2.5,
+        1e300,
+        "abc",
+        "5",
+        True,
+        False,
+        [3],
+        {"a": 1},
+        b"5",
+        np.array([5]),
+        3 + 0j,
+    ],
+)
 def test_bad_numbers_name_the_parameter_and_its_range(name, value):
     spec = NUMERIC[name]
     if isinstance(value, int) and not isinstance(value, bool) and spec.low <= value <= spec.high:
@@ -165,9 +212,17 @@ def test_edges_of_every_numeric_range(name):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(sorted(NUMERIC)),
-       st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
-                 st.booleans(), st.none(), st.lists(st.integers(), max_size=2)))
+@given(
+    st.sampled_from(sorted(NUMERIC)),
+    st.one_of(
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=20),
+        st.booleans(),
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+    ),
+)
 def test_any_numeric_value_is_accepted_in_range_or_refused_by_name(name, value):
     spec = NUMERIC[name]
     try:
@@ -202,22 +257,36 @@ def test_unknown_parameters_are_named():
 
 def test_defaults_pass_and_none_means_default():
     assert validate_params({}) == DEFAULTS
-    assert validate_params({k: None for k in DEFAULTS}) == DEFAULTS
+    assert validate_params(dict.fromkeys(DEFAULTS)) == DEFAULTS
 
 
-@pytest.mark.parametrize("methods,expected", [
-    ("gradcam", ["gradcam"]), ("gradcam, IG ,gradcam", ["gradcam", "ig"]), (["region", "ig"], ["region", "ig"]),
-    (("gradcam",), ["gradcam"]), (None, list(DEFAULT_METHODS)),
-])
+@pytest.mark.parametrize(
+    "methods,expected",
+    [
+        ("gradcam", ["gradcam"]),
+        ("gradcam, IG ,gradcam", ["gradcam", "ig"]),
+        (["region", "ig"], ["region", "ig"]),
+        (("gradcam",), ["gradcam"]),
+        (None, list(DEFAULT_METHODS)),
+    ],
+)
 def test_methods_accepted(methods, expected):
     assert clean_methods(methods) == expected
 
 
-@pytest.mark.parametrize("methods,words", [
-    ("foo", ["unknown method 'foo'", ", ".join(METHODS)]), (["gradcam", "lime"], ["unknown method 'lime'"]),
-    ("", ["at least one method"]), ([], ["at least one method"]), (" , ", ["at least one method"]),
-    (5, ["methods must be", "not 5"]), ([None], ["not None"]), ({"gradcam": 1}, ["methods must be"]),
-])
+@pytest.mark.parametrize(
+    "methods,words",
+    [
+        ("foo", ["unknown method 'foo'", ", ".join(METHODS)]),
+        (["gradcam", "lime"], ["unknown method 'lime'"]),
+        ("", ["at least one method"]),
+        ([], ["at least one method"]),
+        (" , ", ["at least one method"]),
+        (5, ["methods must be", "not 5"]),
+        ([None], ["not None"]),
+        ({"gradcam": 1}, ["methods must be"]),
+    ],
+)
 def test_methods_refused(methods, words):
     with pytest.raises(UserError) as caught:
         clean_methods(methods)
@@ -236,6 +305,7 @@ def test_model_names_that_are_not_text():
 
 # ------------------------------------------------------------------------------------------
 # End to end through explain(): validation happens before any model work
+
 
 def test_explain_refuses_before_loading_anything(monkeypatch):
     import explainers.api as api

@@ -1,14 +1,14 @@
 """Every registered method on every adapter (generated from the registries), plus CLIP's
 Grad-CAM layer on a ViT-B/32-shaped model and IG completeness on the bundled model."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import ASSETS, vit_b32_clip_adapter
 
 from explainers.images import open_image
 from explainers.methods import METHODS, run_method
 from explainers.types import Target
-
-from conftest import ASSETS, vit_b32_clip_adapter
 
 
 def cheapest(method: str) -> dict:
@@ -53,8 +53,16 @@ def test_bundled_model_reads_real_photos(bundled):
         assert word in bundled.class_names[int(logits.argmax())]
 
 
-@pytest.mark.parametrize("photo,prompt", [("chelsea.jpg", "a cat"), ("coffee.jpg", "a cup of espresso"),
-                                          ("rocket.jpg", "a rocket"), ("grace_hopper.jpg", "a military uniform")])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "photo,prompt",
+    [
+        ("chelsea.jpg", "a cat"),
+        ("coffee.jpg", "a cup of espresso"),
+        ("rocket.jpg", "a rocket"),
+        ("grace_hopper.jpg", "a military uniform"),
+    ],
+)
 def test_ig_completeness_within_5_percent_at_default_steps(bundled, photo, prompt):
     pixels = bundled.load_image(open_image(ASSETS / photo))
     result = run_method("ig", bundled, pixels, Target(prompt))

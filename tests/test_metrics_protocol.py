@@ -1,13 +1,13 @@
 """The deletion/insertion protocol on a linear toy model, where every curve point is known."""
+
 import numpy as np
 import pytest
 import torch
+from toys import linear
 
 from explainers import metrics
 from explainers.models.base import Metered
 from explainers.types import Target
-
-from toys import linear
 
 
 def setup(seed=0):
@@ -34,7 +34,8 @@ def test_deletion_and_insertion_follow_the_ranking_exactly():
 def test_the_ideal_map_beats_random_and_the_reversed_map_loses():
     adapter, pixels, weights = setup(1)
     curves, reference = metrics.faithfulness(
-        adapter, pixels, Target("x"), {"ideal": weights, "reversed": -weights}, steps=16, n_random=5)
+        adapter, pixels, Target("x"), {"ideal": weights, "reversed": -weights}, steps=16, n_random=5
+    )
     assert curves["ideal"].insertion.auc > reference.insertion.auc > curves["reversed"].insertion.auc
     assert curves["ideal"].deletion.auc < reference.deletion.auc < curves["reversed"].deletion.auc
 
@@ -75,6 +76,6 @@ def test_random_orders_shuffle_whole_blocks():
         assert sorted(order.tolist()) == list(range(96))
         blocks = [(p // 12 // 4, p % 12 // 4) for p in order]
         # each block's 16 pixels come out together
-        runs = [blocks[i:i + 16] for i in range(0, 96, 16)]
+        runs = [blocks[i : i + 16] for i in range(0, 96, 16)]
         assert all(len(set(run)) == 1 for run in runs)
     assert orders[0].tolist() != orders[1].tolist()

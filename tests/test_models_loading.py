@@ -1,16 +1,16 @@
 """Model names: unknown names and ids refused, no network handled, local folders only when allowed,
 never remote code. Everything offline (HF_HUB_OFFLINE=1); CLIP is a random tiny model saved to tmp."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
+from conftest import TINYCLIP  # tests/ is on sys.path (rootdir conftest, no package)
 
 from explainers.errors import ModelLoadError, UserError
 from explainers.models import load_model
 from explainers.models.clip import ALLOW_LOCAL_ENV
-
-from conftest import TINYCLIP  # tests/ is on sys.path (rootdir conftest, no package)
 
 
 @pytest.fixture(autouse=True)
@@ -48,13 +48,22 @@ def refused(name: str, *words: str) -> str:
     return message
 
 
-@pytest.mark.parametrize("name,words", [
-    ("", ["empty"]), ("   ", ["empty"]), ("gpt-4", ["unknown model 'gpt-4'", "bundled"]),
-    ("clip:", ["unknown model"]), ("clip:   ", ["unknown model"]), ("Bundled2", ["unknown model"]),
-    ("clip:not an id", ["not a Hugging Face model id"]), ("clip:a/b/c", ["not a Hugging Face model id"]),
-    ("clip:https://evil.example/model", ["not a Hugging Face model id"]),
-    ("clip:" + "a" * 2000, ["too long"]), ("clip:a\x00b", ["control characters"]),
-])
+@pytest.mark.parametrize(
+    "name,words",
+    [
+        ("", ["empty"]),
+        ("   ", ["empty"]),
+        ("gpt-4", ["unknown model 'gpt-4'", "bundled"]),
+        ("clip:", ["unknown model"]),
+        ("clip:   ", ["unknown model"]),
+        ("Bundled2", ["unknown model"]),
+        ("clip:not an id", ["not a Hugging Face model id"]),
+        ("clip:a/b/c", ["not a Hugging Face model id"]),
+        ("clip:https://evil.example/model", ["not a Hugging Face model id"]),
+        ("clip:" + "a" * 2000, ["too long"]),
+        ("clip:a\x00b", ["control characters"]),
+    ],
+)
 def test_unknown_names_are_refused(name, words):
     refused(name, *words)
 
@@ -66,8 +75,9 @@ def test_non_text_names_are_refused():
 
 
 def test_hub_id_offline_fails_with_one_clear_line():
-    message = refused("clip:openai/clip-vit-base-patch32", "could not load CLIP", "openai/clip-vit-base-patch32",
-                      "offline")
+    message = refused(
+        "clip:openai/clip-vit-base-patch32", "could not load CLIP", "openai/clip-vit-base-patch32", "offline"
+    )
     assert len(message) < 600
 
 
@@ -124,8 +134,9 @@ def test_remote_code_is_never_trusted(saved_tiny_clip, tmp_path, monkeypatch):
     folder = tmp_path / "with-code"
     shutil.copytree(saved_tiny_clip, folder)
     marker = tmp_path / "code-ran"
-    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                                    "from transformers import CLIPModel as EvilModel\n")
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import CLIPModel as EvilModel\n"
+    )
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(config))

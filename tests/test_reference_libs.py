@@ -1,14 +1,14 @@
 """Our Grad-CAM and integrated gradients against the field's reference libraries (pytorch-grad-cam,
 Captum) on a small random torchvision ResNet: the same maps, so writing them here lost nothing."""
+
 import numpy as np
 import pytest
 import torch
+from toys import FunctionAdapter
 
 from explainers.methods import run_method
 from explainers.models import ClassifierAdapter
 from explainers.types import Target
-
-from toys import FunctionAdapter
 
 CLASSES = ["tabby cat", "golden retriever", "school bus", "oak tree", "sailboat"]
 
@@ -52,10 +52,12 @@ def test_integrated_gradients_converge_to_captums():
     weights = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     function = lambda x: torch.tanh((x * weights).sum(dim=(1, 2, 3)) / 20)  # noqa: E731 - a smooth nonlinear toy
     pixels = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    ours = run_method("ig", FunctionAdapter(function, input_size=(16, 16)), pixels, Target("x"),
-                      steps=256, max_steps=256).values
-    theirs = IntegratedGradients(function).attribute(pixels, baselines=torch.zeros_like(pixels), n_steps=256,
-                                                     method="riemann_trapezoid")
+    ours = run_method(
+        "ig", FunctionAdapter(function, input_size=(16, 16)), pixels, Target("x"), steps=256, max_steps=256
+    ).values
+    theirs = IntegratedGradients(function).attribute(
+        pixels, baselines=torch.zeros_like(pixels), n_steps=256, method="riemann_trapezoid"
+    )
     theirs = theirs.sum(dim=1)[0].abs().numpy()
     # Ours samples the path at a = u**2, Captum at a = u: both approximate the same integral (to
     # about 0.4 % at 256 steps on this toy; at 32 steps the two differ far more, see bench/reference_libs.py).

@@ -1,16 +1,24 @@
 """Greedy and lazy greedy on an exactly submodular toy objective (weighted coverage); the SMDL
 objective's bounded variant on a linear toy model; properties of every search (a permutation,
 deterministic; the two-ended and LIMA-style searches against plain greedy where they must agree)."""
+
 import numpy as np
 import pytest
 import torch
+from toys import linear, signed_linear
 
-from explainers.methods.region_search import (SEARCH_FUNCTIONS, greedy_images, greedy_order, lazy_greedy_order,
-                                              lima_order, prefix_sets, smdl_objective, two_ended_order)
+from explainers.methods.region_search import (
+    SEARCH_FUNCTIONS,
+    greedy_images,
+    greedy_order,
+    lazy_greedy_order,
+    lima_order,
+    prefix_sets,
+    smdl_objective,
+    two_ended_order,
+)
 from explainers.regions import grid, label_masks
 from explainers.types import Target
-
-from toys import linear, signed_linear
 
 
 def coverage_objective(seed: int, n_sets: int = 12, n_items: int = 40):
@@ -74,15 +82,23 @@ def test_prefix_sets_row_k_holds_exactly_the_first_k_plus_one_regions_of_the_ord
 def test_region_search_previews_its_map_as_regions_are_chosen():
     """Anytime: each progress report carries the map of the regions chosen so far; every preview
     keeps the previous one's regions and their values, and the last is the final map."""
-    from explainers.methods import run_method
-
     from toys import evidence
+
+    from explainers.methods import run_method
 
     adapter = evidence(64)
     pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     previews = []
-    result = run_method("region", adapter, pixels, Target("x"), n_regions=16, regions="grid", search="greedy",
-                        progress=lambda fraction, text, preview=None, **_: previews.append(preview))
+    result = run_method(
+        "region",
+        adapter,
+        pixels,
+        Target("x"),
+        n_regions=16,
+        regions="grid",
+        search="greedy",
+        progress=lambda fraction, text, preview=None, **_: previews.append(preview),
+    )
     assert len(previews) == 16
     for before, after in zip(previews, previews[1:]):
         shown = before > 0
@@ -91,6 +107,7 @@ def test_region_search_previews_its_map_as_regions_are_chosen():
 
 
 # --- every search: properties on toys ---------------------------------------------------------------
+
 
 def saturating_objective(seed: int, n: int = 14):
     """F(S) = s(S) + 1 - s(I minus S) with s a sigmoid of summed region evidence (redundant

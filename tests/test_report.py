@@ -1,4 +1,5 @@
 """The words of a result (explainers/report.py), on small hand-made Results: no model, no app."""
+
 from __future__ import annotations
 
 import ast
@@ -6,12 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from explainers import report
 from explainers.methods import METHODS
 from explainers.types import Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, Target
-
-from conftest import ROOT
 
 
 def curve(kind: str, normalized) -> Curve:
@@ -30,24 +30,46 @@ RANDOM = curves([1.0, 0.5, 0.0], [0.0, 0.5, 1.0])  # SRG 0
 
 def path(n: int, scored: int) -> list[dict]:
     """A region search's path over n regions whose first ``scored`` steps were scored."""
-    return [{"region": (3 * k) % n, "gain": 0.1 * (n - k), "kept": (k + 1) / n if k < scored else None,
-             "removed": 1 - (k + 1) / n if k < scored else None} for k in range(n)]
+    return [
+        {
+            "region": (3 * k) % n,
+            "gain": 0.1 * (n - k),
+            "kept": (k + 1) / n if k < scored else None,
+            "removed": 1 - (k + 1) / n if k < scored else None,
+        }
+        for k in range(n)
+    ]
 
 
-def make_result(methods=None, model="bundled", score=math.log(0.8), contrast=(), random_srgs=(0.0, 0.05, -0.02),
-                random_curves=RANDOM, steps=2) -> Result:
+def make_result(
+    methods=None,
+    model="bundled",
+    score=math.log(0.8),
+    contrast=(),
+    random_srgs=(0.0, 0.05, -0.02),
+    random_curves=RANDOM,
+    steps=2,
+) -> Result:
     methods = methods if methods is not None else {"gradcam": FAITHFUL}
     built = {}
     for name, method_curves in methods.items():
         meta = {"order": [0, 3, 1, 2], "path": path(4, 2), "search": "fast", "n_regions": 4} if name == "region" else {}
-        built[name] = MethodResult(SaliencyMap(name, np.zeros((4, 4)), seconds=1.25, forward_passes=7, meta=meta),
-                                   method_curves)
-    return Result(model=model, target=Target("a cat", tuple(contrast)), score=score,
-                  prompt_probabilities={"a cat": score, **{c: (1 - score) / len(contrast) for c in contrast}}
-                  if contrast else None,
-                  image=np.zeros((4, 4, 3), np.uint8), methods=built,
-                  random=RandomReference(random_curves, tuple(random_srgs), "pixels", 0),
-                  params={"curve_steps": steps, "substrate": "black", "seed": 0}, seconds=3.5)
+        built[name] = MethodResult(
+            SaliencyMap(name, np.zeros((4, 4)), seconds=1.25, forward_passes=7, meta=meta), method_curves
+        )
+    return Result(
+        model=model,
+        target=Target("a cat", tuple(contrast)),
+        score=score,
+        prompt_probabilities={"a cat": score, **{c: (1 - score) / len(contrast) for c in contrast}}
+        if contrast
+        else None,
+        image=np.zeros((4, 4, 3), np.uint8),
+        methods=built,
+        random=RandomReference(random_curves, tuple(random_srgs), "pixels", 0),
+        params={"curve_steps": steps, "substrate": "black", "seed": 0},
+        seconds=3.5,
+    )
 
 
 def test_verdict_says_more_faithful_only_above_every_random_ordering():
@@ -61,8 +83,14 @@ def test_verdict_says_more_faithful_only_above_every_random_ordering():
 
 def test_caption_has_cost_verdict_and_both_aucs():
     text = report.caption(make_result(), "gradcam")
-    for fragment in ("**Grad-CAM**", "1.2 s", "7 forward passes", "more faithful than random order",
-                     "insertion AUC **0.650**", "deletion AUC **0.350**"):
+    for fragment in (
+        "**Grad-CAM**",
+        "1.2 s",
+        "7 forward passes",
+        "more faithful than random order",
+        "insertion AUC **0.650**",
+        "deletion AUC **0.350**",
+    ):
         assert fragment in text, text
 
 
@@ -101,8 +129,14 @@ def test_how_to_read_takes_every_note_from_the_registry():
     text = report.how_to_read()
     for method in METHODS.values():
         assert method.note in text
-    for fragment in ("SRG = insertion AUC − deletion AUC", "salt noise", "perceptually uniform", "step-through",
-                     "plain greedy", "99th percentile"):
+    for fragment in (
+        "SRG = insertion AUC − deletion AUC",
+        "salt noise",
+        "perceptually uniform",
+        "step-through",
+        "plain greedy",
+        "99th percentile",
+    ):
         assert fragment in text, fragment
     run = report.how_to_read(result=make_result(score=math.log(0.05)))
     assert METHODS["gradcam"].note in run and METHODS["ig"].note not in run  # only the run's methods
@@ -143,7 +177,12 @@ def test_sentence():
 
 def test_report_imports_neither_gradio_nor_torch_of_its_own():
     tree = ast.parse((ROOT / "explainers" / "report.py").read_text())
-    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
-              and not node.level}
+    names = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    names |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level
+    }
     assert not names & {"gradio", "torch"}, names

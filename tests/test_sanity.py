@@ -2,6 +2,7 @@
 Grad-CAM stops resembling itself once the bundled model is randomised, the cached model and the
 original map are untouched, the stages come in the adapter's order, the randomisation is seeded,
 and the CLIP path runs (on a randomly initialised tiny CLIP: no CLIP result is claimed)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,16 +11,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import ASSETS
 from PIL import Image
+from toys import evidence
 
 from explainers import explain
 from explainers.errors import UserError
 from explainers.methods import run_method
 from explainers.sanity import SANITY_NOTE, cascading_randomization, compare_maps, randomize
 from explainers.types import Target
-
-from conftest import ASSETS
-from toys import evidence
 
 CAT = ASSETS / "chelsea.jpg"
 
@@ -55,8 +55,9 @@ def test_the_cached_model_and_the_original_map_are_unchanged(bundled, bundled_ru
     assert after == before
     original = plain.methods["gradcam"].saliency.values
     np.testing.assert_array_equal(checked.methods["gradcam"].saliency.values, original)
-    again = run_method("gradcam", bundled, torch.from_numpy(plain.image).permute(2, 0, 1)[None].float() / 255,
-                       Target("a cat"))
+    again = run_method(
+        "gradcam", bundled, torch.from_numpy(plain.image).permute(2, 0, 1)[None].float() / 255, Target("a cat")
+    )
     np.testing.assert_allclose(again.values, original, atol=1e-6)
     assert not np.allclose(checked.sanity.methods["gradcam"][0].values, original, atol=1e-3)
 
@@ -64,8 +65,14 @@ def test_the_cached_model_and_the_original_map_are_unchanged(bundled, bundled_ru
 def test_stages_come_in_the_adapters_order_and_reach_every_parameter(bundled, bundled_run):
     _, checked, _, _ = bundled_run
     declared = bundled.randomization_stages()
-    assert [label for label, _ in declared] == ["fc", "head.0", "blocks.11-15", "blocks.7-10", "blocks.3-6",
-                                               "stem.0, blocks.0-2"]
+    assert [label for label, _ in declared] == [
+        "fc",
+        "head.0",
+        "blocks.11-15",
+        "blocks.7-10",
+        "blocks.3-6",
+        "stem.0, blocks.0-2",
+    ]
     assert [s.stage for s in checked.sanity.methods["gradcam"]] == [label for label, _ in declared]
     assert [label for label, _ in checked.sanity.stages] == [label for label, _ in declared]
     # The cascade ends fully randomised: every parameter of the copy is re-drawn.
@@ -99,8 +106,18 @@ def test_the_randomisation_is_seeded(bundled):
     # The same stage under the same seed gives the same maps and correlations, run to run.
     pixels = bundled.load_image(Image.open(CAT)).to(bundled.device)
     original = run_method("gradcam", bundled, pixels, Target("a cat")).values
-    runs = [cascading_randomization(bundled, pixels, Target("a cat"), {"gradcam": original}, {"gradcam": {}},
-                                    seed=seed, stages=bundled.randomization_stages()[:2]) for seed in (0, 0, 1)]
+    runs = [
+        cascading_randomization(
+            bundled,
+            pixels,
+            Target("a cat"),
+            {"gradcam": original},
+            {"gradcam": {}},
+            seed=seed,
+            stages=bundled.randomization_stages()[:2],
+        )
+        for seed in (0, 0, 1)
+    ]
     for a, b in zip(runs[0].methods["gradcam"], runs[1].methods["gradcam"]):
         assert (a.spearman, a.ssim) == (b.spearman, b.ssim)
         np.testing.assert_array_equal(a.values, b.values)
@@ -110,12 +127,24 @@ def test_the_randomisation_is_seeded(bundled):
 def test_tiny_clip_declares_its_stages_and_runs_them_without_touching_the_model(tiny_clip):
     before = checksum(tiny_clip.model)
     declared = tiny_clip.randomization_stages()
-    assert 4 <= len(declared) <= 6 and declared[0] == ("projection", ["visual_projection", "vision_model.post_layernorm"])
+    assert 4 <= len(declared) <= 6 and declared[0] == (
+        "projection",
+        ["visual_projection", "vision_model.post_layernorm"],
+    )
     assert declared[1][1][0] == "vision_model.encoder.layers.9"  # the last block comes next
     copy, network = tiny_clip.randomizable_copy()
     assert network.text_model is tiny_clip.model.text_model  # the text tower is shared, never randomised
-    result = explain(CAT, "a photo of a cat", model=tiny_clip, methods=["gradcam", "rise"], sanity=True,
-                     curve_steps=2, n_random=1, rise_masks=8, rise_cells=2)
+    result = explain(
+        CAT,
+        "a photo of a cat",
+        model=tiny_clip,
+        methods=["gradcam", "rise"],
+        sanity=True,
+        curve_steps=2,
+        n_random=1,
+        rise_masks=8,
+        rise_cells=2,
+    )
     assert checksum(tiny_clip.model) == before
     for name in ("gradcam", "rise"):
         stages = result.sanity.methods[name]
@@ -156,11 +185,43 @@ def test_the_classroom_note_says_what_passing_is_and_not_to_rank():
 def test_cli_sanity_flag_writes_the_check_to_result_json(bundled, tmp_path, capsys):
     from explainers.__main__ import main
 
-    code = main([str(CAT), "--prompt", "a cat", "--methods", "gradcam", "--steps", "2", "--random-orderings", "1",
-                 "--device", "cpu", "--sanity", "--out", str(tmp_path)])
+    code = main(
+        [
+            str(CAT),
+            "--prompt",
+            "a cat",
+            "--methods",
+            "gradcam",
+            "--steps",
+            "2",
+            "--random-orderings",
+            "1",
+            "--device",
+            "cpu",
+            "--sanity",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     sanity = json.loads((tmp_path / "result.json").read_text())["sanity"]
     assert [e["stage"] for e in sanity["gradcam"]] == [label for label, _ in bundled.randomization_stages()]
-    assert main([str(CAT), "--prompt", "a cat", "--methods", "gradcam", "--steps", "2", "--device", "cpu",
-                 "--out", str(tmp_path / "plain")]) == 0
+    assert (
+        main(
+            [
+                str(CAT),
+                "--prompt",
+                "a cat",
+                "--methods",
+                "gradcam",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "plain"),
+            ]
+        )
+        == 0
+    )
     assert "sanity" not in json.loads((tmp_path / "plain" / "result.json").read_text())

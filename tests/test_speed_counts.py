@@ -5,19 +5,18 @@ regions cost a second; the counts are the same for any model because they depend
 search and the protocol (the fast search's count also depends on where F saturates, which the
 fake reaches like a real classifier: a sigmoid of evidence, so gains grow as regions combine).
 """
+
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from toys import evidence
 
 from explainers import metrics
 from explainers.images import open_image
 from explainers.methods import region_search, run_method
 from explainers.models.base import Metered
 from explainers.types import Target
-
-from toys import evidence
 
 PHOTO = Path(__file__).resolve().parents[1] / "assets" / "chelsea.jpg"
 
@@ -111,8 +110,7 @@ def test_fast_search_with_a_pool_of_every_region_is_plain_greedy(photo):
     greedy = run_method("region", adapter, pixels, Target("a cat"), n_regions=16, regions="grid", search="greedy")
     masks = region_search.label_masks(region_search.region_labels(pixels, 16, "grid"))
     evaluate, _, _ = region_search.smdl_objective(adapter, pixels, Target("a cat"), masks)
-    order, _, evaluated = region_search.fast_order(16, evaluate, prior=np.zeros(16), pool=16,
-                                                   budget=10**6)
+    order, _, evaluated = region_search.fast_order(16, evaluate, prior=np.zeros(16), pool=16, budget=10**6)
     assert order == greedy.meta["order"]
     assert evaluated == 16 * 17 // 2
 

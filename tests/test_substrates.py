@@ -1,5 +1,6 @@
 """The ROAD substrate: noisy linear imputation (Rong et al., ICML 2022), checked against its
 definition, against scipy's exact direct solve, and inside the curves' protocol."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,15 @@ from scipy import ndimage
 
 from explainers import metrics
 from explainers.models.base import ModelAdapter
-from explainers.substrates import (BASELINES, ROAD_NOISE_STD, SUBSTRATES, RoadSubstrate, make_substrate,
-                                   road_impute, road_impute_direct)
+from explainers.substrates import (
+    BASELINES,
+    ROAD_NOISE_STD,
+    SUBSTRATES,
+    RoadSubstrate,
+    make_substrate,
+    road_impute,
+    road_impute_direct,
+)
 from explainers.types import Target
 
 # The multigrid solver against the exact direct solve, in pixel units: a quarter of an 8-bit
@@ -78,8 +86,12 @@ def test_maximum_principle(solver):
         kept = keep[0, 0].numpy() > 0.5
         removed = ~kept
         padded = np.pad(imputed, ((0, 0), (1, 1), (1, 1)), mode="edge")  # edge copies add no new extreme
-        shifts = [padded[:, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width]
-                  for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+        shifts = [
+            padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width]
+            for dr in (-1, 0, 1)
+            for dc in (-1, 0, 1)
+            if (dr, dc) != (0, 0)
+        ]
         low, high = np.min(shifts, axis=0), np.max(shifts, axis=0)
         assert np.all(imputed[:, removed] >= low[:, removed] - slack), name
         assert np.all(imputed[:, removed] <= high[:, removed] + slack), name
@@ -100,14 +112,21 @@ def test_multigrid_matches_the_direct_solve():
     smoother, damped Jacobi diverged on such coarse levels and CG stalled at 50 iterations), and
     at 224x224 the cases that are hardest for it (a large hole fixed by a few kept pixels)."""
     # 1 % of 96x96 removed at random: seeds 0 and 1 made the Jacobi-only smoother stall
-    salt = torch.cat([torch.from_numpy(np.random.default_rng(seed).random((1, 1, 96, 96)) >= 0.01).float()
-                      for seed in (0, 1)])
-    cases = [(photo(40, 37, seed=4), torch.cat(list(keep_masks(40, 37, seed=5).values()))),
-             (photo(6, 5, seed=6), torch.cat(list(keep_masks(6, 5, seed=7).values()))),
-             (photo(96, 96, seed=12), salt)]
+    salt = torch.cat(
+        [torch.from_numpy(np.random.default_rng(seed).random((1, 1, 96, 96)) >= 0.01).float() for seed in (0, 1)]
+    )
+    cases = [
+        (photo(40, 37, seed=4), torch.cat(list(keep_masks(40, 37, seed=5).values()))),
+        (photo(6, 5, seed=6), torch.cat(list(keep_masks(6, 5, seed=7).values()))),
+        (photo(96, 96, seed=12), salt),
+    ]
     big = keep_masks(224, 224, seed=8)
-    cases.append((photo(224, 224, seed=9), torch.cat([big["one corner pixel kept"], big["random 10% kept"],
-                                                      big["disc kept (insertion)"]])))
+    cases.append(
+        (
+            photo(224, 224, seed=9),
+            torch.cat([big["one corner pixel kept"], big["random 10% kept"], big["disc kept (insertion)"]]),
+        )
+    )
     yy, xx = np.mgrid[:224, :224]
     small_disc = (yy - 150) ** 2 + (xx - 60) ** 2 < 15**2  # 2 % of the pixels: an early insertion step
     cases.append((photo(224, 224, seed=10), torch.from_numpy(small_disc).float().view(1, 1, 224, 224)))
@@ -138,7 +157,7 @@ def test_deterministic_under_a_seed_and_independent_of_batching():
     together = a.fill(keep)
     assert torch.equal(together, b.fill(keep))
     # each mask gives the same image alone as in a batch (the app rebuilds curve images one by one)
-    alone = torch.cat([a.fill(keep[i:i + 1]) for i in range(len(keep))])
+    alone = torch.cat([a.fill(keep[i : i + 1]) for i in range(len(keep))])
     assert torch.equal(together, alone)
     other = RoadSubstrate(pixels, seed=4).fill(keep)
     removed = keep.expand_as(together) < 0.5
@@ -150,7 +169,7 @@ def test_noise_is_gaussian_with_the_stated_deviation_on_removed_pixels_only():
     pixels = photo(64, 64, low=0.3, high=0.7, seed=13)  # far from 0 and 1: no clipping
     substrate = RoadSubstrate(pixels, seed=0)
     keep = keep_masks(64, 64, seed=14)["random 50% kept"]
-    noise = (substrate.fill(keep) - substrate.impute(keep))
+    noise = substrate.fill(keep) - substrate.impute(keep)
     removed = keep.expand_as(noise) < 0.5
     assert torch.equal(noise[~removed], torch.zeros_like(noise[~removed]))
     assert float(noise[removed].std()) == pytest.approx(ROAD_NOISE_STD, rel=0.05)
@@ -198,8 +217,9 @@ def test_tied_map_deletes_exactly_round_f_n_pixels_under_road():
     pixels = photo(height, width, low=0.25, high=0.75, seed=16)  # no clipping: imputed pixels differ
     steps = 10
     recorder = Recorder()
-    metrics.curves_for_orders(recorder, pixels, Target("x"), [metrics.pixel_order(saliency)], steps=steps,
-                              substrate="road", seed=0)
+    metrics.curves_for_orders(
+        recorder, pixels, Target("x"), [metrics.pixel_order(saliency)], steps=steps, substrate="road", seed=0
+    )
     images = torch.cat(recorder.images)[2:]  # after the two end points: deletion steps 1..9, then insertion
     for k in range(1, steps):
         changed = int((images[k - 1] != pixels[0]).any(dim=0).sum())

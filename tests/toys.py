@@ -1,8 +1,9 @@
 """Toy models shared by the tests (as Captum's tests keep theirs in one place): small adapters
 whose every score, gradient and curve point can be computed by hand."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -13,8 +14,9 @@ from explainers.models.base import CamLayer, ModelAdapter
 class FunctionAdapter(ModelAdapter):
     """score(pixels) = ``function(pixels)`` (``[B, 3, H, W]`` -> ``[B]``) for every prompt."""
 
-    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor], input_size=(8, 8), max_batch=32,
-                 name="toy") -> None:
+    def __init__(
+        self, function: Callable[[torch.Tensor], torch.Tensor], input_size=(8, 8), max_batch=32, name="toy"
+    ) -> None:
         self.function, self.input_size, self.max_batch, self.name = function, tuple(input_size), max_batch, name
 
     def prompt_scores(self, pixels, prompts):
@@ -24,15 +26,16 @@ class FunctionAdapter(ModelAdapter):
 def linear(weights: np.ndarray, max_batch: int = 32) -> FunctionAdapter:
     """score = sum_p w_p * x_p over channel 0: removing a pixel costs exactly w_p * x_p."""
     w = torch.from_numpy(np.asarray(weights)).float()
-    return FunctionAdapter(lambda x: (x[:, 0] * w).sum(dim=(1, 2)), input_size=w.shape, max_batch=max_batch,
-                           name="linear")
+    return FunctionAdapter(
+        lambda x: (x[:, 0] * w).sum(dim=(1, 2)), input_size=w.shape, max_batch=max_batch, name="linear"
+    )
 
 
 def signed_linear(side: int = 16) -> FunctionAdapter:
     """score = sum(w * pixels) with w = 1 on the left half and -0.5 on the right: keeping only the
     left half scores above the full image, removing it scores below the black image."""
     w = torch.ones(1, 1, side, side)
-    w[..., side // 2:] = -0.5
+    w[..., side // 2 :] = -0.5
     return FunctionAdapter(lambda x: (x * w).sum(dim=(1, 2, 3)), input_size=(side, side), name="signed-linear")
 
 
@@ -47,7 +50,9 @@ def evidence(side: int = 224) -> FunctionAdapter:
     scale = 1.0 / float(weight.sum())
     return FunctionAdapter(
         lambda x: torch.nn.functional.logsigmoid(12.0 * ((x * weight).sum(dim=(1, 2, 3)) * scale - 0.25)),
-        input_size=(side, side), name="evidence")
+        input_size=(side, side),
+        name="evidence",
+    )
 
 
 class OneConv(ModelAdapter):

@@ -19,14 +19,16 @@ The command line is ``python -m explainers.evaluate MANIFEST.csv --out DIR`` (``
   actor pool (``ray=True`` for a local Ray, or a cluster address); each worker loads the model
   once, on its device, with ``threads`` torch threads.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +39,18 @@ from ..models import DEVICES, ModelAdapter, resolve_device
 from ..types import _jsonable
 from . import report, stats
 from .manifest import Item, Manifest, read_manifest
-from .rows import (BASE_COLUMNS, CLASS_COLUMNS, RANDOM, RESERVED, RowsFile, check_config, folder_lock, latest,
-                   read_rows, typed)
+from .rows import (
+    BASE_COLUMNS,
+    CLASS_COLUMNS,
+    RANDOM,
+    RESERVED,
+    RowsFile,
+    check_config,
+    folder_lock,
+    latest,
+    read_rows,
+    typed,
+)
 from .worker import Job, WorkerConfig
 
 ROWS, SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG = "rows.csv", "summary.json", "summary.md", "summary.png"
@@ -75,19 +87,32 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of summary.json (non-finite numbers -> null)."""
-        return _jsonable({"n": self.n, "n_images": self.n_images, "n_failed": self.n_failed,
-                          "n_missing": self.n_missing,
-                          "methods": self.methods, "random": self.random, "pairs": self.pairs,
-                          "vs_random": self.vs_random, "groups": self.groups, "errors": self.errors,
-                          "n_ill_conditioned": len(self.ill_conditioned), "ill_conditioned": self.ill_conditioned,
-                          "params": self.params, "run": self.run, "notes": list(self.notes)})
+        return _jsonable(
+            {
+                "n": self.n,
+                "n_images": self.n_images,
+                "n_failed": self.n_failed,
+                "n_missing": self.n_missing,
+                "methods": self.methods,
+                "random": self.random,
+                "pairs": self.pairs,
+                "vs_random": self.vs_random,
+                "groups": self.groups,
+                "errors": self.errors,
+                "n_ill_conditioned": len(self.ill_conditioned),
+                "ill_conditioned": self.ill_conditioned,
+                "params": self.params,
+                "run": self.run,
+                "notes": list(self.notes),
+            }
+        )
 
     def table(self) -> str:
         """The markdown of summary.md."""
         return report.markdown(self.to_dict(), self.params["methods"])
 
 
-def _check_count(name: str, value: Any) -> Optional[int]:
+def _check_count(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -108,22 +133,22 @@ def _device(device: Any, ray: bool) -> str:
 
 
 def evaluate(
-    manifest: Union[str, os.PathLike],
-    out: Union[str, os.PathLike],
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
     *,
-    model: Union[str, ModelAdapter] = "bundled",
-    methods: Union[str, Sequence[str], None] = None,
+    model: str | ModelAdapter = "bundled",
+    methods: str | Sequence[str] | None = None,
     device: str = "auto",
-    limit: Optional[int] = None,
-    workers: Optional[int] = None,
-    ray: Union[bool, str, None] = None,
-    threads: Optional[int] = None,
-    class_column: Optional[str] = None,
+    limit: int | None = None,
+    workers: int | None = None,
+    ray: bool | str | None = None,
+    threads: int | None = None,
+    class_column: str | None = None,
     group_by: Sequence[str] = (),
     retry_errors: bool = False,
     compute: bool = True,
     resamples: int = stats.RESAMPLES,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
     **params: Any,
 ) -> Summary:
     """Evaluate every method on every photo of ``manifest`` and summarise; writes ``out``/rows.csv,
@@ -152,8 +177,7 @@ def evaluate(
     address = None if ray in (None, False, True) else str(ray)
     if isinstance(model, ModelAdapter):
         if use_ray or (workers or 1) > 1:
-            raise UserError("a ready model adapter runs in this process only; give a model name to use "
-                            "workers or Ray")
+            raise UserError("a ready model adapter runs in this process only; give a model name to use workers or Ray")
         model_name = model.name
     else:
         model_name = clean_model(model)
@@ -162,13 +186,17 @@ def evaluate(
         group_by = [g.strip() for g in group_by.split(",") if g.strip()]
     listing = read_manifest(manifest, limit, reserved=RESERVED)
     if class_column is not None and class_column not in listing.extra_columns:
-        raise UserError(f"the class column {class_column!r} is not in the manifest (its columns: "
-                        f"{', '.join(listing.extra_columns) or 'only image, prompt, contrast'})")
+        raise UserError(
+            f"the class column {class_column!r} is not in the manifest (its columns: "
+            f"{', '.join(listing.extra_columns) or 'only image, prompt, contrast'})"
+        )
     known = set(listing.extra_columns) | (set(CLASS_COLUMNS) if class_column else set())
     unknown = [g for g in group_by if g not in known]
     if unknown:
-        raise UserError(f"cannot group by {', '.join(map(repr, unknown))}: not a manifest column"
-                        f"{'' if class_column else ' (correct needs a class column)'}")
+        raise UserError(
+            f"cannot group by {', '.join(map(repr, unknown))}: not a manifest column"
+            f"{'' if class_column else ' (correct needs a class column)'}"
+        )
 
     folder = Path(out)
     try:
@@ -182,8 +210,10 @@ def evaluate(
         rows_path = folder / ROWS
         with RowsFile(rows_path, columns) as rows_file:
             if rows_file.repaired:
-                notes.append(f"{rows_path} ended in a partial line (an interrupted write); it was cut and its "
-                             "image is computed again")
+                notes.append(
+                    f"{rows_path} ended in a partial line (an interrupted write); it was cut and its "
+                    "image is computed again"
+                )
             done = latest(read_rows(rows_path)[1], digest)
             pending = _jobs(listing, names, done, retry_errors)
             jobs = pending if compute else []
@@ -191,29 +221,52 @@ def evaluate(
                 import torch
 
                 threads = 1 if use_ray else max(1, torch.get_num_threads() // (workers or 1))
-            config = WorkerConfig(model=model_name, device=device, params=checked, threads=threads,
-                                  class_column=class_column)
+            config = WorkerConfig(
+                model=model_name, device=device, params=checked, threads=threads, class_column=class_column
+            )
             info: dict[str, Any] = {}
-            computed = _run(jobs, config, model, workers, use_ray, address, threads, info, rows_file, digest,
-                            progress)
+            computed = _run(jobs, config, model, workers, use_ray, address, threads, info, rows_file, digest, progress)
         rows = {key: typed(row) for key, row in latest(read_rows(rows_path)[1], digest).items()}
         result = stats.summarize(rows, listing.items, names, checked["seed"], resamples, group_by)
         summary = Summary(
-            n=result["n"], n_images=result["n_images"], n_failed=result["n_failed"],
-            n_missing=result["n_missing"], methods=result["methods"],
-            random=result["random"], pairs=result["pairs"], vs_random=result["vs_random"], groups=result["groups"],
-            errors=result["errors"], ill_conditioned=result["ill_conditioned"],
-            params={"model": model_name, "methods": names, **checked, "manifest": str(Path(manifest)), "limit": limit,
-                    "class_column": class_column, "bootstrap_resamples": resamples,
-                    "confidence": stats.CONFIDENCE, "params_hash": digest},
-            run={"device": device, "workers": workers or (len(info.get("workers", [])) if use_ray else 1),
-                 "threads_per_worker": threads, "ray": info.get("ray"), "worker_details": info.get("workers", []),
-                 "images_computed": computed, "images_skipped": len(listing.items) - len(pending),
-                 "images_left": len(pending) - computed,
-                 "first_result_seconds": info.get("first_result_seconds"),
-                 "last_result_seconds": info.get("last_result_seconds"),
-                 "seconds": time.perf_counter() - started, "cpu_count": os.cpu_count()},
-            out=folder, notes=tuple(notes),
+            n=result["n"],
+            n_images=result["n_images"],
+            n_failed=result["n_failed"],
+            n_missing=result["n_missing"],
+            methods=result["methods"],
+            random=result["random"],
+            pairs=result["pairs"],
+            vs_random=result["vs_random"],
+            groups=result["groups"],
+            errors=result["errors"],
+            ill_conditioned=result["ill_conditioned"],
+            params={
+                "model": model_name,
+                "methods": names,
+                **checked,
+                "manifest": str(Path(manifest)),
+                "limit": limit,
+                "class_column": class_column,
+                "bootstrap_resamples": resamples,
+                "confidence": stats.CONFIDENCE,
+                "params_hash": digest,
+            },
+            run={
+                "device": device,
+                "workers": workers or (len(info.get("workers", [])) if use_ray else 1),
+                "threads_per_worker": threads,
+                "ray": info.get("ray"),
+                "worker_details": info.get("workers", []),
+                "images_computed": computed,
+                "images_skipped": len(listing.items) - len(pending),
+                "images_left": len(pending) - computed,
+                "first_result_seconds": info.get("first_result_seconds"),
+                "last_result_seconds": info.get("last_result_seconds"),
+                "seconds": time.perf_counter() - started,
+                "cpu_count": os.cpu_count(),
+            },
+            out=folder,
+            notes=tuple(notes),
         )
         _write_summary(summary, rows, listing, names)
     return summary
@@ -221,6 +274,7 @@ def evaluate(
 
 def _jobs(listing: Manifest, methods: Sequence[str], done: dict, retry_errors: bool) -> list[Job]:
     """An image's job holds the methods whose rows are missing (or failed, with retry_errors)."""
+
     def finished(item: Item, method: str) -> bool:
         row = done.get(item.key + (method,))
         return row is not None and not (retry_errors and row.get("error"))
@@ -233,9 +287,19 @@ def _jobs(listing: Manifest, methods: Sequence[str], done: dict, retry_errors: b
     return jobs
 
 
-def _run(jobs: list[Job], config: WorkerConfig, model: Union[str, ModelAdapter], workers: Optional[int],
-         use_ray: bool, address: Optional[str], threads: int, info: dict[str, Any], rows_file: RowsFile,
-         digest: str, progress: Optional[bool]) -> int:
+def _run(
+    jobs: list[Job],
+    config: WorkerConfig,
+    model: str | ModelAdapter,
+    workers: int | None,
+    use_ray: bool,
+    address: str | None,
+    threads: int,
+    info: dict[str, Any],
+    rows_file: RowsFile,
+    digest: str,
+    progress: bool | None,
+) -> int:
     """Run the jobs on the chosen workers, appending each image's rows as it finishes."""
     if not jobs:
         return 0  # nothing to compute: no model is loaded
@@ -250,8 +314,13 @@ def _run(jobs: list[Job], config: WorkerConfig, model: Union[str, ModelAdapter],
     else:
         outcomes = runners.run_here(jobs, config, model, info)
     computed, began = 0, time.perf_counter()
-    with tqdm(total=len(jobs), unit="image", desc="evaluate", disable=None if progress is None else not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(jobs),
+        unit="image",
+        desc="evaluate",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    ) as bar:
         try:
             for job, rows in outcomes:
                 rows_file.append([{**job.item.extras, **row, "params_hash": digest} for row in rows])
@@ -272,8 +341,7 @@ def _write_summary(summary: Summary, rows: dict, listing: Manifest, methods: Seq
     (summary.out / SUMMARY_JSON).write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     (summary.out / SUMMARY_MD).write_text(report.markdown(data, methods))
     complete = stats.complete(rows, listing.items, methods)
-    srgs = {m: np.array([rows[item.key + (m,)]["srg"] for item in complete], dtype=float)
-            for m in (*methods, RANDOM)}
+    srgs = {m: np.array([rows[item.key + (m,)]["srg"] for item in complete], dtype=float) for m in (*methods, RANDOM)}
     report.plot(data, srgs, methods, summary.out / SUMMARY_PNG, seed=summary.params["seed"])
 
 

@@ -7,6 +7,7 @@ DIR/summary.png. Rerunning with the same DIR resumes. Every parameter flag of
 (curve steps 50). Bad input exits with code 2 and one line ``error: ...``; Ctrl-C exits with
 code 130, keeping every finished row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,36 +25,74 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m explainers.evaluate",
         description="Faithfulness of saliency methods over a data set: deletion/insertion AUCs and SRG per "
-                    "image and method, with bootstrap confidence intervals and paired comparisons.")
-    parser.add_argument("manifest", help="CSV with columns image (path relative to the CSV's folder) and prompt, "
-                                         "optionally contrast ('|'-separated); other columns are carried to the rows")
+        "image and method, with bootstrap confidence intervals and paired comparisons.",
+    )
+    parser.add_argument(
+        "manifest",
+        help="CSV with columns image (path relative to the CSV's folder) and prompt, "
+        "optionally contrast ('|'-separated); other columns are carried to the rows",
+    )
     parser.add_argument("--out", required=True, help="output folder (rerun with the same one to resume)")
     parser.add_argument("--model", default="bundled", help="bundled (offline default) or clip:<hub id or folder>")
-    parser.add_argument("--methods", default=",".join(default_methods()),
-                        help=f"comma-separated, from {','.join(METHODS)} (default {','.join(default_methods())})")
-    parser.add_argument("--device", default="auto",
-                        help=f"{', '.join(DEVICES)} (default auto: CUDA where there is one)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(default_methods()),
+        help=f"comma-separated, from {','.join(METHODS)} (default {','.join(default_methods())})",
+    )
+    parser.add_argument(
+        "--device", default="auto", help=f"{', '.join(DEVICES)} (default auto: CUDA where there is one)"
+    )
     parser.add_argument("--limit", type=_count, default=None, metavar="N", help="only the first N manifest rows")
-    parser.add_argument("--workers", type=_count, default=None, metavar="N",
-                        help="worker processes, each loading the model once (with --ray: actors; default 1, "
-                             "or with --ray one per GPU / per CPU of the cluster)")
-    parser.add_argument("--threads", type=_count, default=None, metavar="N",
-                        help="torch threads per worker (default: this machine's divided among the workers; "
-                             "1 per Ray actor)")
-    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                        help="run on a Ray actor pool: alone, a local Ray; with an address, that cluster "
-                             "(auto, ray://HEAD:10001 or HEAD:6379)")
-    parser.add_argument("--class-column", default=None, metavar="COLUMN",
-                        help="manifest column with each photo's true class index (classifier models, e.g. "
-                             "imagenet_index for bundled): rows get top1 and correct")
-    parser.add_argument("--group-by", default="", metavar="COLUMNS",
-                        help="comma-separated columns (manifest ones, or correct) whose values get their own "
-                             "tables in the summary")
+    parser.add_argument(
+        "--workers",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="worker processes, each loading the model once (with --ray: actors; default 1, "
+        "or with --ray one per GPU / per CPU of the cluster)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="torch threads per worker (default: this machine's divided among the workers; 1 per Ray actor)",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray actor pool: alone, a local Ray; with an address, that cluster "
+        "(auto, ray://HEAD:10001 or HEAD:6379)",
+    )
+    parser.add_argument(
+        "--class-column",
+        default=None,
+        metavar="COLUMN",
+        help="manifest column with each photo's true class index (classifier models, e.g. "
+        "imagenet_index for bundled): rows get top1 and correct",
+    )
+    parser.add_argument(
+        "--group-by",
+        default="",
+        metavar="COLUMNS",
+        help="comma-separated columns (manifest ones, or correct) whose values get their own tables in the summary",
+    )
     parser.add_argument("--retry-errors", action="store_true", help="compute again the images that failed before")
-    parser.add_argument("--summary-only", action="store_true",
-                        help="compute nothing: write the summary of the rows already in --out (a long run's progress)")
-    parser.add_argument("--bootstrap", type=_count, default=None, metavar="N",
-                        help="bootstrap resamples for the confidence intervals (default 10000)")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="compute nothing: write the summary of the rows already in --out (a long run's progress)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="bootstrap resamples for the confidence intervals (default 10000)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_param_flags(parser)
     return parser
@@ -79,27 +118,44 @@ def main(argv: list[str] | None = None) -> int:
         from .stats import RESAMPLES
 
         params = params_from_args(args)  # a bad value is refused here, naming its flag
-        summary = evaluate(args.manifest, args.out, model=args.model, methods=args.methods, device=args.device,
-                           limit=args.limit, workers=args.workers, ray=args.ray, threads=args.threads,
-                           class_column=args.class_column, group_by=args.group_by, retry_errors=args.retry_errors,
-                           compute=not args.summary_only,
-                           resamples=args.bootstrap or RESAMPLES, progress=False if args.no_progress else None,
-                           **params)
+        summary = evaluate(
+            args.manifest,
+            args.out,
+            model=args.model,
+            methods=args.methods,
+            device=args.device,
+            limit=args.limit,
+            workers=args.workers,
+            ray=args.ray,
+            threads=args.threads,
+            class_column=args.class_column,
+            group_by=args.group_by,
+            retry_errors=args.retry_errors,
+            compute=not args.summary_only,
+            resamples=args.bootstrap or RESAMPLES,
+            progress=False if args.no_progress else None,
+            **params,
+        )
     except (UserError, OSError) as error:  # OSError: e.g. the output folder cannot be written
         print(f"error: {cli_error(error, args.out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: every finished image is in {os.path.join(args.out, ROWS)}; run the same command "
-              "again to resume", file=sys.stderr)
+        print(
+            f"interrupted: every finished image is in {os.path.join(args.out, ROWS)}; run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
         return 130
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     run = summary.run
     print(summary.table())
     left = f", {run['images_left']} left to compute" if run["images_left"] else ""
-    print(f"computed {run['images_computed']} images, skipped {run['images_skipped']} already done{left}, in "
-          f"{run['seconds']:.1f} s ({run['workers']} worker(s) x {run['threads_per_worker']} thread(s) on "
-          f"{run['device']}{', Ray' if run['ray'] else ''})")
+    print(
+        f"computed {run['images_computed']} images, skipped {run['images_skipped']} already done{left}, in "
+        f"{run['seconds']:.1f} s ({run['workers']} worker(s) x {run['threads_per_worker']} thread(s) on "
+        f"{run['device']}{', Ray' if run['ray'] else ''})"
+    )
     print(f"wrote {', '.join(str(summary.out / name) for name in (ROWS, 'summary.json', 'summary.md', 'summary.png'))}")
     return 0
 

@@ -4,13 +4,13 @@ Columns: ``image`` (a path, relative to the manifest's folder, or absolute) and 
 optional ``contrast`` (contrast prompts separated by ``|``). Every other column is carried
 unchanged to the rows (a label, a split, ...).
 """
+
 from __future__ import annotations
 
 import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 from ..errors import UserError
 
@@ -49,8 +49,7 @@ class Manifest:
     notes: tuple[str, ...] = ()
 
 
-def read_manifest(path: Union[str, os.PathLike], limit: Optional[int] = None,
-                  reserved: tuple[str, ...] = ()) -> Manifest:
+def read_manifest(path: str | os.PathLike, limit: int | None = None, reserved: tuple[str, ...] = ()) -> Manifest:
     """Read ``path`` -> Manifest. Raises UserError (one sentence) when the file cannot be read,
     lacks a required column, has none of its rows, or carries a column named like one of
     ``reserved`` (the columns rows.csv writes itself)."""
@@ -70,16 +69,20 @@ def read_manifest(path: Union[str, os.PathLike], limit: Optional[int] = None,
         raise UserError(f"the manifest {str(path)!r} cannot be read as a UTF-8 CSV file: {error}") from None
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
-        raise UserError(f"the manifest {path.name!r} has no {' or '.join(repr(c) for c in missing)} column "
-                        f"(it has: {', '.join(columns) or 'no header'}); it needs image and prompt, "
-                        "optionally contrast")
+        raise UserError(
+            f"the manifest {path.name!r} has no {' or '.join(repr(c) for c in missing)} column "
+            f"(it has: {', '.join(columns) or 'no header'}); it needs image and prompt, "
+            "optionally contrast"
+        )
     if len(set(columns)) != len(columns):
         raise UserError(f"the manifest {path.name!r} names a column twice: {', '.join(columns)}")
     extras = tuple(c for c in columns if c not in (*REQUIRED, "contrast"))
     clash = [c for c in extras if c in reserved]
     if clash:
-        raise UserError(f"the manifest column(s) {', '.join(repr(c) for c in clash)} clash with columns the "
-                        "results write; rename them in the manifest")
+        raise UserError(
+            f"the manifest column(s) {', '.join(repr(c) for c in clash)} clash with columns the "
+            "results write; rename them in the manifest"
+        )
     folder = path.resolve().parent
     items: list[Item] = []
     seen: dict[tuple[str, str, str], int] = {}
@@ -89,11 +92,17 @@ def read_manifest(path: Union[str, os.PathLike], limit: Optional[int] = None,
         image = record.get("image", "").strip()
         if not image and not any(v.strip() for v in record.values()):
             continue  # a blank line
-        item = Item(image=image, path=str(folder / image) if image else "", prompt=record.get("prompt", ""),
-                    contrast=record.get("contrast", "").strip(), extras={c: record.get(c, "") for c in extras})
+        item = Item(
+            image=image,
+            path=str(folder / image) if image else "",
+            prompt=record.get("prompt", ""),
+            contrast=record.get("contrast", "").strip(),
+            extras={c: record.get(c, "") for c in extras},
+        )
         if item.key in seen:
-            notes.append(f"manifest line {line} repeats line {seen[item.key]} (same image, prompt and contrast) "
-                         "and is skipped")
+            notes.append(
+                f"manifest line {line} repeats line {seen[item.key]} (same image, prompt and contrast) and is skipped"
+            )
             continue
         seen[item.key] = line
         items.append(item)

@@ -5,6 +5,7 @@ A row's key is (image, prompt, contrast, method); every row also carries the has
 model and parameters, and a folder holds the rows of one configuration only (``check_config``
 refuses another), so results of different parameters never mix.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,15 +13,27 @@ import csv
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from ..errors import UserError
 
 RANDOM = "random"  # the method name of the random reference's row
 KEY = ("image", "prompt", "contrast", "method")
-RESULT_COLUMNS = ("insertion_auc", "deletion_auc", "srg", "beats_random", "score", "seconds", "forward_passes",
-                  "backward_passes", "curve_seconds", "curve_forward_passes", "error")
+RESULT_COLUMNS = (
+    "insertion_auc",
+    "deletion_auc",
+    "srg",
+    "beats_random",
+    "score",
+    "seconds",
+    "forward_passes",
+    "backward_passes",
+    "curve_seconds",
+    "curve_forward_passes",
+    "error",
+)
 CLASS_COLUMNS = ("top1", "correct")  # with a class column: the model's top-1 class and whether it is right
 BASE_COLUMNS = KEY + RESULT_COLUMNS + ("params_hash",)
 RESERVED = BASE_COLUMNS + CLASS_COLUMNS
@@ -44,8 +57,9 @@ def folder_lock(folder: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UserError(f"another run is writing to {folder} right now; wait for it to finish, or use "
-                            "another --out folder") from None
+            raise UserError(
+                f"another run is writing to {folder} right now; wait for it to finish, or use another --out folder"
+            ) from None
         try:
             yield
         finally:
@@ -72,11 +86,14 @@ def check_config(folder: Path, model: str, params: dict[str, Any]) -> str:
             was = {"model": before.get("model"), **before.get("params", {})}
             now = {"model": model, **params}
             differ = [f"{k} {was.get(k)!r} there, {now.get(k)!r} here" for k in now if was.get(k) != now.get(k)]
-            raise UserError(f"{folder} holds results of other settings ({'; '.join(differ) or 'another version'}); "
-                            "use another --out folder, or the same settings to resume")
+            raise UserError(
+                f"{folder} holds results of other settings ({'; '.join(differ) or 'another version'}); "
+                "use another --out folder, or the same settings to resume"
+            )
     else:
-        path.write_text(json.dumps({"model": model, "params": params, "params_hash": digest}, indent=1,
-                                   sort_keys=True) + "\n")
+        path.write_text(
+            json.dumps({"model": model, "params": params, "params_hash": digest}, indent=1, sort_keys=True) + "\n"
+        )
     return digest
 
 
@@ -150,14 +167,17 @@ class RowsFile:
         if header:
             missing = [c for c in columns if c not in header]
             if missing:
-                raise UserError(f"{path} was started without the column(s) {', '.join(missing)}; use another "
-                                "--out folder (or the same manifest columns and class column)")
+                raise UserError(
+                    f"{path} was started without the column(s) {', '.join(missing)}; use another "
+                    "--out folder (or the same manifest columns and class column)"
+                )
             self.columns = header
         else:
             self.columns = list(columns)
-        self._handle = open(path, "a", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._handle, fieldnames=self.columns, extrasaction="ignore", restval="",
-                                      lineterminator="\n")
+        self._handle = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - held until close()
+        self._writer = csv.DictWriter(
+            self._handle, fieldnames=self.columns, extrasaction="ignore", restval="", lineterminator="\n"
+        )
         if not header:
             self._handle.truncate(0)  # a file holding only a cut header line
             self._writer.writeheader()
@@ -175,7 +195,7 @@ class RowsFile:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "RowsFile":
+    def __enter__(self) -> RowsFile:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -192,7 +212,7 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def error_text(error: Optional[BaseException]) -> str:
+def error_text(error: BaseException | None) -> str:
     """One line for the error column."""
     if error is None:
         return ""

@@ -1,15 +1,17 @@
 """Three ways to run the jobs, each yielding ``(job, rows)`` as images finish (in any order):
 in this process, in local worker processes (``--workers N``), or on a Ray actor pool
 (``--ray [ADDRESS]``). Every worker loads the model once; the driver alone writes rows.csv."""
+
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
@@ -19,13 +21,19 @@ from .worker import Job, Worker, WorkerConfig, WorkerStartError
 
 Outcome = tuple[Job, list[dict[str, Any]]]
 # Environment variables a worker needs to load models as the driver does (offline, local folders).
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM",
-                 "SALIENCY_LAB_ALLOW_LOCAL_MODELS")
+FORWARDED_ENV = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "TOKENIZERS_PARALLELISM",
+    "SALIENCY_LAB_ALLOW_LOCAL_MODELS",
+)
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024  # rows are a few kB: Ray's default (30 % of RAM) is wasted
 
 
-def run_here(jobs: Sequence[Job], config: WorkerConfig, model: Union[str, ModelAdapter],
-             info: dict[str, Any]) -> Iterator[Outcome]:
+def run_here(
+    jobs: Sequence[Job], config: WorkerConfig, model: str | ModelAdapter, info: dict[str, Any]
+) -> Iterator[Outcome]:
     """In this process (``--workers 1``); torch's thread count is restored afterwards."""
     threads_before = torch.get_num_threads()
     try:
@@ -39,8 +47,8 @@ def run_here(jobs: Sequence[Job], config: WorkerConfig, model: Union[str, ModelA
 
 
 # --- local processes -------------------------------------------------------------------------
-_worker: Optional[Worker] = None
-_start_error: Optional[str] = None
+_worker: Worker | None = None
+_start_error: str | None = None
 
 
 def _start_process(config: WorkerConfig, counter: Any) -> None:
@@ -65,12 +73,12 @@ def _run_in_process(job: Job) -> tuple[Outcome, dict[str, Any]]:
     return _worker.run(job), {"pid": os.getpid(), **_worker.describe()}
 
 
-def run_processes(jobs: Sequence[Job], config: WorkerConfig, workers: int,
-                  info: dict[str, Any]) -> Iterator[Outcome]:
+def run_processes(jobs: Sequence[Job], config: WorkerConfig, workers: int, info: dict[str, Any]) -> Iterator[Outcome]:
     """In ``workers`` local processes (spawned: CUDA and torch's threads do not survive a fork)."""
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_process,
-                               initargs=(config, context.Value("i", 0)))
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_start_process, initargs=(config, context.Value("i", 0))
+    )
     seen: dict[int, dict[str, Any]] = {}
     try:
         pending: set[Future] = {pool.submit(_run_in_process, job) for job in jobs}
@@ -80,8 +88,10 @@ def run_processes(jobs: Sequence[Job], config: WorkerConfig, workers: int,
                 try:
                     outcome, where = future.result()
                 except BrokenProcessPool:
-                    raise UserError("a worker process died (out of memory?); the rows written so far are kept: "
-                                    "rerun the same command to resume") from None
+                    raise UserError(
+                        "a worker process died (out of memory?); the rows written so far are kept: "
+                        "rerun the same command to resume"
+                    ) from None
                 seen[where["pid"]] = where
                 info["workers"] = list(seen.values())
                 yield outcome
@@ -101,14 +111,14 @@ class RayWorker:
     """A Ray actor's body (wrapped with ``ray.remote`` at run time, so Ray stays optional)."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        self.worker: Optional[Worker] = None
-        self.error: Optional[str] = None
+        self.worker: Worker | None = None
+        self.error: str | None = None
         try:
             self.worker = Worker(config)
         except UserError as error:
             self.error = str(error)
 
-    def ready(self) -> tuple[Optional[str], dict[str, Any]]:
+    def ready(self) -> tuple[str | None, dict[str, Any]]:
         """(the start error or None, where the actor runs)."""
         if self.worker is None:
             return self.error, {}
@@ -138,8 +148,14 @@ def import_ray():
     return ray
 
 
-def run_ray(jobs: Sequence[Job], config: WorkerConfig, address: Optional[str], actors: Optional[int],
-            threads: Optional[int], info: dict[str, Any]) -> Iterator[Outcome]:
+def run_ray(
+    jobs: Sequence[Job],
+    config: WorkerConfig,
+    address: str | None,
+    actors: int | None,
+    threads: int | None,
+    info: dict[str, Any],
+) -> Iterator[Outcome]:
     """On a Ray actor pool. ``address``: None or "local" starts a local Ray (unless this process
     is already connected, e.g. a notebook that called ``ray.init``); otherwise that cluster's
     address ("auto", "ray://host:10001", "host:6379"). One GPU per actor where the cluster has
@@ -154,17 +170,26 @@ def run_ray(jobs: Sequence[Job], config: WorkerConfig, address: Optional[str], a
             if address in (None, "", "local"):
                 # address="local": always a new local Ray, never a cluster some earlier run left
                 # registered in /tmp/ray (ray.init() alone would try to join it)
-                ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                         logging_level=logging.WARNING, log_to_driver=True)
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    logging_level=logging.WARNING,
+                    log_to_driver=True,
+                )
             else:
                 # A remote cluster gets this package shipped with the job; its Python must hold
                 # the requirements (torch, transformers, ...).
                 package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-                ray.init(address=address, logging_level=logging.WARNING,
-                         runtime_env={"py_modules": [package], "env_vars": env})
+                ray.init(
+                    address=address,
+                    logging_level=logging.WARNING,
+                    runtime_env={"py_modules": [package], "env_vars": env},
+                )
         except Exception as error:  # noqa: BLE001 - Ray's many connection errors -> one sentence
-            raise UserError(f"Ray could not start or connect ({address or 'local'}): "
-                            f"{' '.join(str(error).split())[:300]}") from None
+            raise UserError(
+                f"Ray could not start or connect ({address or 'local'}): {' '.join(str(error).split())[:300]}"
+            ) from None
         started_here = True
     handles = []
     try:
@@ -176,16 +201,21 @@ def run_ray(jobs: Sequence[Job], config: WorkerConfig, address: Optional[str], a
         threads = threads or 1
         count = actors or (gpus if use_gpu else max(1, int(resources.get("CPU", 1)) // threads))
         device = "cuda" if use_gpu else "cpu"  # Ray hides all but the actor's GPU: cuda is cuda:0 there
-        actor_class = ray.remote(RayWorker).options(num_cpus=threads, num_gpus=1 if use_gpu else 0,
-                                                    runtime_env={"env_vars": env} if env else None)
+        actor_class = ray.remote(RayWorker).options(
+            num_cpus=threads, num_gpus=1 if use_gpu else 0, runtime_env={"env_vars": env} if env else None
+        )
         handles = [actor_class.remote(replace(config, device=device, threads=threads)) for _ in range(count)]
         started = ray.get([h.ready.remote() for h in handles])
         errors = [e for e, _ in started if e]
         if errors:
             raise UserError(errors[0])
         info["workers"] = [where for _, where in started]
-        info["ray"] = {"address": address or "local", "actors": count, "gpus_per_actor": int(use_gpu),
-                       "cpus_per_actor": threads}
+        info["ray"] = {
+            "address": address or "local",
+            "actors": count,
+            "gpus_per_actor": int(use_gpu),
+            "cpus_per_actor": threads,
+        }
         pool = ActorPool(handles)
         for job in jobs:
             pool.submit(lambda actor, j: actor.run.remote(j), job)
@@ -193,8 +223,10 @@ def run_ray(jobs: Sequence[Job], config: WorkerConfig, address: Optional[str], a
             try:
                 yield pool.get_next_unordered()
             except ray.exceptions.RayActorError as error:
-                raise UserError(f"a Ray actor died ({' '.join(str(error).split())[:200]}); the rows written so "
-                                "far are kept: rerun the same command to resume") from None
+                raise UserError(
+                    f"a Ray actor died ({' '.join(str(error).split())[:200]}); the rows written so "
+                    "far are kept: rerun the same command to resume"
+                ) from None
         info["workers"] = ray.get([h.describe.remote() for h in handles])  # with their peak memory
     finally:
         for handle in handles:

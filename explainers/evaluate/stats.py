@@ -12,12 +12,14 @@ one such image would swamp every mean (ImageNet's n04041544_radio on the bundled
 every method: its normalised insertion or deletion AUC beyond +-ILL_CONDITIONED_AUC (over the 200
 ImageNet samples it otherwise stays within +-0.7).
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from itertools import combinations
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -32,7 +34,7 @@ ILL_CONDITIONED_AUC = 3.0
 Rows = dict[tuple[str, str, str, str], dict[str, Any]]  # key -> typed row
 
 
-def bootstrap_ci(values: np.ndarray, index: np.ndarray, confidence: float = CONFIDENCE) -> Optional[list[float]]:
+def bootstrap_ci(values: np.ndarray, index: np.ndarray, confidence: float = CONFIDENCE) -> list[float] | None:
     """Percentile bootstrap CI of the mean of ``values`` over the resamples ``index`` ([B, n])."""
     if values.size == 0:
         return None
@@ -41,7 +43,7 @@ def bootstrap_ci(values: np.ndarray, index: np.ndarray, confidence: float = CONF
     return [float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))]
 
 
-def wilcoxon_p(differences: np.ndarray) -> Optional[float]:
+def wilcoxon_p(differences: np.ndarray) -> float | None:
     """Two-sided Wilcoxon signed-rank p-value that the paired differences centre on 0; None under
     two pairs; 1.0 when every difference is 0 (nothing to rank)."""
     if differences.size < 2:
@@ -54,29 +56,37 @@ def wilcoxon_p(differences: np.ndarray) -> Optional[float]:
     return p if math.isfinite(p) else None
 
 
-def _mean(values: np.ndarray) -> Optional[float]:
+def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
 def _paired(a: np.ndarray, b: np.ndarray, index: np.ndarray) -> dict[str, Any]:
     differences = a - b
-    return {"srg_diff_mean": _mean(differences), "ci": bootstrap_ci(differences, index),
-            "p_wilcoxon": wilcoxon_p(differences),
-            "first_higher": float(np.mean(differences > 0)) if differences.size else None}
+    return {
+        "srg_diff_mean": _mean(differences),
+        "ci": bootstrap_ci(differences, index),
+        "p_wilcoxon": wilcoxon_p(differences),
+        "first_higher": float(np.mean(differences > 0)) if differences.size else None,
+    }
 
 
 def finished(rows: Rows, items: Sequence[Item], methods: Sequence[str]) -> list[Item]:
     """The items with a row without error for every method and for the random reference."""
-    return [item for item in items
-            if all((row := rows.get(item.key + (m,))) is not None and not row.get("error")
-                   for m in (*methods, RANDOM))]
+    return [
+        item
+        for item in items
+        if all((row := rows.get(item.key + (m,))) is not None and not row.get("error") for m in (*methods, RANDOM))
+    ]
 
 
 def ill_conditioned(rows: Rows, item: Item) -> bool:
     """Whether the item's normalised curves divide by about zero (see the module's note)."""
     reference = rows[item.key + (RANDOM,)]
-    return any(abs(reference[c]) > ILL_CONDITIONED_AUC for c in ("insertion_auc", "deletion_auc")
-               if reference.get(c) is not None and math.isfinite(reference[c]))
+    return any(
+        abs(reference[c]) > ILL_CONDITIONED_AUC
+        for c in ("insertion_auc", "deletion_auc")
+        if reference.get(c) is not None and math.isfinite(reference[c])
+    )
 
 
 def complete(rows: Rows, items: Sequence[Item], methods: Sequence[str]) -> list[Item]:
@@ -84,8 +94,9 @@ def complete(rows: Rows, items: Sequence[Item], methods: Sequence[str]) -> list[
     return [item for item in finished(rows, items, methods) if not ill_conditioned(rows, item)]
 
 
-def block(rows: Rows, items: Sequence[Item], methods: Sequence[str], seed: int,
-          resamples: int = RESAMPLES) -> dict[str, Any]:
+def block(
+    rows: Rows, items: Sequence[Item], methods: Sequence[str], seed: int, resamples: int = RESAMPLES
+) -> dict[str, Any]:
     """The statistics of ``methods`` over ``items``' complete images (see the module's note)."""
     kept = complete(rows, items, methods)
     n = len(kept)
@@ -98,9 +109,15 @@ def block(rows: Rows, items: Sequence[Item], methods: Sequence[str], seed: int,
     def figures(method: str) -> dict[str, Any]:
         srg, insertion = column(method, "srg"), column(method, "insertion_auc")
         deletion = column(method, "deletion_auc")
-        out = {"n": n, "srg_mean": _mean(srg), "srg_ci": bootstrap_ci(srg, index),
-               "insertion_mean": _mean(insertion), "insertion_ci": bootstrap_ci(insertion, index),
-               "deletion_mean": _mean(deletion), "deletion_ci": bootstrap_ci(deletion, index)}
+        out = {
+            "n": n,
+            "srg_mean": _mean(srg),
+            "srg_ci": bootstrap_ci(srg, index),
+            "insertion_mean": _mean(insertion),
+            "insertion_ci": bootstrap_ci(insertion, index),
+            "deletion_mean": _mean(deletion),
+            "deletion_ci": bootstrap_ci(deletion, index),
+        }
         if method != RANDOM:
             out["beats_random"] = _mean(column(method, "beats_random"))
         out["seconds_mean"] = _mean(column(method, "seconds"))
@@ -120,7 +137,7 @@ def block(rows: Rows, items: Sequence[Item], methods: Sequence[str], seed: int,
     }
 
 
-def item_value(rows: Rows, item: Item, column: str, methods: Sequence[str]) -> Optional[str]:
+def item_value(rows: Rows, item: Item, column: str, methods: Sequence[str]) -> str | None:
     """The item's value in ``column``: a manifest column, or one the rows hold (top1, correct)."""
     if column in item.extras:
         return item.extras[column]
@@ -131,21 +148,40 @@ def item_value(rows: Rows, item: Item, column: str, methods: Sequence[str]) -> O
     return None
 
 
-def summarize(rows: Rows, items: Sequence[Item], methods: Sequence[str], seed: int,
-              resamples: int = RESAMPLES, group_by: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    rows: Rows,
+    items: Sequence[Item],
+    methods: Sequence[str],
+    seed: int,
+    resamples: int = RESAMPLES,
+    group_by: Sequence[str] = (),
+) -> dict[str, Any]:
     """The whole summary: the block over every item, the failed images, and a block per value of
     each ``group_by`` column (e.g. ``correct``: the images the model classifies right and wrong)."""
     failed = []
     for item in items:
-        errors = [rows[item.key + (m,)]["error"] for m in (*methods, RANDOM)
-                  if item.key + (m,) in rows and rows[item.key + (m,)].get("error")]
+        errors = [
+            rows[item.key + (m,)]["error"]
+            for m in (*methods, RANDOM)
+            if item.key + (m,) in rows and rows[item.key + (m,)].get("error")
+        ]
         if errors:
             failed.append({"image": item.image, "prompt": item.prompt, "error": errors[0]})
     missing = sum(1 for item in items if any(item.key + (m,) not in rows for m in (*methods, RANDOM)))
-    ill = [{"image": item.image, "prompt": item.prompt} for item in finished(rows, items, methods)
-           if ill_conditioned(rows, item)]
-    out = {**block(rows, items, methods, seed, resamples), "n_images": len(items), "n_failed": len(failed),
-           "n_missing": missing, "errors": failed, "n_ill_conditioned": len(ill), "ill_conditioned": ill}
+    ill = [
+        {"image": item.image, "prompt": item.prompt}
+        for item in finished(rows, items, methods)
+        if ill_conditioned(rows, item)
+    ]
+    out = {
+        **block(rows, items, methods, seed, resamples),
+        "n_images": len(items),
+        "n_failed": len(failed),
+        "n_missing": missing,
+        "errors": failed,
+        "n_ill_conditioned": len(ill),
+        "ill_conditioned": ill,
+    }
     groups: dict[str, dict[str, Any]] = {}
     for column in group_by:
         values = [item_value(rows, item, column, methods) for item in items]

@@ -1,6 +1,7 @@
 """Method registry: name -> Method. A new method is one file (which declares its ``METHOD``)
 plus one line here; the API, the CLI, the app and the benchmarks read everything from it.
 """
+
 from __future__ import annotations
 
 import time
@@ -40,8 +41,9 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def run_method(name: str, adapter: ModelAdapter, pixels: torch.Tensor, target: Target,
-               progress: ProgressFn = no_progress, **kwargs) -> SaliencyMap:
+def run_method(
+    name: str, adapter: ModelAdapter, pixels: torch.Tensor, target: Target, progress: ProgressFn = no_progress, **kwargs
+) -> SaliencyMap:
     """Run one method through its own meter: the map with its seconds and forward/backward passes.
 
     ``kwargs`` are the method's own keywords (``Method.kwargs``) and the protocol's
@@ -50,8 +52,12 @@ def run_method(name: str, adapter: ModelAdapter, pixels: torch.Tensor, target: T
     meter = Metered(adapter)
     started = time.perf_counter()
     saliency = get_method(name).explain(meter, pixels, target, progress=progress, **kwargs)
-    return replace(saliency, seconds=time.perf_counter() - started, forward_passes=meter.forward_passes,
-                   backward_passes=meter.backward_passes)
+    return replace(
+        saliency,
+        seconds=time.perf_counter() - started,
+        forward_passes=meter.forward_passes,
+        backward_passes=meter.backward_passes,
+    )
 
 
 __all__ = ["METHODS", "Method", "default_methods", "get_method", "list_methods", "run_method"]

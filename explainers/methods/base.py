@@ -6,10 +6,11 @@ A method's ``explain`` is ``explain(adapter, pixels, target, *, progress, substr
 pixels become, the run's seed), passed to every method; a method that has no use for them
 ignores them. The method returns the map and its meta; ``run_method`` meters it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..params import Param
 from ..types import SaliencyMap

@@ -5,6 +5,7 @@ The adapter names the layer (``cam_layer``) and how to turn its activations into
 ``[B, C, h, w]`` grid; for a CLIP ViT that is the input of the last block's first layer norm
 with CLS dropped, on the patch grid from the config. One forward and one backward pass.
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,8 +24,9 @@ def cam_from(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     return torch.relu((weights * activations).sum(dim=1))
 
 
-def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target,
-            progress: ProgressFn = no_progress, **_: object) -> SaliencyMap:
+def explain(
+    adapter: ModelAdapter, pixels: torch.Tensor, target: Target, progress: ProgressFn = no_progress, **_: object
+) -> SaliencyMap:
     """Grad-CAM map at the pixels' size, scaled to [0, 1] (all zeros if the CAM is all zero)."""
     layer = adapter.cam_layer()
     captured: list[torch.Tensor] = []
@@ -57,9 +59,15 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target,
 
 
 METHOD = Method(
-    name="gradcam", title="Grad-CAM", explain=explain, paper="Selvaraju et al., ICCV 2017",
-    note=("**Grad-CAM** looks inside the model, at its last layer of feature maps, and asks which of "
-          "them push the score up. It needs one pass forwards and one backwards, so it is the fastest; "
-          "but that layer is a coarse grid (7 × 7 cells for the bundled model), so its map is a few soft blobs."),
-    progress_share=0.05, colour="#d62728",
+    name="gradcam",
+    title="Grad-CAM",
+    explain=explain,
+    paper="Selvaraju et al., ICCV 2017",
+    note=(
+        "**Grad-CAM** looks inside the model, at its last layer of feature maps, and asks which of "
+        "them push the score up. It needs one pass forwards and one backwards, so it is the fastest; "
+        "but that layer is a coarse grid (7 × 7 cells for the bundled model), so its map is a few soft blobs."
+    ),
+    progress_share=0.05,
+    colour="#d62728",
 )

@@ -15,6 +15,7 @@ The map is |sum over colour channels of the attributions| (Captum's "absolute_va
 on deletion/insertion curves the signed map ranks scattered pixels of both signs and does
 no better than random, while the magnitude beats it (bench/ig_steps.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,14 +33,15 @@ DEFAULT_TOLERANCE = 0.05
 PATH_POWER = 2  # a = u ** PATH_POWER
 
 
-def _path_gradients(adapter: ModelAdapter, reference: torch.Tensor, difference: torch.Tensor,
-                    target: Target, u: np.ndarray) -> torch.Tensor:
+def _path_gradients(
+    adapter: ModelAdapter, reference: torch.Tensor, difference: torch.Tensor, target: Target, u: np.ndarray
+) -> torch.Tensor:
     """sum_j grad s(x' + a(u_j) (x - x')) * a'(u_j) over the points ``u``, batched. ``[1, 3, H, W]``."""
     total = torch.zeros_like(difference)
     batch = adapter.max_grad_batch
     for start in range(0, len(u), batch):
-        chunk = torch.from_numpy(u[start:start + batch]).float().view(-1, 1, 1, 1).to(difference.device)
-        alpha = chunk ** PATH_POWER
+        chunk = torch.from_numpy(u[start : start + batch]).float().view(-1, 1, 1, 1).to(difference.device)
+        alpha = chunk**PATH_POWER
         slope = PATH_POWER * chunk ** (PATH_POWER - 1)
         interpolants = (reference + alpha * difference).requires_grad_(True)
         with torch.enable_grad():
@@ -50,10 +52,17 @@ def _path_gradients(adapter: ModelAdapter, reference: torch.Tensor, difference: 
     return total
 
 
-def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, steps: int = DEFAULT_STEPS,
-            baseline: str = "black", max_steps: int = DEFAULT_MAX_STEPS,
-            tolerance: float = DEFAULT_TOLERANCE, progress: ProgressFn = no_progress,
-            **_: object) -> SaliencyMap:
+def explain(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    target: Target,
+    steps: int = DEFAULT_STEPS,
+    baseline: str = "black",
+    max_steps: int = DEFAULT_MAX_STEPS,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: ProgressFn = no_progress,
+    **_: object,
+) -> SaliencyMap:
     """IG map at the pixels' size (see the module docstring). ``steps`` = initial intervals."""
     pixels = pixels.detach()
     reference = substrate_image(pixels, baseline)
@@ -79,25 +88,52 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, steps: 
         interior_sum += _path_gradients(adapter, reference, difference, target, midpoints)
         intervals *= 2
     return SaliencyMap(
-        "ig", attributions.sum(dim=1)[0].abs().cpu().numpy(),
-        meta={"steps": intervals, "initial_steps": steps, "max_steps": max_steps, "baseline": baseline,
-              "path": f"a = u**{PATH_POWER}", "rule": "nested trapezoid",
-              "completeness_error": error, "converged": error <= tolerance,
-              "attribution_sum": float(attributions.sum()), "score_difference": delta},
+        "ig",
+        attributions.sum(dim=1)[0].abs().cpu().numpy(),
+        meta={
+            "steps": intervals,
+            "initial_steps": steps,
+            "max_steps": max_steps,
+            "baseline": baseline,
+            "path": f"a = u**{PATH_POWER}",
+            "rule": "nested trapezoid",
+            "completeness_error": error,
+            "converged": error <= tolerance,
+            "attribution_sum": float(attributions.sum()),
+            "score_difference": delta,
+        },
     )
 
 
 METHOD = Method(
-    name="ig", title="Integrated gradients", explain=explain, paper="Sundararajan et al., ICML 2017",
-    note=("**Integrated gradients** fades the photo in from a blank picture in small steps and adds up, "
-          "pixel by pixel, how much each step moved the score. Its map is sharp and often speckled; "
-          "in theory all of it adds up to the score of the photo minus the score of the blank picture."),
-    params=(
-        Param("ig_steps", DEFAULT_STEPS, "integrated-gradients steps (refined up to 128 while the "
-              "completeness error is over 5 %)", low=2, high=256, arg="steps",
-              label="Integrated gradients: steps"),
-        Param("ig_baseline", "black", "the picture the path starts from", choices=BASELINES, arg="baseline",
-              label="Integrated gradients: baseline"),
+    name="ig",
+    title="Integrated gradients",
+    explain=explain,
+    paper="Sundararajan et al., ICML 2017",
+    note=(
+        "**Integrated gradients** fades the photo in from a blank picture in small steps and adds up, "
+        "pixel by pixel, how much each step moved the score. Its map is sharp and often speckled; "
+        "in theory all of it adds up to the score of the photo minus the score of the blank picture."
     ),
-    progress_share=0.25, colour="#1f77b4",
+    params=(
+        Param(
+            "ig_steps",
+            DEFAULT_STEPS,
+            "integrated-gradients steps (refined up to 128 while the completeness error is over 5 %)",
+            low=2,
+            high=256,
+            arg="steps",
+            label="Integrated gradients: steps",
+        ),
+        Param(
+            "ig_baseline",
+            "black",
+            "the picture the path starts from",
+            choices=BASELINES,
+            arg="baseline",
+            label="Integrated gradients: baseline",
+        ),
+    ),
+    progress_share=0.25,
+    colour="#1f77b4",
 )

@@ -22,17 +22,18 @@ Searches (``search=``):
 
 bench/region_search_dataset.py measures them all on 50 ImageNet photos (SRG with CIs, passes).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ..models.base import ModelAdapter
+from ..params import Param
 from ..regions import label_masks, region_labels
 from ..substrates import Substrate, make_substrate
-from ..params import Param
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
 from .base import Method
 
@@ -51,8 +52,9 @@ FLAT = 0.05  # ...and varied by less than this across the candidates scored
 LIMA_PENDING = 8  # candidates the LIMA-style search scores per step for its tail
 
 
-def greedy_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress,
-                 empty_value: float = 0.0) -> tuple[list[int], list[float], int]:
+def greedy_order(
+    n: int, evaluate: SetFunction, progress: ProgressFn = no_progress, empty_value: float = 0.0
+) -> tuple[list[int], list[float], int]:
     """Plain greedy: at each step add the region with the largest F(S + r). Ties -> lower index.
 
     Returns (order, marginal gains, number of sets evaluated).
@@ -74,8 +76,9 @@ def greedy_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progre
     return order, gains, evaluated
 
 
-def lazy_greedy_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress,
-                      empty_value: float = 0.0, batch: int = 4) -> tuple[list[int], list[float], int]:
+def lazy_greedy_order(
+    n: int, evaluate: SetFunction, progress: ProgressFn = no_progress, empty_value: float = 0.0, batch: int = 4
+) -> tuple[list[int], list[float], int]:
     """Lazy greedy: re-evaluate only the ``batch`` regions with the best stale gains.
 
     A region is taken when its fresh gain is at least every other region's stale gain, which
@@ -107,10 +110,17 @@ def lazy_greedy_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_p
     return order, gains, evaluated
 
 
-def fast_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress,
-               empty_value: float = 0.0, prior: np.ndarray | None = None, pool: int = FAST_POOL,
-               budget: int | None = None, memory: int = 1, seed: int = 0,
-               ) -> tuple[list[int], list[float], int]:
+def fast_order(
+    n: int,
+    evaluate: SetFunction,
+    progress: ProgressFn = no_progress,
+    empty_value: float = 0.0,
+    prior: np.ndarray | None = None,
+    pool: int = FAST_POOL,
+    budget: int | None = None,
+    memory: int = 1,
+    seed: int = 0,
+) -> tuple[list[int], list[float], int]:
     """The default search: a context prior, then greedy over a small pool of candidates.
 
     The objective is far from submodular early on (a region's gain grows as regions combine:
@@ -156,7 +166,7 @@ def fast_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress
             order += [int(r) for r in ranked]
             gains += [float(g) for g in np.sort(estimate)[::-1]]
             break
-        candidates = ranked[:min(pool, budget - evaluated)]
+        candidates = ranked[: min(pool, budget - evaluated)]
         sets = np.repeat(selected[None], len(candidates), axis=0)
         sets[np.arange(len(candidates)), candidates] = True
         values = evaluate(sets)
@@ -184,8 +194,15 @@ class _Chain:
     time. A stale score is read as a change on top of the chain's current score, so a region last
     scored long ago (or only alone, at the start) competes with the fresh ones on equal terms."""
 
-    def __init__(self, single_kept: np.ndarray, single_removed: np.ndarray, sign: float,
-                 area_share: float, budget: int, lambdas: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        single_kept: np.ndarray,
+        single_removed: np.ndarray,
+        sign: float,
+        area_share: float,
+        budget: int,
+        lambdas: tuple[float, float],
+    ) -> None:
         n = len(single_kept)
         self.members, self.order = np.zeros(n, dtype=bool), []
         self.kept, self.removed = 0.0, 1.0  # nothing kept scores 0; nothing removed scores 1
@@ -220,10 +237,16 @@ class _Chain:
         self.complement_values.append(float(self.value(self.removed, self.kept)))
 
 
-def two_ended_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress,
-                    empty_value: float = 0.0, budget: int | None = None,
-                    front_area: float = TWO_ENDED_FRONT_AREA, front_budget: float = TWO_ENDED_FRONT_BUDGET,
-                    pool_refresh: int = 1) -> tuple[list[int], list[float], int]:
+def two_ended_order(
+    n: int,
+    evaluate: SetFunction,
+    progress: ProgressFn = no_progress,
+    empty_value: float = 0.0,
+    budget: int | None = None,
+    front_area: float = TWO_ENDED_FRONT_AREA,
+    front_budget: float = TWO_ENDED_FRONT_BUDGET,
+    pool_refresh: int = 1,
+) -> tuple[list[int], list[float], int]:
     """The default search: grow the order from both ends, spending most passes where they pay.
 
     The protocol's SRG (insertion AUC - deletion AUC) reads an order from both ends: the deletion
@@ -280,7 +303,7 @@ def two_ended_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_pro
                 asked.add(key)
                 score.images += 1
         values = kept_scores(rows)
-        return (values[: len(sets)] if kept else None), (values[-len(sets):] if removed else None)
+        return (values[: len(sets)] if kept else None), (values[-len(sets) :] if removed else None)
 
     score.images = 0
     singles = np.eye(n, dtype=bool)
@@ -310,13 +333,14 @@ def two_ended_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_pro
             both = chain.both or level < SATURATED or kept_scores is None
             cost = 2 if both else 1
             left = min(chain.budget - chain.spent, budget - score.images)
-            steps_left = max(1, int(round((m - 1) * chain.area_share)))
+            steps_left = max(1, round((m - 1) * chain.area_share))
             pool = int(min(m, left // (cost * steps_left)))
             if pool > 0:
                 candidates = list(ranked[:pool])
                 if pool_refresh and pool >= 3:  # keep every estimate from growing too stale
-                    stalest = [r for r in remaining[np.lexsort((remaining, chain.scored_at[remaining]))]
-                               if r not in candidates][:pool_refresh]
+                    stalest = [
+                        r for r in remaining[np.lexsort((remaining, chain.scored_at[remaining]))] if r not in candidates
+                    ][:pool_refresh]
                     candidates = candidates[: pool - len(stalest)] + stalest
                 candidates = np.array(candidates)
                 sets = np.repeat(chain.members[None], len(candidates), axis=0)
@@ -347,8 +371,13 @@ def two_ended_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_pro
     return order, gains, score.images
 
 
-def lima_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress,
-               empty_value: float = 0.0, pending: int = LIMA_PENDING) -> tuple[list[int], list[float], int]:
+def lima_order(
+    n: int,
+    evaluate: SetFunction,
+    progress: ProgressFn = no_progress,
+    empty_value: float = 0.0,
+    pending: int = LIMA_PENDING,
+) -> tuple[list[int], list[float], int]:
     """LIMA-style bidirectional greedy ("Less is More: Efficient Black-box Attribution via Minimal
     Interpretable Subset Selection", Chen et al., 2025; the efficient search of its code), kept
     as the anchor it is measured against.
@@ -392,8 +421,13 @@ def lima_order(n: int, evaluate: SetFunction, progress: ProgressFn = no_progress
     return front_order + tail_order[::-1], np.diff([empty_value] + values).tolist(), evaluated
 
 
-SEARCH_FUNCTIONS = {"greedy": greedy_order, "lazy": lazy_greedy_order, "fast": fast_order,
-                    "two-ended": two_ended_order, "lima": lima_order}
+SEARCH_FUNCTIONS = {
+    "greedy": greedy_order,
+    "lazy": lazy_greedy_order,
+    "fast": fast_order,
+    "two-ended": two_ended_order,
+    "lima": lima_order,
+}
 
 
 def keep_regions(substrate: Substrate, flat_masks: torch.Tensor, kept_sets: torch.Tensor) -> torch.Tensor:
@@ -414,8 +448,16 @@ class SmdlObjective:
     greedy's last two steps ask only for complements of its first step's sets and the photo).
     """
 
-    def __init__(self, adapter: ModelAdapter, substrate: Substrate, target: Target, masks: torch.Tensor,
-                 lambda_consistency: float, lambda_collaboration: float, bounded: bool) -> None:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        substrate: Substrate,
+        target: Target,
+        masks: torch.Tensor,
+        lambda_consistency: float,
+        lambda_collaboration: float,
+        bounded: bool,
+    ) -> None:
         self.adapter, self.substrate, self.target = adapter, substrate, target
         self.flat_masks = masks.reshape(masks.shape[0], -1).to(substrate.pixels.device)
         self.lambdas = (lambda_consistency, lambda_collaboration)
@@ -444,7 +486,7 @@ class SmdlObjective:
     def __call__(self, sets: np.ndarray) -> np.ndarray:
         sets = np.asarray(sets, dtype=bool)
         scores = self.kept_scores(np.concatenate([sets, ~sets]))
-        kept, removed = scores[: len(sets)], scores[len(sets):]
+        kept, removed = scores[: len(sets)], scores[len(sets) :]
         return self.lambdas[0] * kept + self.lambdas[1] * (1.0 - removed)
 
     def known(self, sets: np.ndarray) -> np.ndarray:
@@ -452,10 +494,17 @@ class SmdlObjective:
         return np.array([self._seen.get(np.asarray(r, dtype=bool).tobytes(), np.nan) for r in sets])
 
 
-def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: torch.Tensor,
-                   lambda_consistency: float = 1.0, lambda_collaboration: float = 1.0,
-                   bounded: bool = False, substrate: str = "black",
-                   seed: int = 0) -> tuple[SmdlObjective, float, float]:
+def smdl_objective(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    target: Target,
+    masks: torch.Tensor,
+    lambda_consistency: float = 1.0,
+    lambda_collaboration: float = 1.0,
+    bounded: bool = False,
+    substrate: str = "black",
+    seed: int = 0,
+) -> tuple[SmdlObjective, float, float]:
     """The SMDL objective for ``pixels`` cut by ``masks`` (``[n, 1, H, W]``), removed regions
     becoming ``substrate`` (SMDL: black). Returns (F, score of the photo, score of the fully
     removed image).
@@ -464,8 +513,15 @@ def smdl_objective(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, 
     which are bounded; our log and logit scores are not). It exists to measure how much the
     greedy reference itself moves under this change of scale (bench/region_search.py).
     """
-    objective = SmdlObjective(adapter, make_substrate(pixels, substrate, seed), target, masks,
-                              lambda_consistency, lambda_collaboration, bounded)
+    objective = SmdlObjective(
+        adapter,
+        make_substrate(pixels, substrate, seed),
+        target,
+        masks,
+        lambda_consistency,
+        lambda_collaboration,
+        bounded,
+    )
     return objective, objective.full, objective.empty
 
 
@@ -484,10 +540,20 @@ def prefix_sets(order: list[int]) -> np.ndarray:
     return np.tril(np.ones((n, n), dtype=bool))[:, np.argsort(order)]
 
 
-def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, n_regions: int = 49,
-            regions: str = "slic", search: str = "two-ended", lambda_consistency: float = 1.0,
-            lambda_collaboration: float = 1.0, progress: ProgressFn = no_progress,
-            substrate: str = "black", seed: int = 0, **_: object) -> SaliencyMap:
+def explain(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    target: Target,
+    n_regions: int = 49,
+    regions: str = "slic",
+    search: str = "two-ended",
+    lambda_consistency: float = 1.0,
+    lambda_collaboration: float = 1.0,
+    progress: ProgressFn = no_progress,
+    substrate: str = "black",
+    seed: int = 0,
+    **_: object,
+) -> SaliencyMap:
     """Region-search map: each region painted 1 - rank/n (first chosen = 1).
 
     ``meta["path"]`` is the search made visible, one entry per step: the region taken, its
@@ -500,8 +566,9 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, n_regio
     labels = region_labels(pixels, n_regions, regions)
     masks = label_masks(labels)
     n = masks.shape[0]
-    objective, _, _ = smdl_objective(adapter, pixels, target, masks, lambda_consistency,
-                                     lambda_collaboration, substrate=substrate, seed=seed)
+    objective, _, _ = smdl_objective(
+        adapter, pixels, target, masks, lambda_consistency, lambda_collaboration, substrate=substrate, seed=seed
+    )
     # F(empty set) = l_c * s(removed image) + l_k * (1 - s(full)) = 0 after normalisation.
 
     def search_progress(fraction: float, text: str, order: list[int] | None = None, **details) -> None:
@@ -512,14 +579,26 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, n_regio
     order, gains, evaluated = SEARCH_FUNCTIONS[search](n, objective, search_progress, 0.0)
     prefixes = prefix_sets(order)
     kept, removed = objective.known(prefixes), objective.known(~prefixes)
-    path = [{"region": r, "gain": g, "kept": _finite(k), "removed": _finite(x)}
-            for r, g, k, x in zip(order, gains, kept, removed)]
+    path = [
+        {"region": r, "gain": g, "kept": _finite(k), "removed": _finite(x)}
+        for r, g, k, x in zip(order, gains, kept, removed)
+    ]
     return SaliencyMap(
-        "region", order_map(order, labels),
-        meta={"search": search, "regions": regions, "n_regions": n, "order": order, "gains": gains,
-              "sets_evaluated": evaluated, "labels_shape": list(labels.shape), "substrate": substrate,
-              "lambda_consistency": lambda_consistency, "lambda_collaboration": lambda_collaboration,
-              "path": path},
+        "region",
+        order_map(order, labels),
+        meta={
+            "search": search,
+            "regions": regions,
+            "n_regions": n,
+            "order": order,
+            "gains": gains,
+            "sets_evaluated": evaluated,
+            "labels_shape": list(labels.shape),
+            "substrate": substrate,
+            "lambda_consistency": lambda_consistency,
+            "lambda_collaboration": lambda_collaboration,
+            "path": path,
+        },
     )
 
 
@@ -528,21 +607,53 @@ def _finite(value: float) -> float | None:
 
 
 METHOD = Method(
-    name="region", title="Region search", explain=explain, paper="Chen et al. (SMDL), ICLR 2024",
-    note=("**Region search** cuts the photo into pieces (about 49 by default) and, like a greedy puzzle "
-          "player, keeps adding the piece that raises the score most. It only asks the model questions "
-          "(no look inside), so it is the slowest: hundreds of forward passes."),
-    params=(
-        Param("n_regions", 49, "number of regions for region search", low=4, high=196, arg="n_regions",
-              flag="--regions", label="Region search: number of regions"),
-        Param("region_kind", "slic", "how the photo is cut: SLIC superpixels or a square grid",
-              choices=("slic", "grid"), labels={"slic": "superpixels", "grid": "grid"}, arg="regions",
-              label="Region search: regions"),
-        Param("region_search", "two-ended", "the search: two-ended (default: a fifth of plain greedy's passes), fast (the "
-              "cheapest), lazy greedy, LIMA-style bidirectional, or plain greedy (SMDL's reference)",
-              choices=SEARCHES, labels={"two-ended": "two-ended", "fast": "fast", "lazy": "lazy greedy",
-                                        "lima": "LIMA-style bidirectional", "greedy": "plain greedy (reference)"},
-              arg="search", label="Region search: search mode"),
+    name="region",
+    title="Region search",
+    explain=explain,
+    paper="Chen et al. (SMDL), ICLR 2024",
+    note=(
+        "**Region search** cuts the photo into pieces (about 49 by default) and, like a greedy puzzle "
+        "player, keeps adding the piece that raises the score most. It only asks the model questions "
+        "(no look inside), so it is the slowest: hundreds of forward passes."
     ),
-    progress_share=0.4, colour="#2ca02c", black_box=True,
+    params=(
+        Param(
+            "n_regions",
+            49,
+            "number of regions for region search",
+            low=4,
+            high=196,
+            arg="n_regions",
+            flag="--regions",
+            label="Region search: number of regions",
+        ),
+        Param(
+            "region_kind",
+            "slic",
+            "how the photo is cut: SLIC superpixels or a square grid",
+            choices=("slic", "grid"),
+            labels={"slic": "superpixels", "grid": "grid"},
+            arg="regions",
+            label="Region search: regions",
+        ),
+        Param(
+            "region_search",
+            "two-ended",
+            "the search: two-ended (default: a fifth of plain greedy's passes), fast (the "
+            "cheapest), lazy greedy, LIMA-style bidirectional, or plain greedy (SMDL's reference)",
+            choices=SEARCHES,
+            labels={
+                "two-ended": "two-ended",
+                "fast": "fast",
+                "lazy": "lazy greedy",
+                "lima": "LIMA-style bidirectional",
+                "greedy": "plain greedy (reference)",
+            },
+            arg="search",
+            label="Region search: search mode",
+        ),
+    ),
+    progress_share=0.4,
+    colour="#2ca02c",
+    black_box=True,
 )

@@ -17,6 +17,7 @@ The mask budget is measured like IG's steps (bench/rise_masks.py): ``meta["split
 the correlation between the maps of the even and the odd masks, a free estimate of how far the
 Monte Carlo average has settled (1 = stable).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,14 +37,20 @@ DEFAULT_CELLS = 7  # RISE's s: the masks' grid is s x s cells
 DEFAULT_KEEP = 0.5  # RISE's p: the probability that a cell is kept
 
 
-def random_masks(count: int, height: int, width: int, cells: int, keep: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masks(
+    count: int, height: int, width: int, cells: int, keep: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The random part of ``count`` RISE masks: ``[count, 1, cells, cells]`` 0/1 grids and
     ``[count, 2]`` shifts in pixels (drawn up front, so any chunking gives the same masks)."""
     grids = (torch.rand(count, 1, cells, cells, generator=generator) < keep).float()
     cell = (math.ceil(height / cells), math.ceil(width / cells))
-    shifts = torch.stack([torch.randint(0, cell[0], (count,), generator=generator),
-                          torch.randint(0, cell[1], (count,), generator=generator)], dim=1)
+    shifts = torch.stack(
+        [
+            torch.randint(0, cell[0], (count,), generator=generator),
+            torch.randint(0, cell[1], (count,), generator=generator),
+        ],
+        dim=1,
+    )
     return grids, shifts
 
 
@@ -52,14 +59,24 @@ def upsample_masks(grids: torch.Tensor, shifts: torch.Tensor, height: int, width
     then a crop at each mask's shift (RISE's construction)."""
     cells = grids.shape[-1]
     cell = (math.ceil(height / cells), math.ceil(width / cells))
-    big = F.interpolate(grids, size=((cells + 1) * cell[0], (cells + 1) * cell[1]), mode="bilinear",
-                        align_corners=False)
-    return torch.stack([big[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(shifts.tolist())])
+    big = F.interpolate(
+        grids, size=((cells + 1) * cell[0], (cells + 1) * cell[1]), mode="bilinear", align_corners=False
+    )
+    return torch.stack([big[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(shifts.tolist())])
 
 
-def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: int = DEFAULT_MASKS,
-            cells: int = DEFAULT_CELLS, keep: float = DEFAULT_KEEP, progress: ProgressFn = no_progress,
-            substrate: str = "black", seed: int = 0, **_: object) -> SaliencyMap:
+def explain(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    target: Target,
+    masks: int = DEFAULT_MASKS,
+    cells: int = DEFAULT_CELLS,
+    keep: float = DEFAULT_KEEP,
+    progress: ProgressFn = no_progress,
+    substrate: str = "black",
+    seed: int = 0,
+    **_: object,
+) -> SaliencyMap:
     """RISE map at the pixels' size (see the module docstring): ``masks`` forward passes."""
     pixels = pixels.detach()
     _, _, height, width = pixels.shape
@@ -71,10 +88,10 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: 
     scores = []
     batch = adapter.max_batch
     for start in range(0, masks, batch):
-        chunk = upsample_masks(grids[start:start + batch], shifts[start:start + batch], height, width).to(device)
+        chunk = upsample_masks(grids[start : start + batch], shifts[start : start + batch], height, width).to(device)
         chunk_scores = adapter.score_many(removed.fill(chunk), target).to(torch.float64)
         scores.append(chunk_scores)
-        parity = (torch.arange(start, start + len(chunk), device=device) % 2)
+        parity = torch.arange(start, start + len(chunk), device=device) % 2
         for half in (0, 1):
             rows = parity == half
             weighted[half] += torch.einsum("b,bhw->hw", chunk_scores[rows], chunk[rows, 0].double())
@@ -86,23 +103,53 @@ def explain(adapter: ModelAdapter, pixels: torch.Tensor, target: Target, masks: 
     saliency = halves.sum(axis=0) / (masks * keep)
     split_half = np.corrcoef(halves[0].ravel(), halves[1].ravel())[0, 1] if masks > 1 else float("nan")
     return SaliencyMap(
-        "rise", saliency.astype(np.float32),
-        meta={"masks": masks, "cells": cells, "keep": keep, "substrate": substrate,
-              "split_half_r": float(split_half), "score_mean": float(mean), "score_std": float(scores.std())},
+        "rise",
+        saliency.astype(np.float32),
+        meta={
+            "masks": masks,
+            "cells": cells,
+            "keep": keep,
+            "substrate": substrate,
+            "split_half_r": float(split_half),
+            "score_mean": float(mean),
+            "score_std": float(scores.std()),
+        },
     )
 
 
 METHOD = Method(
-    name="rise", title="RISE", explain=explain, paper="Petsiuk et al., BMVC 2018",
-    note=("**RISE** covers the photo with many random blotchy masks and asks the model to score each "
-          "masked photo. A pixel is important when the photos that kept it scored higher than the average. "
-          "Like region search it only asks the model questions (no look inside); the more masks, the "
-          "steadier its map (one forward pass per mask)."),
-    params=(
-        Param("rise_masks", DEFAULT_MASKS, "RISE: number of random masks (one forward pass each)",
-              low=8, high=8000, arg="masks", label="RISE: masks"),
-        Param("rise_cells", DEFAULT_CELLS, "RISE: grid cells per side of a mask", low=2, high=32, arg="cells",
-              label="RISE: grid cells per side"),
+    name="rise",
+    title="RISE",
+    explain=explain,
+    paper="Petsiuk et al., BMVC 2018",
+    note=(
+        "**RISE** covers the photo with many random blotchy masks and asks the model to score each "
+        "masked photo. A pixel is important when the photos that kept it scored higher than the average. "
+        "Like region search it only asks the model questions (no look inside); the more masks, the "
+        "steadier its map (one forward pass per mask)."
     ),
-    progress_share=0.4, colour="#ff7f0e", black_box=True, by_default=False,
+    params=(
+        Param(
+            "rise_masks",
+            DEFAULT_MASKS,
+            "RISE: number of random masks (one forward pass each)",
+            low=8,
+            high=8000,
+            arg="masks",
+            label="RISE: masks",
+        ),
+        Param(
+            "rise_cells",
+            DEFAULT_CELLS,
+            "RISE: grid cells per side of a mask",
+            low=2,
+            high=32,
+            arg="cells",
+            label="RISE: grid cells per side",
+        ),
+    ),
+    progress_share=0.4,
+    colour="#ff7f0e",
+    black_box=True,
+    by_default=False,
 )

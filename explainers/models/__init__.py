@@ -4,6 +4,7 @@ model comes as an adapter instance (``ClassifierAdapter`` wraps a torch image cl
 Loaded adapters are cached per (name, device): weights and per-prompt text features are reused
 across calls.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -53,8 +54,10 @@ def _load_model(name: str, device: torch.device) -> ModelAdapter:
         raise ModelLoadError("the model name is empty; use 'bundled' or 'clip:<hub id>'")
     name = name.strip()
     if len(name) > MAX_NAME_CHARS or not name.isprintable():
-        raise ModelLoadError(f"the model name is too long or holds control characters; use 'bundled' or "
-                             f"'clip:<hub id or folder>' (at most {MAX_NAME_CHARS} characters)")
+        raise ModelLoadError(
+            f"the model name is too long or holds control characters; use 'bundled' or "
+            f"'clip:<hub id or folder>' (at most {MAX_NAME_CHARS} characters)"
+        )
     if name == "bundled":
         from .bundled import load_bundled
 
@@ -67,12 +70,21 @@ def _load_model(name: str, device: torch.device) -> ModelAdapter:
         except OSError as error:  # e.g. a folder name too long for the file system
             raise ModelLoadError(f"could not load CLIP from {name[5:]!r}: {error.strerror or error}") from None
     raise ModelLoadError(
-        f"unknown model {name!r}; use 'bundled' or 'clip:<hub id or folder>' "
-        f"(e.g. {CLIP_CHOICES[0]!r})"
+        f"unknown model {name!r}; use 'bundled' or 'clip:<hub id or folder>' (e.g. {CLIP_CHOICES[0]!r})"
     )
 
 
-__all__ = ["CamLayer", "ClassifierAdapter", "Metered", "ModelAdapter", "list_models", "load_model",
-           "resolve_device", "DEFAULT_MODEL", "CLIP_CHOICES", "DEVICES"]
+__all__ = [
+    "CLIP_CHOICES",
+    "DEFAULT_MODEL",
+    "DEVICES",
+    "CamLayer",
+    "ClassifierAdapter",
+    "Metered",
+    "ModelAdapter",
+    "list_models",
+    "load_model",
+    "resolve_device",
+]
 
 load_model.cache_clear = _load_model.cache_clear  # type: ignore[attr-defined] - tests start fresh

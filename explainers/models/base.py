@@ -3,10 +3,12 @@
 Methods and metrics only ever see this interface, so a model adapts by what it declares
 (input size, the layer Grad-CAM hooks and how to reshape it), never by subclassing a method.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,7 +44,7 @@ class ModelAdapter:
         """Where the model's weights live; the engine puts pixels there."""
         return torch.device("cpu")
 
-    def to(self, device: str | torch.device) -> "ModelAdapter":
+    def to(self, device: str | torch.device) -> ModelAdapter:
         """Move the model to ``device`` (in place) and return it."""
         if torch.device(device) != self.device:
             raise NotImplementedError(f"{type(self).__name__} cannot move to {device}")
@@ -99,7 +101,7 @@ class ModelAdapter:
         """
         raise NotImplementedError(f"{type(self).__name__} declares no randomisation stages")
 
-    def randomizable_copy(self) -> "tuple[ModelAdapter, torch.nn.Module]":
+    def randomizable_copy(self) -> tuple[ModelAdapter, torch.nn.Module]:
         """A copy of this adapter whose network is a deep copy (so it can be randomised without
         touching this shared adapter) and which shares everything that is not randomised (text
         encoders, class embeddings); with that network, which the stage names are relative to."""
@@ -115,7 +117,7 @@ def parameter_units(names: Sequence[str]) -> list[str]:
     for name in names:
         parts = name.split(".")
         index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
-        unit = ".".join(parts[:index + 1]) if index is not None else ".".join(parts[:-1]) or name
+        unit = ".".join(parts[: index + 1]) if index is not None else ".".join(parts[:-1]) or name
         units.setdefault(unit, None)
     return list(units)
 
@@ -126,8 +128,13 @@ def units_label(units: Sequence[str]) -> str:
     runs: list[list] = []  # [prefix, first, last] or [name, None, None]
     for unit in units:
         prefix, _, index = unit.rpartition(".")
-        if index.isdigit() and runs and runs[-1][0] == prefix and runs[-1][2] is not None \
-                and abs(int(index) - runs[-1][2]) == 1:
+        if (
+            index.isdigit()
+            and runs
+            and runs[-1][0] == prefix
+            and runs[-1][2] is not None
+            and abs(int(index) - runs[-1][2]) == 1
+        ):
             runs[-1][2] = int(index)
         elif index.isdigit() and prefix:
             runs.append([prefix, int(index), int(index)])
@@ -143,7 +150,6 @@ def units_label(units: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
-
 class Metered:
     """A per-call view of a shared adapter that counts the images it scores and the backward
     passes methods report (images, not calls, so batched and unbatched code compare).
@@ -152,7 +158,7 @@ class Metered:
     and one for the curves), so two threads explaining on one cached model count correctly.
     """
 
-    def __init__(self, adapter: "ModelAdapter | Metered") -> None:
+    def __init__(self, adapter: ModelAdapter | Metered) -> None:
         self.adapter = adapter
         self.forward_passes = 0
         self.backward_passes = 0

@@ -5,6 +5,7 @@ An open-vocabulary scorer built from two real pretrained models that install fro
 names with all-MiniLM-L6-v2, and the score of an image is the log of the probability mass the
 classifier puts on those classes) around EfficientNet-Lite0.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -90,5 +91,12 @@ def load_bundled() -> ClassifierAdapter:
     # cache): no-grad scoring took 11-12 ms per image at batches of 4-8 against 21 ms at 32, and
     # forward+backward 25 ms at 8 against 33 ms at 16 (bench/batch_size.py). They also keep the
     # autograd activations small (a batch of 32 took the process to 3.1 GB peak RSS).
-    return ClassifierAdapter(_load_lite0(), class_names, cam_layer="head", preprocess=lite_preprocess,
-                             name="bundled", max_batch=8, max_grad_batch=8)
+    return ClassifierAdapter(
+        _load_lite0(),
+        class_names,
+        cam_layer="head",
+        preprocess=lite_preprocess,
+        name="bundled",
+        max_batch=8,
+        max_grad_batch=8,
+    )

@@ -11,11 +11,12 @@ on those classes. The bundled model is this adapter around EfficientNet-Lite0 (m
                                 cam_layer="layer4")
     explain("cat.jpg", "a cat", model=adapter)
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -62,9 +63,15 @@ def find_cam_layer(network: nn.Module, input_size: tuple[int, int]) -> str:
     handles = []
     for name, module in network.named_modules():
         if name:
-            handles.append(module.register_forward_hook(
-                lambda _m, _a, out, name=name: seen.append(name)
-                if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1 else None))
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _a, out, name=name: (
+                        seen.append(name)
+                        if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1
+                        else None
+                    )
+                )
+            )
     try:
         parameter = next(network.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
@@ -90,10 +97,18 @@ class ClassifierAdapter(ModelAdapter):
 
     max_prompt_tokens = 256  # MiniLM's sequence limit; longer prompts are cut by the tokenizer
 
-    def __init__(self, network: nn.Module, class_names: Sequence[str], cam_layer: Union[str, nn.Module, None] = None,
-                 preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 input_size: tuple[int, int] = (224, 224), name: str = "classifier", embedder=None,
-                 max_batch: int = 16, max_grad_batch: int = 16) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        class_names: Sequence[str],
+        cam_layer: str | nn.Module | None = None,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        input_size: tuple[int, int] = (224, 224),
+        name: str = "classifier",
+        embedder=None,
+        max_batch: int = 16,
+        max_grad_batch: int = 16,
+    ) -> None:
         self.network = network.eval()
         for p in self.network.parameters():
             p.requires_grad_(False)
@@ -117,7 +132,7 @@ class ClassifierAdapter(ModelAdapter):
         parameter = next(self.network.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
-    def to(self, device: Union[str, torch.device]) -> "ClassifierAdapter":
+    def to(self, device: str | torch.device) -> ClassifierAdapter:
         self.network.to(device)
         if isinstance(self.preprocess, nn.Module):
             self.preprocess.to(device)
@@ -125,10 +140,17 @@ class ClassifierAdapter(ModelAdapter):
         return self
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
-        return self.embedder.encode(
-            texts, convert_to_tensor=True, normalize_embeddings=True, batch_size=256,
-            show_progress_bar=False,
-        ).float().cpu()
+        return (
+            self.embedder.encode(
+                texts,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                batch_size=256,
+                show_progress_bar=False,
+            )
+            .float()
+            .cpu()
+        )
 
     def class_weights(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(class indices, weights summing to 1) that the prompt names. Cached per prompt."""
@@ -179,11 +201,13 @@ class ClassifierAdapter(ModelAdapter):
         groups = [[unit] for unit in top_first[:2]]
         rest = top_first[2:]
         if rest:
-            groups += [[str(u) for u in group]
-                       for group in np.array_split(np.array(rest), min(RANDOMIZATION_BLOCK_GROUPS, len(rest)))]
+            groups += [
+                [str(u) for u in group]
+                for group in np.array_split(np.array(rest), min(RANDOMIZATION_BLOCK_GROUPS, len(rest)))
+            ]
         return [(units_label(group[::-1]), group) for group in groups]
 
-    def randomizable_copy(self) -> tuple["ClassifierAdapter", nn.Module]:
+    def randomizable_copy(self) -> tuple[ClassifierAdapter, nn.Module]:
         """This adapter with a deep copy of its network; MiniLM and the class embeddings are shared
         (the randomisation never touches them) and the per-prompt class weights are copied."""
         clone = copy.copy(self)

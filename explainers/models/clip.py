@@ -3,6 +3,7 @@
 Score = logit-scaled cosine between image and prompt embeddings (CLIP, Radford et al. 2021).
 Text features are computed once per prompt and cached; the model runs in fp32 for gradients.
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,7 +51,7 @@ class ClipAdapter(ModelAdapter):
     def device(self) -> torch.device:
         return self.model.logit_scale.device
 
-    def to(self, device) -> "ClipAdapter":
+    def to(self, device) -> ClipAdapter:
         self.model.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         self._text_features.clear()
@@ -64,7 +65,10 @@ class ClipAdapter(ModelAdapter):
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_features]
         if missing:
             tokens = self.tokenizer(
-                missing, padding=True, truncation=True, max_length=self.max_prompt_tokens,
+                missing,
+                padding=True,
+                truncation=True,
+                max_length=self.max_prompt_tokens,
                 return_tensors="pt",
             ).to(self.device)
             with torch.no_grad():
@@ -116,7 +120,7 @@ class ClipAdapter(ModelAdapter):
             stages.append((label, names))
         return stages
 
-    def randomizable_copy(self) -> tuple["ClipAdapter", torch.nn.Module]:
+    def randomizable_copy(self) -> tuple[ClipAdapter, torch.nn.Module]:
         """This adapter with a deep copy of its CLIP model except the text tower, which is shared
         (never randomised); the cached text features are copied."""
         clone = copy.copy(self)
@@ -149,8 +153,7 @@ def load_clip(source: str) -> ClipAdapter:
     if is_folder:
         if os.environ.get(ALLOW_LOCAL_ENV) != "1":
             raise ModelLoadError(
-                f"loading a model from a local folder ({source!r}) is disabled; "
-                f"set {ALLOW_LOCAL_ENV}=1 to allow it"
+                f"loading a model from a local folder ({source!r}) is disabled; set {ALLOW_LOCAL_ENV}=1 to allow it"
             )
         folder = Path(source).expanduser()
         if not (folder / "config.json").is_file():
@@ -174,8 +177,10 @@ def load_clip(source: str) -> ClipAdapter:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - turned into one plain sentence
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        offline = "" if is_folder else (
-            " (this machine may be offline: only models already in the local Hugging Face cache can load)"
+        offline = (
+            ""
+            if is_folder
+            else (" (this machine may be offline: only models already in the local Hugging Face cache can load)")
         )
         raise ModelLoadError(f"could not load CLIP from {where}{offline}: {reason[:300]}") from None
     mean, std = _mean_std(source)

@@ -1,0 +1,3 @@
+"""The package version (read by pyproject.toml without importing the engine)."""
+
+__version__ = "0.5.0"
