@@ -4,6 +4,7 @@ from explainers import explain
 result = explain("assets/chelsea.jpg", "a cat")
 """
 
+from ._version import __version__
 from .api import DEFAULTS, PARAMS, explain
 from .errors import ModelLoadError, UserError
 from .methods import list_methods
@@ -24,6 +25,7 @@ __all__ = [
     "SaliencyMap",
     "Target",
     "UserError",
+    "__version__",
     "explain",
     "list_methods",
     "list_models",
