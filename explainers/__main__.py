@@ -8,6 +8,7 @@ generated from the parameter specs (the protocol's and each registered method's)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -40,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="a contrast prompt (repeatable): explain the prompt against these",
     )
-    parser.add_argument("--model", default="bundled", help="bundled (offline default) or clip:<hub id or folder>")
+    parser.add_argument(
+        "--model",
+        default="bundled",
+        help="bundled (offline default), clip:<hub id or folder>, vlm:<hub id or folder> (explains the "
+        "answer to the question --prompt) or detector:<hub id or folder> (explains a box for the query --prompt)",
+    )
     parser.add_argument(
         "--methods",
         default=",".join(default_methods()),
@@ -67,9 +73,11 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
     so ``params_from_args`` can tell a given value from the default."""
     from .api import PROTOCOL_PARAMS
     from .methods import METHODS
+    from .models import MODEL_KINDS
 
     groups = [("the faithfulness protocol", PROTOCOL_PARAMS)]
     groups += [(f"{m.title} ({m.paper})", m.params) for m in METHODS.values() if m.params]
+    groups += [(f"{k.prefix} models: {k.description}", k.params) for k in MODEL_KINDS.values() if k.params]
     for title, specs in groups:
         group = parser.add_argument_group(title)
         for spec in specs:
@@ -97,6 +105,18 @@ def params_from_args(args: argparse.Namespace) -> dict:
     return validate_params(params, labels={name: spec.cli_flag for name, spec in PARAMS.items()})
 
 
+def options_from_args(args: argparse.Namespace, model: str) -> dict:
+    """The target parameters of ``model``'s kind given by the flags, validated, with their defaults
+    (None: the model decides). Raises UserError naming the flag, or the kind a flag belongs to."""
+    from .api import clean_options, split_options
+    from .models import MODEL_KINDS
+
+    specs = [spec for kind in MODEL_KINDS.values() for spec in kind.params]
+    given = {spec.name: getattr(args, spec.name) for spec in specs if getattr(args, spec.name, None) is not None}
+    options, _ = split_options(model, given)
+    return clean_options(model, options, labels={spec.name: spec.cli_flag for spec in specs})
+
+
 def _number(text):
     """CLI text -> int where it is one, else float, else the text (validation names the parameter)."""
     if text is None:
@@ -121,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         from .render import save_bundle
 
         params = params_from_args(args)  # a bad value is refused here, naming its flag
+        options = options_from_args(args, args.model)
         image = open_image(args.image)
         result = explain(
             image,
@@ -131,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             methods=[m.strip() for m in args.methods.split(",") if m.strip()],
             sanity=args.sanity,
             **params,
+            **options,
         )
         written = save_bundle(result, args.out, original_size=image.size)
     except (UserError, OSError) as error:  # OSError: e.g. the output folder cannot be written
@@ -138,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"{result.model}: score of {result.target.prompt!r} = {result.score:.4f}")
+    probability = f" (probability {result.probability:.4f})" if result.probability is not None else ""
+    print(f"{result.model}: score of {result.target.prompt!r} = {result.score:.4f}{probability}")
+    if result.target.kind != "prompt":
+        print(f"  target: {json.dumps(result.target.summary(), ensure_ascii=False)}")
     for name, m in result.methods.items():
         verdict = "more faithful than random order" if result.more_faithful_than_random(name) else "NOT above random"
         print(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from . import metrics
 from .errors import UserError
 from .images import ImageInput, open_image
 from .methods import METHODS, default_methods, get_method, run_method
-from .models import DEFAULT_MODEL, ModelAdapter, load_model
+from .models import DEFAULT_MODEL, MODEL_KINDS, ModelAdapter, load_model, model_kind
 from .params import Param, shown
 from .regions import region_labels
 from .sanity import cascading_randomization, sanity_stages
@@ -28,6 +29,7 @@ from .types import (
     Result,
     SaliencyMap,
     SanityCheck,
+    ScoreMeaning,
     Target,
     no_progress,
 )
@@ -162,6 +164,11 @@ def clean_prompts(prompt: Any, contrast: Sequence[Any] | None) -> tuple[Target, 
     that are blank, equal to the prompt or repeated are dropped (with a note for the last two).
     """
     notes: list[str] = []
+    if isinstance(prompt, Target):  # a target the model offered (candidate_targets), explained as it is
+        text = _clean_text(prompt.prompt)
+        if not text:
+            raise UserError("the prompt is empty; type what to look for, e.g. 'a cat'")
+        return (prompt if text == prompt.prompt else replace(prompt, prompt=text)), notes
     if prompt is not None and not isinstance(prompt, str):
         raise UserError(f"the prompt must be text, not {type(prompt).__name__}")
     prompt = _clean_text(prompt or "")
@@ -200,6 +207,63 @@ def clean_prompts(prompt: Any, contrast: Sequence[Any] | None) -> tuple[Target, 
     return Target(prompt, tuple(cleaned)), notes
 
 
+def target_params(model: Any) -> dict[str, Param]:
+    """The target parameters of ``model`` (a name or an adapter): its model kind's (a VLM's answer,
+    answer_token, max_new_tokens; a detector's box, box_threshold), by name; none for a prompt model."""
+    if isinstance(model, ModelAdapter):
+        return {p.name: p for p in model.target_params}
+    kind = model_kind(clean_model(model))
+    return {p.name: p for p in kind.params} if kind is not None else {}
+
+
+def split_options(model: Any, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``params`` -> (the model kind's target parameters, the rest). A target parameter of another
+    kind of model is refused here, naming the kind it belongs to."""
+    specs = target_params(model)
+    options = {k: v for k, v in params.items() if k in specs}
+    rest = {k: v for k, v in params.items() if k not in specs}
+    for kind in MODEL_KINDS.values():
+        for spec in kind.params:
+            if spec.name in rest and rest[spec.name] is not None:
+                name = model.name if isinstance(model, ModelAdapter) else clean_model(model)
+                raise UserError(
+                    f"{spec.name} is a parameter of {kind.prefix}<...> models ({kind.description}); "
+                    f"the model here is {shown(name, 60)}"
+                )
+            rest.pop(spec.name, None)
+    return options, rest
+
+
+def clean_options(model: Any, options: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The model kind's target parameters checked, with their defaults (None: the model decides).
+    Text from a CLI or a CSV cell is read as a number where the parameter is one."""
+    labels = labels or {}
+    specs = target_params(model)
+    unknown = set(options) - set(specs)
+    if unknown:
+        raise UserError(f"unknown parameter(s): {', '.join(sorted(map(str, unknown)))}")
+    checked = {}
+    for name, spec in specs.items():
+        value = options.get(name)
+        if isinstance(value, str) and spec.kind in (int, float) and not spec.choices and spec.parse is None:
+            value = _number_text(value)
+        checked[name] = spec.default if value is None else spec.check(value, labels.get(name))
+    return checked
+
+
+def _number_text(text: str) -> Any:
+    """Text -> an int or a float where it reads as one; blank -> None; else the text (refused by the check)."""
+    text = text.strip()
+    if not text:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _token_notes(adapter, target: Target) -> list[str]:
     """Notes on prompts the model will cut (over its token limit) or cannot read (no known word)."""
     notes = []
@@ -228,6 +292,7 @@ class Request:
     methods: tuple[str, ...]
     params: dict[str, Any]
     notes: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)  # the model kind's target parameters
 
 
 @dataclass(frozen=True)
@@ -237,10 +302,12 @@ class Prepared:
 
     adapter: ModelAdapter
     pixels: torch.Tensor  # [1, 3, H, W] in [0, 1], on the adapter's device
-    target: Target
+    target: Target  # as the model resolved it (a VLM's answer, a detector's box)
     score: float
     prompt_probabilities: dict[str, float] | None
     notes: tuple[str, ...] = ()
+    probability: float | None = None  # the target's probability in [0, 1], where the model gives one
+    meaning: ScoreMeaning | None = None
 
 
 def validate(
@@ -248,13 +315,16 @@ def validate(
     contrast: Sequence[Any] | None = None,
     methods: Any = None,
     labels: dict[str, str] | None = None,
+    model: Any = None,
     **params: Any,
 ) -> Request:
-    """Check everything a user typed before any model work; UserError (one sentence) otherwise."""
+    """Check everything a user typed before any model work; UserError (one sentence) otherwise.
+    ``model`` (a name or an adapter) says which target parameters ``params`` may hold."""
+    options, params = split_options(model, params)
     checked = validate_params(params, labels)
     names = clean_methods(methods)
     target, notes = clean_prompts(prompt, contrast)
-    return Request(target, tuple(names), checked, tuple(notes))
+    return Request(target, tuple(names), checked, tuple(notes), clean_options(model, options, labels))
 
 
 def resolve_model(model: str | ModelAdapter | None, device: Any = "cpu") -> ModelAdapter:
@@ -264,15 +334,59 @@ def resolve_model(model: str | ModelAdapter | None, device: Any = "cpu") -> Mode
     return load_model(clean_model(model), device)
 
 
-def prepare(image: ImageInput, target: Target, adapter: ModelAdapter) -> Prepared:
-    """Open the image, put it at the model's input size on its device and score the target once."""
+def prepare(
+    image: ImageInput, target: Target, adapter: ModelAdapter, options: dict[str, Any] | None = None
+) -> Prepared:
+    """Open the image, put it at the model's input size on its device, let the model resolve the
+    target (``ModelAdapter.resolve_target``: a VLM's answer, a detector's box; ``options`` are its
+    target parameters) and score it once, with its probability."""
     pil = open_image(image)
-    notes = _token_notes(adapter, target)
     pixels = adapter.load_image(pil).to(adapter.device)
+    options = {**{p.name: p.default for p in adapter.target_params}, **(options or {})}
+    target, target_notes = adapter.resolve_target(pixels, target, options, pil.size)
+    notes = _token_notes(adapter, target) + list(target_notes)
     with torch.no_grad():
-        score = float(adapter.score(pixels, target)[0])
+        score, probability = adapter.scores(pixels, target)
     probabilities = adapter.prompt_probabilities(pixels, target) if target.contrast else None
-    return Prepared(adapter, pixels, target, score, probabilities, tuple(notes))
+    chance = float(probability[0])
+    return Prepared(
+        adapter,
+        pixels,
+        target,
+        float(score[0]),
+        probabilities,
+        tuple(notes),
+        probability=chance if math.isfinite(chance) else None,
+        meaning=adapter.score_meaning(target),
+    )
+
+
+def candidate_targets(
+    image: ImageInput,
+    prompt: str,
+    model: str | ModelAdapter = DEFAULT_MODEL,
+    device: str = "cpu",
+    **options: Any,
+) -> list[Target]:
+    """What ``model`` offers to explain for ``prompt`` on ``image``, its default first: a VLM's
+    greedy answer to the question (one ``AnswerTarget``: ``answer``, ``tokens``); a detector's
+    boxes for the query with their probabilities (a ``BoxTarget`` each, best first, ``box`` in
+    pixels of the image as given, ``label_probability``); a prompt model's prompt. ``options``
+    are the model kind's target parameters (``max_new_tokens``, ``box_threshold``, ...).
+
+    One forward pass (a detector) or one generation (a VLM), for the app to show before the
+    maps: pass the chosen target back as ``explain(image, chosen, model=...)`` to explain it as
+    it is (no second generation). Raises UserError on bad input.
+    """
+    options, rest = split_options(model, options)  # before any model loads
+    if rest:
+        raise UserError(f"unknown parameter(s): {', '.join(sorted(rest))}")
+    checked = clean_options(model, options)
+    target, _ = clean_prompts(prompt, None)
+    pil = open_image(image)
+    adapter = resolve_model(model, device)
+    pixels = adapter.load_image(pil).to(adapter.device)
+    return adapter.candidate_targets(pixels, target, checked, pil.size)
 
 
 CURVES_PROGRESS_SHARE = 0.3  # of the progress bar, against the methods' shares (Method.progress_share)
@@ -373,11 +487,13 @@ def explain(
     -> ``assemble``.
     """
     started = time.perf_counter()
-    request = validate(prompt, contrast, DEFAULT_METHODS if methods is None else methods, **params)
+    request = validate(prompt, contrast, DEFAULT_METHODS if methods is None else methods, model=model, **params)
     if not isinstance(sanity, (bool, np.bool_)):
         raise UserError(f"sanity must be True or False, not {shown(sanity)}")
     photo = open_image(image)  # a bad image is refused before any model loads
-    prepared = prepare(photo, request.target, resolve_model(model, device))
+    adapter = resolve_model(model, device)
+    check_abilities(adapter, request.methods)
+    prepared = prepare(photo, request.target, adapter, request.options)
     # A model that cannot be randomised is refused before the methods run; the test re-runs every
     # method once per stage, which sizes its share of the progress bar.
     sanity_share = len(sanity_stages(prepared.adapter)) if sanity else 0
@@ -396,6 +512,18 @@ def explain(
     )
     progress(1.0, "done")
     return assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started, sanity=check)
+
+
+def check_abilities(adapter: ModelAdapter, methods: Sequence[str]) -> None:
+    """Refuse methods the model cannot serve (gradient methods on a model without gradients)."""
+    if not adapter.gradients:
+        needing = [get_method(name).title for name in methods if not get_method(name).black_box]
+        if needing:
+            black_box = ", ".join(name for name, m in METHODS.items() if m.black_box)
+            raise UserError(
+                f"{' and '.join(needing)} need{'s' if len(needing) == 1 else ''} the model's gradients, which "
+                f"{adapter.name} does not give; choose from {black_box}"
+            )
 
 
 def assemble(
@@ -418,10 +546,12 @@ def assemble(
         image=image_view,
         methods={n: MethodResult(maps[n], curves[n]) for n in request.methods},
         random=reference,
-        params={"methods": list(request.methods), **request.params},
+        params={"methods": list(request.methods), **request.params, **request.options},
         seconds=seconds,
         notes=request.notes + prepared.notes,
         sanity=sanity,
+        probability=prepared.probability,
+        meaning=prepared.meaning,
     )
 
 

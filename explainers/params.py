@@ -8,6 +8,7 @@ protocol's (curve steps, substrate, seed...) are declared in ``explainers.api``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,10 @@ class Param:
 
     ``name`` is the API keyword (unique across the protocol and every method, e.g. ``ig_steps``);
     ``arg`` the keyword the method's ``explain`` takes (``steps``). A parameter has either a
-    numeric range (``low``..``high``, inclusive; ``kind`` int or float) or ``choices`` (text).
+    numeric range (``low``..``high``, inclusive; ``kind`` int or float), ``choices`` (text), or is
+    free text (``kind`` str, at most ``high`` characters), or is read by its own ``parse`` (which
+    raises ValueError on a bad value; ``allowed`` says in words what it takes). A default of None
+    means "the model decides" (e.g. a VLM's own answer).
     """
 
     name: str
@@ -43,6 +47,8 @@ class Param:
     flag: str | None = None
     label: str | None = None  # the app's widget label (default: help)
     step: float | None = None  # the app's slider step for floats
+    parse: Callable[[Any], Any] | None = None  # reads a value of its own form (e.g. a box's 4 numbers)
+    allowed: str | None = None  # with parse: what it takes, in words
 
     @property
     def keyword(self) -> str:
@@ -57,6 +63,10 @@ class Param:
         """The allowed values in words, for messages and --help."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.parse is not None:
+            return self.allowed or "text"
+        if self.kind is str:
+            return "text" + (f" of at most {int(self.high)} characters" if self.high is not None else "")
         whole = "a whole number" if self.kind is int else "a number"
         return f"{whole} from {self._number(self.low)} to {self._number(self.high)}"
 
@@ -67,10 +77,24 @@ class Param:
         """``value`` in its canonical type (int, float or lower-case choice), or UserError naming
         ``label`` (default: the parameter's name) and what is allowed."""
         allowed = f"{label or self.name} must be {self.describe()}"
+        if self.parse is not None:
+            try:
+                return self.parse(value)
+            except UserError:
+                raise
+            except (TypeError, ValueError):
+                raise UserError(f"{allowed}, not {shown(value)}") from None
         if self.choices:
             text = value.strip().lower() if isinstance(value, str) else value
             if not isinstance(text, str) or text not in self.choices:
                 raise UserError(f"{allowed}, not {shown(value)}")
+            return text
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise UserError(f"{allowed}, not {shown(value)}")
+            text = value.strip()
+            if self.high is not None and len(text) > self.high:
+                raise UserError(f"{allowed}, not {len(text)} characters")
             return text
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise UserError(f"{allowed}, not {shown(value)}")

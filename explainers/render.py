@@ -732,6 +732,7 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
         seconds=float(summary["seconds"]),
         notes=tuple(summary["notes"]),
         sanity=_sanity_from(summary, sanity_maps),
+        probability=summary.get("probability"),
     )
     return result, summary.get("render", {})
 

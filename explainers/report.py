@@ -48,7 +48,10 @@ def _exp(value: float) -> float:
 def prompt_probability(result: Result) -> float | None:
     """The probability the model gives the prompt, where its score is one: with contrast prompts
     the score is the prompt's softmax probability among them; a classifier's score (the bundled
-    model) is a log-probability; CLIP's is a scaled cosine, which is no probability (None)."""
+    model) is a log-probability; CLIP's is a scaled cosine, which is no probability (None). A
+    model that gives its target's probability (``Result.probability``) is taken at its word."""
+    if result.probability is not None:
+        return float(result.probability)
     if result.target.contrast:
         return float(result.score)
     if result.model.startswith("clip"):
@@ -60,7 +63,10 @@ def score_markdown(result: Result, classes: Sequence[tuple[str, float]] | None =
     """The headline: the prompt's score in words, what it means for this model, the matched classes."""
     prompt = result.target.prompt
     lines = []
-    if result.target.contrast:
+    if result.target.kind != "prompt" and result.meaning is not None and result.probability is not None:
+        lines.append(f"### Probability of {result.target.describe()}: {result.probability:.1%}")
+        lines.append(sentence(f"the score is {result.meaning.words}"))
+    elif result.target.contrast:
         others = ", ".join(f"“{c}”" for c in result.target.contrast)
         lines.append(f"### Probability of “{prompt}” rather than {others}: {result.score:.1%}")
         lines.append(

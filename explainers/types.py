@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,14 +24,40 @@ class Target:
 
     Without contrast prompts the score is the model's own prompt score; with them it is the
     softmax probability of ``prompt`` among ``(prompt, *contrast)`` -- the score SMDL/LIMA use.
+    A model kind with another question to explain subclasses this in its adapter file (a VLM's
+    answer: ``models.vlm.AnswerTarget``; a detector's box: ``models.detector.BoxTarget``), with its
+    own ``kind`` and ``summary``; ``prompt`` stays what the user typed.
     """
 
     prompt: str
     contrast: tuple[str, ...] = ()
+    kind: ClassVar[str] = "prompt"
 
     @property
     def prompts(self) -> tuple[str, ...]:
         return (self.prompt, *self.contrast)
+
+    def summary(self) -> dict[str, Any]:
+        """What result.json keeps as ``target``."""
+        return {"kind": self.kind, "prompt": self.prompt, "contrast": list(self.contrast)}
+
+    def describe(self) -> str:
+        """The target in a few words, for the page's headline."""
+        return f"“{self.prompt}”"
+
+
+@dataclass(frozen=True)
+class ScoreMeaning:
+    """What a model's score of a target is, declared by the model (never guessed from its name).
+
+    ``name``: "log-probability", "logit" or "probability"; ``words``: one sentence for the page;
+    ``min_span``: the photo must score this much (score units) above the fully removed image, else
+    the normalised curves are ill-conditioned.
+    """
+
+    name: str
+    words: str
+    min_span: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +235,8 @@ class Result:
     seconds: float
     notes: tuple[str, ...] = ()
     sanity: SanityCheck | None = None  # the model-randomisation check, if asked
+    probability: float | None = None  # the target's probability in [0, 1], where the model gives one
+    meaning: ScoreMeaning | None = None  # what the score is, as the model declares it
 
     def more_faithful_than_random(self, method: str) -> bool:
         """The protocol's verdict: the method's SRG is above the random reference's mean SRG
@@ -222,7 +250,10 @@ class Result:
                 "model": self.model,
                 "prompt": self.target.prompt,
                 "contrast": list(self.target.contrast),
+                "target": self.target.summary(),
                 "score": self.score,
+                "probability": self.probability,
+                **({"score_meaning": self.meaning.name} if self.meaning is not None else {}),
                 "prompt_probabilities": self.prompt_probabilities,
                 "methods": {
                     name: {

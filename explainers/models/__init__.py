@@ -1,4 +1,5 @@
-"""Model registry: ``bundled`` (offline default) and ``clip:<hub id or folder>``; any other
+"""Model registry: ``bundled`` (offline default), ``clip:<hub id or folder>``, and the model kinds
+of MODEL_MODULES (``vlm:``, ``detector:``), each declared by its module's ``MODEL_KIND``; any other
 model comes as an adapter instance (``ClassifierAdapter`` wraps a torch image classifier).
 
 Loaded adapters are cached per (name, device): weights and per-prompt text features are reused
@@ -7,13 +8,47 @@ across calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
+from importlib import import_module
 
 import torch
 
 from ..errors import ModelLoadError, UserError
+from ..params import Param
 from .base import CamLayer, Metered, ModelAdapter
 from .classifier import ClassifierAdapter
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A kind of model, declared in its module as ``MODEL_KIND`` (the module imports its heavy
+    libraries lazily, inside ``load``)."""
+
+    name: str  # "vlm", "detector"
+    prefix: str  # "vlm:" (then a hub id or folder)
+    load: Callable[[str], ModelAdapter]  # the part after the prefix -> an adapter on the CPU
+    choices: tuple[tuple[str, str], ...] = ()  # the app's dropdown: (label, model name)
+    params: tuple[Param, ...] = ()  # the target's parameters (--answer, --box, ...)
+    description: str = ""
+
+
+# One line per model kind: the module in this package that declares ``MODEL_KIND``.
+# (bundled and clip are still the branches of _load_model below.)
+MODEL_MODULES: tuple[str, ...] = ()
+MODEL_KINDS: dict[str, ModelKind] = {
+    kind.name: kind for kind in (import_module(f".{module}", __name__).MODEL_KIND for module in MODEL_MODULES)
+}
+
+
+def model_kind(name: object) -> ModelKind | None:
+    """The registered kind whose prefix ``name`` starts with (None: bundled, clip or unknown)."""
+    if not isinstance(name, str):
+        return None
+    text = name.strip()
+    return next((kind for kind in MODEL_KINDS.values() if text.startswith(kind.prefix)), None)
+
 
 DEFAULT_MODEL = "bundled"
 # What the app offers; the API and CLI accept any CLIP hub id or (opt-in) folder.
@@ -62,6 +97,13 @@ def _load_model(name: str, device: torch.device) -> ModelAdapter:
         from .bundled import load_bundled
 
         return load_bundled().to(device)
+    kind = model_kind(name)
+    if kind is not None and name[len(kind.prefix) :].strip():
+        source = name[len(kind.prefix) :].strip()
+        try:
+            return kind.load(source).to(device)
+        except OSError as error:  # e.g. a folder name too long for the file system
+            raise ModelLoadError(f"could not load {source!r}: {error.strerror or error}") from None
     if name.startswith("clip:") and name[5:].strip():
         from .clip import load_clip
 
@@ -69,8 +111,9 @@ def _load_model(name: str, device: torch.device) -> ModelAdapter:
             return load_clip(name[5:]).to(device)
         except OSError as error:  # e.g. a folder name too long for the file system
             raise ModelLoadError(f"could not load CLIP from {name[5:]!r}: {error.strerror or error}") from None
+    kinds = "".join(f", '{kind.prefix}<hub id or folder>'" for kind in MODEL_KINDS.values())
     raise ModelLoadError(
-        f"unknown model {name!r}; use 'bundled' or 'clip:<hub id or folder>' (e.g. {CLIP_CHOICES[0]!r})"
+        f"unknown model {name!r}; use 'bundled', 'clip:<hub id or folder>'{kinds} (e.g. {CLIP_CHOICES[0]!r})"
     )
 
 
@@ -78,12 +121,15 @@ __all__ = [
     "CLIP_CHOICES",
     "DEFAULT_MODEL",
     "DEVICES",
+    "MODEL_KINDS",
     "CamLayer",
     "ClassifierAdapter",
     "Metered",
     "ModelAdapter",
+    "ModelKind",
     "list_models",
     "load_model",
+    "model_kind",
     "resolve_device",
 ]
 

@@ -6,15 +6,17 @@ Methods and metrics only ever see this interface, so a model adapts by what it d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..types import Target
+from ..params import Param
+from ..types import ScoreMeaning, Target
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class ModelAdapter:
     max_batch: int = 32  # images per forward pass when a caller scores many at once
     max_grad_batch: int = 16  # images per forward+backward pass: autograd keeps the activations
     max_prompt_tokens: int | None = None
+    gradients: bool = True  # gradients reach the pixels (Grad-CAM and IG can run)
+    # The model kind's own target parameters (a VLM's answer, a detector's box): the same Params
+    # its ModelKind declares, so an adapter passed as an instance validates them too.
+    target_params: tuple[Param, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -78,6 +84,51 @@ class ModelAdapter:
         out = [self.score(chunk, target) for chunk in pixels.split(self.max_batch)]
         return torch.cat(out) if out else torch.empty(0)
 
+    def score_meaning(self, target: Target) -> ScoreMeaning:
+        """What ``score`` is for this target (a model kind whose score is a probability says so)."""
+        if target.contrast:
+            return ScoreMeaning(
+                "probability", "the softmax probability of the prompt among it and the contrast prompts", 0.05
+            )
+        return ScoreMeaning("logit", "the model's own score of the prompt (higher is a closer match)")
+
+    def scores(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(score, probability)``, each ``[B]``, from one forward pass; the probability is NaN
+        where the score is no probability and the model gives none."""
+        score = self.score(pixels, target)
+        return score, as_probability(score, self.score_meaning(target).name)
+
+    @torch.no_grad()
+    def scores_many(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scores`` of many images, in batches of ``max_batch``, without gradients."""
+        out = [self.scores(chunk, target) for chunk in pixels.split(self.max_batch)]
+        if not out:
+            return torch.empty(0), torch.empty(0)
+        return torch.cat([s for s, _ in out]), torch.cat([p for _, p in out])
+
+    # --- the target ---------------------------------------------------------------------
+    def resolve_target(
+        self,
+        pixels: torch.Tensor,  # noqa: ARG002 - a prompt model needs none of these
+        target: Target,
+        options: dict[str, Any],  # noqa: ARG002
+        photo_size: tuple[int, int],  # noqa: ARG002
+    ) -> tuple[Target, list[str]]:
+        """The target this model explains for what the user asked, and notes for the user.
+
+        ``pixels`` is the photo at the input size (``[1, 3, H, W]``); ``options`` the model kind's
+        target parameters (validated, None where not given); ``photo_size`` the photo's (width,
+        height) as given. A prompt model explains the prompt as it is.
+        """
+        return target, []
+
+    def candidate_targets(
+        self, pixels: torch.Tensor, target: Target, options: dict[str, Any], photo_size: tuple[int, int]
+    ) -> list[Target]:
+        """The targets a user may choose among for this prompt, the default first (a detector:
+        each of its boxes; a VLM: its answer). A prompt model offers the prompt."""
+        return [self.resolve_target(pixels, target, options, photo_size)[0]]
+
     @torch.no_grad()
     def prompt_probabilities(self, pixels: torch.Tensor, target: Target) -> dict[str, float]:
         """With contrast prompts: the softmax probability of each prompt for one image."""
@@ -106,6 +157,15 @@ class ModelAdapter:
         touching this shared adapter) and which shares everything that is not randomised (text
         encoders, class embeddings); with that network, which the stage names are relative to."""
         raise NotImplementedError(f"{type(self).__name__} cannot be copied for randomisation")
+
+
+def as_probability(score: torch.Tensor, meaning: str) -> torch.Tensor:
+    """A score as a probability, by what it means: itself, exp of a log-probability, else NaN."""
+    if meaning == "probability":
+        return score
+    if meaning == "log-probability":
+        return score.exp()
+    return torch.full_like(score, math.nan)
 
 
 def parameter_units(names: Sequence[str]) -> list[str]:
@@ -175,6 +235,18 @@ class Metered:
     def score_many(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
         out = [self.score(chunk, target) for chunk in pixels.split(self.adapter.max_batch)]
         return torch.cat(out) if out else torch.empty(0)
+
+    def scores(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.adapter.scores(pixels, target)
+        self.forward_passes += pixels.shape[0]
+        return out
+
+    @torch.no_grad()
+    def scores_many(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        out = [self.scores(chunk, target) for chunk in pixels.split(self.adapter.max_batch)]
+        if not out:
+            return torch.empty(0), torch.empty(0)
+        return torch.cat([s for s, _ in out]), torch.cat([p for _, p in out])
 
     def prompt_probabilities(self, pixels: torch.Tensor, target: Target) -> dict[str, float]:
         probabilities = self.adapter.prompt_probabilities(pixels, target)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..types import ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, parameter_units, units_label
 
 # Prompt -> classes: softmax(cos / temperature) over the best TOP_CLASSES classes.
@@ -187,6 +188,12 @@ class ClassifierAdapter(ModelAdapter):
             indices, weights = self.class_weights(prompt)
             columns.append(torch.logsumexp(log_probs[:, indices] + weights.log(), dim=1))
         return torch.stack(columns, dim=1)
+
+    def score_meaning(self, target: Target) -> ScoreMeaning:
+        """Without contrast prompts: the log of the probability the classifier puts on the prompt's classes."""
+        if target.contrast:
+            return super().score_meaning(target)
+        return ScoreMeaning("log-probability", "the log of the probability the classifier gives the prompt's classes")
 
     def cam_layer(self) -> CamLayer:
         return CamLayer(self.network.get_submodule(self.cam_layer_name), "output", lambda a: a)

@@ -1,0 +1,61 @@
+"""Targets the model owns: the prompt target's summary, the probability and the score's meaning in
+result.json, target parameters (text and parsed), declared gradients, and the model kind registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import ASSETS
+from toys import linear
+
+from explainers import explain
+from explainers.api import candidate_targets
+from explainers.errors import UserError
+from explainers.params import Param
+from explainers.types import Target
+
+
+def test_a_prompt_target_says_what_it_is():
+    target = Target("a cat", ("a dog",))
+    assert target.kind == "prompt"
+    assert target.summary() == {"kind": "prompt", "prompt": "a cat", "contrast": ["a dog"]}
+    assert target.describe() == "“a cat”"
+
+
+def test_text_parameters():
+    spec = Param("answer", None, "the answer", kind=str, high=5)
+    assert spec.check("  a cat ") == "a cat"
+    assert spec.describe() == "text of at most 5 characters"
+    with pytest.raises(UserError, match="answer must be text of at most 5 characters, not 6 characters"):
+        spec.check("abcdef")
+    with pytest.raises(UserError, match="--answer must be text"):
+        spec.check(3, "--answer")
+
+
+def test_result_json_says_the_target_its_probability_and_what_the_score_is(bundled, tiny_clip):
+    result = explain(ASSETS / "chelsea.jpg", "a cat", model=bundled, methods=["gradcam"], curve_steps=2, n_random=1)
+    summary = result.summary()
+    assert summary["target"] == {"kind": "prompt", "prompt": "a cat", "contrast": []}
+    assert summary["score_meaning"] == "log-probability"
+    assert summary["probability"] == pytest.approx(math.exp(summary["score"]), rel=1e-6)
+    clip = explain(ASSETS / "chelsea.jpg", "a cat", model=tiny_clip, methods=["gradcam"], curve_steps=2, n_random=1)
+    assert clip.summary()["probability"] is None and clip.summary()["score_meaning"] == "logit"
+    versus = explain(
+        ASSETS / "chelsea.jpg", "a cat", ["a dog"], model=tiny_clip, methods=["gradcam"], curve_steps=2, n_random=1
+    )
+    assert versus.probability == pytest.approx(versus.score) and versus.meaning.name == "probability"
+
+
+def test_a_prompt_model_offers_its_prompt(tiny_clip):
+    assert candidate_targets(ASSETS / "chelsea.jpg", " a  cat ", model=tiny_clip) == [Target("a cat")]
+
+
+def test_gradient_methods_are_refused_where_the_model_gives_no_gradients():
+    import numpy as np
+
+    adapter = linear(np.ones((8, 8)))
+    adapter.gradients = False
+    with pytest.raises(UserError, match=r"Grad-CAM and Integrated gradients need the model's gradients") as caught:
+        explain(np.zeros((8, 8, 3), np.uint8), "x", model=adapter, methods=["gradcam", "ig", "rise"])
+    assert "choose from region, rise" in str(caught.value)
