@@ -1,8 +1,9 @@
 """Tiny random models of real architectures, for tests and benchmarks (no download).
 
 Each ``save_tiny_*`` builds a randomly initialised model from a config, with a processor (a
-small tokenizer trained here with the ``tokenizers`` library), and saves both with
-``save_pretrained`` into a folder that loads back the way a user's folder does (``vlm:FOLDER``, with
+small tokenizer trained here with the ``tokenizers`` library, or the real CLIP tokenizer of
+tests/fixtures/tinyclip-config), and saves both with ``save_pretrained`` into a folder that
+loads back the way a user's folder does (``vlm:FOLDER``, ``detector:FOLDER``, with
 SALIENCY_LAB_ALLOW_LOCAL_MODELS=1). Their maps mean nothing; their code paths are the real ones.
 """
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TINYCLIP = ROOT / "tests" / "fixtures" / "tinyclip-config"
 
 CORPUS = (
     "what is in the image? a cat sitting on a mat. a photo of a dog in the park. describe the picture. "
@@ -31,6 +35,9 @@ IDEFICS3_TEMPLATE = (
     "{% if item['type'] == 'image' %}<image>{% else %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n"
     "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
+
+
+HEAD_STD = 0.1  # OWL's box and class heads, re-drawn at this scale (the boxes stay near their patches)
 
 
 def tiny_tokenizer(special_tokens: list[str], vocab_size: int = 320, **names: Any) -> Any:
@@ -220,9 +227,127 @@ def save_tiny_idefics3(folder: str | Path, seed: int = 0, image_size: int = 32, 
     return folder
 
 
+def save_tiny_owlvit(folder: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8) -> Path:
+    """An OWL-ViT-shaped detector (OWLv2 without the objectness head), like ``save_tiny_owlv2``."""
+    return save_tiny_owlv2(folder, seed, image_size, patch_size, version=1)
+
+
+def save_tiny_owlv2(
+    folder: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8, version: int = 2
+) -> Path:
+    """An OWLv2-shaped detector (CLIP towers, class/box/objectness heads): one box per patch,
+    4 x 4 boxes at 32 x 32 pixels; the real CLIP tokenizer of tests/fixtures/tinyclip-config.
+    ``version=1``: OWL-ViT."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    prefix = "Owlv2" if version == 2 else "OwlViT"
+    config_class = getattr(transformers, f"{prefix}Config")
+    model_class = getattr(transformers, f"{prefix}ForObjectDetection")
+    image_processor_class = getattr(transformers, f"{prefix}ImageProcessor")
+    processor_class = getattr(transformers, f"{prefix}Processor")
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(TINYCLIP)
+    config = config_class(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 16,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": patch_size,
+        },
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    model = model_class(config)
+    with torch.no_grad():  # the heads initialise at std 1, which saturates every box at this size
+        for name, parameter in model.named_parameters():
+            if "_head." in name and parameter.dim() > 1:
+                parameter.normal_(0.0, HEAD_STD)
+    model.save_pretrained(folder)
+    size = {"height": image_size, "width": image_size}
+    image_processor = (
+        image_processor_class(size=size)
+        if version == 2
+        else image_processor_class(size=size, crop_size=size, do_center_crop=False)
+    )
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_grounding_dino(folder: str | Path, seed: int = 0, image_size: int = 128) -> Path:
+    """A Grounding-DINO-shaped detector (Swin backbone, BERT text encoder, deformable encoder and
+    decoder, 10 queries) at 128 x 128 pixels, with a small BERT WordPiece tokenizer."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
+
+    folder = Path(folder)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?"]
+    words += sorted(set(CORPUS.replace(".", " ").replace("?", " ").replace(":", " ").replace(",", " ").split()))
+    words += list("abcdefghijklmnopqrstuvwxyz") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab = {word: i for i, word in enumerate(dict.fromkeys(words))}
+    tokenizer = BertTokenizer(vocab=vocab)
+    config = GroundingDinoConfig(
+        backbone_config={
+            "model_type": "swin",
+            "embed_dim": 8,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 1, 1, 1],
+            "window_size": 2,
+            "image_size": image_size,
+            "out_features": ["stage2", "stage3", "stage4"],
+        },
+        text_config={
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 64,
+        },
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,  # the box heads are tied from the second decoder layer on
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=10,
+        max_text_len=32,
+        num_feature_levels=4,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
+    torch.manual_seed(seed)
+    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size})
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 TINY_VLMS = {
     "llava": save_tiny_llava,
     "qwen2_vl": save_tiny_qwen2_vl,
     "qwen2_5_vl": save_tiny_qwen2_5_vl,
     "idefics3": save_tiny_idefics3,
 }
+TINY_DETECTORS = {"owlv2": save_tiny_owlv2, "owlvit": save_tiny_owlvit, "grounding_dino": save_tiny_grounding_dino}

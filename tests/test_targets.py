@@ -10,8 +10,9 @@ from conftest import ASSETS
 from toys import linear
 
 from explainers import explain
-from explainers.api import candidate_targets
+from explainers.api import candidate_targets, split_options, target_params
 from explainers.errors import UserError
+from explainers.models import MODEL_KINDS, model_kind
 from explainers.params import Param
 from explainers.types import Target
 
@@ -21,6 +22,21 @@ def test_a_prompt_target_says_what_it_is():
     assert target.kind == "prompt"
     assert target.summary() == {"kind": "prompt", "prompt": "a cat", "contrast": ["a dog"]}
     assert target.describe() == "“a cat”"
+
+
+def test_the_model_kinds_declare_their_target_parameters_once():
+    assert {"vlm", "detector"} <= set(MODEL_KINDS)
+    assert model_kind("vlm:org/name").name == "vlm" and model_kind(" detector:./x").name == "detector"
+    assert model_kind("bundled") is None and model_kind("clip:openai/x") is None and model_kind(5) is None
+    assert list(target_params("vlm:org/name")) == ["answer", "answer_token", "max_new_tokens"]
+    assert list(target_params("detector:org/name")) == ["box", "box_threshold"]
+    assert target_params("bundled") == {}
+    names = [p.name for kind in MODEL_KINDS.values() for p in kind.params]
+    assert len(names) == len(set(names))  # one flag per name across kinds
+    assert split_options("vlm:a/b", {"answer": "x", "curve_steps": 3, "box": None}) == (
+        {"answer": "x"},
+        {"curve_steps": 3},
+    )
 
 
 def test_text_parameters():

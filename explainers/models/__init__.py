@@ -36,7 +36,7 @@ class ModelKind:
 
 # One line per model kind: the module in this package that declares ``MODEL_KIND``.
 # (bundled and clip are still the branches of _load_model below.)
-MODEL_MODULES: tuple[str, ...] = ("vlm",)
+MODEL_MODULES: tuple[str, ...] = ("vlm", "detector")
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind for kind in (import_module(f".{module}", __name__).MODEL_KIND for module in MODEL_MODULES)
 }
