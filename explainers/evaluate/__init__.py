@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..__main__ import CLI_CURVE_STEPS  # data sets are measured at the CLI's paper protocol (50 steps)
-from ..api import clean_methods, clean_model, validate_params
+from ..api import clean_methods, clean_model, clean_options, split_options, target_params, validate_params
 from ..errors import UserError
 from ..models import DEVICES, ModelAdapter, resolve_device
 from ..types import _jsonable
@@ -44,6 +44,7 @@ from .rows import (
     CLASS_COLUMNS,
     RANDOM,
     RESERVED,
+    TARGET_COLUMNS,
     RowsFile,
     check_config,
     folder_lock,
@@ -157,7 +158,9 @@ def evaluate(
     ``model``: a registered name (``"bundled"``, ``"clip:<hub id>"``), or a ready adapter (this
     process only). ``methods``: names or ``"gradcam,ig"`` (default: the registry's defaults).
     ``params``: any of ``explainers.api.PARAMS`` (curve_steps defaults to 50, the CLI's; every
-    other to its spec's default). ``limit``: the first N manifest rows. ``workers``: local worker
+    other to its spec's default), and the model kind's target parameters for every row (a VLM's
+    ``max_new_tokens``, a detector's ``box_threshold``; a manifest column of that name, e.g.
+    ``answer`` or ``box``, sets a row's own). ``limit``: the first N manifest rows. ``workers``: local worker
     processes, or Ray actors with ``ray``. ``ray``: True or "local" for a local Ray, or a
     cluster's address. ``threads``: torch threads per worker (default: this process's threads
     divided among the workers; 1 per Ray actor). ``class_column``: a manifest column holding
@@ -169,7 +172,10 @@ def evaluate(
     started = time.perf_counter()
     names = clean_methods(methods)
     given = {k: v for k, v in params.items() if v is not None}
+    options, given = split_options(model, given)
     checked = validate_params({"curve_steps": CLI_CURVE_STEPS, **given})
+    options = clean_options(model, options)
+    option_specs = target_params(model)
     workers = _check_count("workers", workers)
     threads = _check_count("threads", threads)
     resamples = _check_count("resamples", resamples)
@@ -184,7 +190,7 @@ def evaluate(
     device = _device(device, use_ray)
     if isinstance(group_by, str):
         group_by = [g.strip() for g in group_by.split(",") if g.strip()]
-    listing = read_manifest(manifest, limit, reserved=RESERVED)
+    listing = read_manifest(manifest, limit, reserved=RESERVED, option_columns=tuple(option_specs))
     if class_column is not None and class_column not in listing.extra_columns:
         raise UserError(
             f"the class column {class_column!r} is not in the manifest (its columns: "
@@ -204,8 +210,9 @@ def evaluate(
     except OSError as error:
         raise UserError(f"the output folder {str(folder)!r} cannot be made: {error.strerror or error}") from None
     with folder_lock(folder):  # one run per folder at a time
-        digest = check_config(folder, model_name, checked)
-        columns = [*BASE_COLUMNS, *(CLASS_COLUMNS if class_column else ()), *listing.extra_columns]
+        digest = check_config(folder, model_name, {**checked, **options})
+        targets = TARGET_COLUMNS if option_specs else ()
+        columns = [*BASE_COLUMNS, *(CLASS_COLUMNS if class_column else ()), *targets, *listing.extra_columns]
         notes = list(listing.notes)
         rows_path = folder / ROWS
         with RowsFile(rows_path, columns) as rows_file:
@@ -222,7 +229,12 @@ def evaluate(
 
                 threads = 1 if use_ray else max(1, torch.get_num_threads() // (workers or 1))
             config = WorkerConfig(
-                model=model_name, device=device, params=checked, threads=threads, class_column=class_column
+                model=model_name,
+                device=device,
+                params=checked,
+                threads=threads,
+                class_column=class_column,
+                options=options,
             )
             info: dict[str, Any] = {}
             computed = _run(jobs, config, model, workers, use_ray, address, threads, info, rows_file, digest, progress)
@@ -244,6 +256,7 @@ def evaluate(
                 "model": model_name,
                 "methods": names,
                 **checked,
+                **options,
                 "manifest": str(Path(manifest)),
                 "limit": limit,
                 "class_column": class_column,

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from ..__main__ import OneLineParser, add_param_flags, params_from_args
+from ..__main__ import OneLineParser, add_param_flags, options_from_args, params_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "manifest",
         help="CSV with columns image (path relative to the CSV's folder) and prompt, "
-        "optionally contrast ('|'-separated); other columns are carried to the rows",
+        "optionally contrast ('|'-separated), and for vlm: models answer, for detector: models box "
+        "(x0,y0,x1,y1); other columns are carried to the rows",
     )
     parser.add_argument("--out", required=True, help="output folder (rerun with the same one to resume)")
-    parser.add_argument("--model", default="bundled", help="bundled (offline default) or clip:<hub id or folder>")
+    parser.add_argument(
+        "--model",
+        default="bundled",
+        help="bundled (offline default), clip:<hub id or folder>, vlm:<hub id or folder> or detector:<hub id or folder>",
+    )
     parser.add_argument(
         "--methods",
         default=",".join(default_methods()),
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         from .stats import RESAMPLES
 
         params = params_from_args(args)  # a bad value is refused here, naming its flag
+        options = options_from_args(args, args.model)
         summary = evaluate(
             args.manifest,
             args.out,
@@ -135,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             resamples=args.bootstrap or RESAMPLES,
             progress=False if args.no_progress else None,
             **params,
+            **options,
         )
     except (UserError, OSError) as error:  # OSError: e.g. the output folder cannot be written
         print(f"error: {cli_error(error, args.out)}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """The manifest: a CSV of photos and prompts -> the jobs of a data-set run.
 
 Columns: ``image`` (a path, relative to the manifest's folder, or absolute) and ``prompt``;
-optional ``contrast`` (contrast prompts separated by ``|``). Every other column is carried
-unchanged to the rows (a label, a split, ...).
+optional ``contrast`` (contrast prompts separated by ``|``). Columns named like the model
+kind's target parameters (a VLM's ``answer``, ``answer_token``; a detector's ``box``,
+``box_threshold``) give that row's target (a blank cell: the model decides). Every other column,
+and those, is carried unchanged to the rows (a label, a split, ...).
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ class Item:
     prompt: str
     contrast: str = ""
     extras: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)  # the row's target parameters (non-blank cells)
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.image, self.prompt, self.contrast)
+    def target(self) -> str:
+        """The row's target parameters as one text (``answer=a cat``), "" when it gives none."""
+        return "; ".join(f"{name}={value}" for name, value in sorted(self.options.items()))
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.image, self.prompt, self.contrast, self.target)
 
     @property
     def contrast_prompts(self) -> list[str]:
@@ -49,10 +57,16 @@ class Manifest:
     notes: tuple[str, ...] = ()
 
 
-def read_manifest(path: str | os.PathLike, limit: int | None = None, reserved: tuple[str, ...] = ()) -> Manifest:
+def read_manifest(
+    path: str | os.PathLike,
+    limit: int | None = None,
+    reserved: tuple[str, ...] = (),
+    option_columns: tuple[str, ...] = (),
+) -> Manifest:
     """Read ``path`` -> Manifest. Raises UserError (one sentence) when the file cannot be read,
     lacks a required column, has none of its rows, or carries a column named like one of
-    ``reserved`` (the columns rows.csv writes itself)."""
+    ``reserved`` (the columns rows.csv writes itself). Columns among ``option_columns`` (the
+    model kind's target parameters) give each row's ``options``."""
     path = Path(path)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit must be a whole number of at least 1, not {limit!r}")
@@ -98,10 +112,12 @@ def read_manifest(path: str | os.PathLike, limit: int | None = None, reserved: t
             prompt=record.get("prompt", ""),
             contrast=record.get("contrast", "").strip(),
             extras={c: record.get(c, "") for c in extras},
+            options={c: record[c].strip() for c in option_columns if record.get(c, "").strip()},
         )
         if item.key in seen:
             notes.append(
-                f"manifest line {line} repeats line {seen[item.key]} (same image, prompt and contrast) and is skipped"
+                f"manifest line {line} repeats line {seen[item.key]} (same image, prompt, contrast and target) "
+                "and is skipped"
             )
             continue
         seen[item.key] = line

@@ -1,7 +1,8 @@
 """rows.csv: one row per image x method (and one for the random reference), appended as each
 image finishes, so that an interrupted run leaves a valid file and a rerun skips what is done.
 
-A row's key is (image, prompt, contrast, method); every row also carries the hash of the run's
+A row's key is (image, prompt, contrast, target, method) -- ``target`` is the manifest row's
+target parameters (a VLM's answer, a detector's box), a column only for those model kinds; every row also carries the hash of the run's
 model and parameters, and a folder holds the rows of one configuration only (``check_config``
 refuses another), so results of different parameters never mix.
 """
@@ -20,7 +21,7 @@ from typing import Any
 from ..errors import UserError
 
 RANDOM = "random"  # the method name of the random reference's row
-KEY = ("image", "prompt", "contrast", "method")
+KEY = ("image", "prompt", "contrast", "target", "method")
 RESULT_COLUMNS = (
     "insertion_auc",
     "deletion_auc",
@@ -35,9 +36,12 @@ RESULT_COLUMNS = (
     "error",
 )
 CLASS_COLUMNS = ("top1", "correct")  # with a class column: the model's top-1 class and whether it is right
-BASE_COLUMNS = KEY + RESULT_COLUMNS + ("params_hash",)
-RESERVED = BASE_COLUMNS + CLASS_COLUMNS
-FLOAT_COLUMNS = ("insertion_auc", "deletion_auc", "srg", "score", "seconds", "curve_seconds")
+BASE_COLUMNS = ("image", "prompt", "contrast", "method") + RESULT_COLUMNS + ("params_hash",)
+# With a model kind that resolves its target: the manifest's target parameters (part of the key),
+# the target explained (its JSON: the model's answer, its box) and its probability.
+TARGET_COLUMNS = ("target", "explained", "probability")
+RESERVED = BASE_COLUMNS + CLASS_COLUMNS + TARGET_COLUMNS
+FLOAT_COLUMNS = ("insertion_auc", "deletion_auc", "srg", "score", "probability", "seconds", "curve_seconds")
 INT_COLUMNS = ("beats_random", "forward_passes", "backward_passes", "curve_forward_passes", "top1", "correct")
 CONFIG_FILE = "params.json"
 LOCK_FILE = ".lock"
@@ -147,11 +151,12 @@ def typed(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, str, str, str]:
-    return tuple(str(row[k]) for k in KEY)  # type: ignore[return-value]
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    """The row's key; a file without a target column keys its rows with target "" (as their items)."""
+    return tuple(str(row.get(k) or "") for k in KEY)
 
 
-def latest(rows: Iterable[dict[str, str]], digest: str) -> dict[tuple[str, str, str, str], dict[str, str]]:
+def latest(rows: Iterable[dict[str, str]], digest: str) -> dict[tuple[str, ...], dict[str, str]]:
     """The last row of each key among the rows of this configuration (a retried error is
     superseded by the row appended after it)."""
     return {row_key(row): row for row in rows if row.get("params_hash") == digest}

@@ -4,6 +4,7 @@ and inside each Ray actor, so the three ways of running give the same rows."""
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -13,7 +14,17 @@ from typing import Any
 
 import torch
 
-from ..api import Request, assemble, clean_prompts, evaluate_maps, prepare, resolve_model, run_methods
+from ..api import (
+    Request,
+    assemble,
+    check_abilities,
+    clean_options,
+    clean_prompts,
+    evaluate_maps,
+    prepare,
+    resolve_model,
+    run_methods,
+)
 from ..errors import UserError
 from ..images import open_image
 from ..models import ModelAdapter
@@ -41,6 +52,7 @@ class WorkerConfig:
     params: dict[str, Any]
     threads: int | None = None  # torch threads in this worker; None keeps torch's setting
     class_column: str | None = None  # manifest column holding the true class index
+    options: dict[str, Any] | None = None  # the model kind's target parameters for every row
 
 
 class WorkerStartError(UserError):
@@ -94,12 +106,16 @@ class Worker:
         target, notes = clean_prompts(job.item.prompt, job.item.contrast_prompts)
         if not job.item.image:
             raise UserError("the manifest row has no image path")
-        prepared = prepare(open_image(job.item.path), target, self.adapter)
+        check_abilities(self.adapter, job.methods)
+        # The row's own target parameters (its answer, its box) over the run's.
+        given = {k: v for k, v in (self.config.options or {}).items() if v is not None}
+        options = clean_options(self.adapter, {**given, **job.item.options})
+        prepared = prepare(open_image(job.item.path), target, self.adapter, options)
         top1 = None
         if self.config.class_column:
             with torch.no_grad():
                 top1 = int(self.adapter.logits(prepared.pixels).argmax(dim=1)[0])  # int(): works on any device
-        request = Request(target, job.methods, params, tuple(notes))
+        request = Request(prepared.target, job.methods, params, tuple(notes), options)
         maps = run_methods(prepared, job.methods, params)
         curves, reference = evaluate_maps(prepared, {n: m.values for n, m in maps.items()}, params)
         return assemble(request, prepared, maps, curves, reference, time.perf_counter() - started), top1
@@ -113,7 +129,13 @@ class Worker:
 
     def _rows(self, job: Job, result: Result, top1: int | None) -> list[dict[str, Any]]:
         item, label = job.item, self._label(job, top1)
-        key = {"image": item.image, "prompt": item.prompt, "contrast": item.contrast}
+        key = {"image": item.image, "prompt": item.prompt, "contrast": item.contrast, "target": item.target}
+        if self.adapter.target_params:  # what was explained: the model's answer, its box
+            label = {
+                **label,
+                "explained": json.dumps(result.target.summary(), ensure_ascii=False),
+                "probability": result.probability,
+            }
         rows = []
         for name in job.methods:
             m = result.methods[name]
@@ -165,6 +187,7 @@ class Worker:
                 "image": item.image,
                 "prompt": item.prompt,
                 "contrast": item.contrast,
+                "target": item.target,
                 "method": name,
                 "error": error_text(error) or type(error).__name__,
             }
