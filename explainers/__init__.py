@@ -5,7 +5,7 @@ result = explain("assets/chelsea.jpg", "a cat")
 """
 
 from ._version import __version__
-from .api import DEFAULTS, PARAMS, explain
+from .api import DEFAULTS, PARAMS, candidate_targets, explain
 from .errors import ModelLoadError, UserError
 from .methods import list_methods
 from .models import ClassifierAdapter, ModelAdapter, list_models
@@ -26,6 +26,7 @@ __all__ = [
     "Target",
     "UserError",
     "__version__",
+    "candidate_targets",
     "explain",
     "list_methods",
     "list_models",
