@@ -111,7 +111,7 @@ def save_tiny_llava(folder: str | Path, seed: int = 0, image_size: int = 32, pat
             "model_type": "llama",
             **_text_config(tokenizer, bos_token_id=1, eos_token_id=2, pad_token_id=0),
         },
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),  # type: ignore[call-arg]
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
@@ -138,7 +138,7 @@ def save_tiny_qwen2_vl(folder: str | Path, seed: int = 0, side: int = 32, versio
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
     specials += ["<|image_pad|>", "<|video_pad|>"]
     tokenizer = tiny_tokenizer(specials, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    sizes = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2}
+    sizes: dict[str, Any] = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2}
     processor = processor_class(
         image_processor=Qwen2VLImageProcessor(**sizes, min_pixels=8 * 8, max_pixels=side * side),
         tokenizer=tokenizer,
@@ -146,7 +146,8 @@ def save_tiny_qwen2_vl(folder: str | Path, seed: int = 0, side: int = 32, versio
         chat_template=QWEN_TEMPLATE,
     )
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
-    vision = {"depth": 3, "num_heads": 2, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    vision: dict[str, Any] = {"depth": 3, "num_heads": 2, "patch_size": 4, "spatial_merge_size": 2}
+    vision["temporal_patch_size"] = 2
     if version == "2":
         vision.update(embed_dim=32, hidden_size=32, mlp_ratio=2)
     else:

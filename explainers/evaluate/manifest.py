@@ -99,7 +99,7 @@ def read_manifest(
         )
     folder = path.resolve().parent
     items: list[Item] = []
-    seen: dict[tuple[str, str, str], int] = {}
+    seen: dict[tuple[str, str, str, str], int] = {}
     notes: list[str] = []
     for line, record in enumerate(records, start=2):  # line 1 is the header
         record = {(k or "").strip(): (v or "") for k, v in record.items() if k is not None}

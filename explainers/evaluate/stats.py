@@ -31,7 +31,7 @@ CONFIDENCE = 0.95
 RESAMPLES = 10_000
 ILL_CONDITIONED_AUC = 3.0
 
-Rows = dict[tuple[str, str, str, str], dict[str, Any]]  # key -> typed row
+Rows = dict[tuple[str, ...], dict[str, Any]]  # key (image, prompt, contrast, target, method) -> typed row
 
 
 def bootstrap_ci(values: np.ndarray, index: np.ndarray, confidence: float = CONFIDENCE) -> list[float] | None:

@@ -145,7 +145,7 @@ class Family:
     input_size: tuple[int, int]
     grid: tuple[int, int] | None = None
 
-    def __init__(self, model: nn.Module, processor: Any) -> None:
+    def __init__(self, model: Any, processor: Any) -> None:
         raise NotImplementedError
 
     def query_text(self, query: str) -> Any:
@@ -163,14 +163,14 @@ class Family:
         """``[B, N, ...]`` logits -> ``[B, N]``: each predicted box's probability for the query."""
         raise NotImplementedError
 
-    def tap(self, model: nn.Module, tap: nn.Module) -> None:
+    def tap(self, model: Any, tap: nn.Module) -> None:
         """Route the feature map Grad-CAM reads through ``tap`` (a forward hook, no change of numbers)."""
         raise NotImplementedError
 
     def to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens
 
-    def stages(self, model: nn.Module) -> list[tuple[str, list[str]]]:
+    def stages(self, model: Any) -> list[tuple[str, list[str]]]:
         raise NotImplementedError(f"{type(self).__name__} declares no randomisation stages")
 
 
@@ -179,7 +179,7 @@ class OwlFamily(Family):
 
     model_types = ("owlvit", "owlv2")
 
-    def __init__(self, model: nn.Module, processor: Any) -> None:  # noqa: ARG002 - the config says it all
+    def __init__(self, model: Any, processor: Any) -> None:  # noqa: ARG002 - the config says it all
         vision = model.config.vision_config
         self.input_size = (vision.image_size, vision.image_size)
         self.grid = (vision.image_size // vision.patch_size,) * 2
@@ -191,7 +191,7 @@ class OwlFamily(Family):
     def probabilities(self, logits: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ARG002
         return torch.sigmoid(logits[..., 0])
 
-    def tap(self, model: nn.Module, tap: nn.Module) -> None:
+    def tap(self, model: Any, tap: nn.Module) -> None:
         # The layer norm runs twice: on the pooled CLS ([B, D]) and on every token ([B, 1 + N, D]),
         # which the box and class heads read.
         norm = getattr(model, self.base).vision_model.post_layernorm
@@ -201,7 +201,7 @@ class OwlFamily(Family):
         height, width = self.grid or (0, 0)
         return tokens[:, 1:].reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
 
-    def stages(self, model: nn.Module) -> list[tuple[str, list[str]]]:
+    def stages(self, model: Any) -> list[tuple[str, list[str]]]:
         vision = f"{self.base}.vision_model"
         heads = [n for n in ("class_head", "box_head", "objectness_head", "layer_norm") if hasattr(model, n)]
         layers = len(getattr(model, self.base).vision_model.encoder.layers)
@@ -225,7 +225,7 @@ class GroundingDinoFamily(Family):
 
     model_types = ("grounding-dino",)
 
-    def __init__(self, model: nn.Module, processor: Any) -> None:  # noqa: ARG002 - the processor says it all
+    def __init__(self, model: Any, processor: Any) -> None:  # noqa: ARG002 - the processor says it all
         side = _size_field(getattr(processor.image_processor, "size", None), "shortest_edge") or 800
         self.input_size = (side, side)
         self.tokenizer = processor.tokenizer
@@ -248,7 +248,7 @@ class GroundingDinoFamily(Family):
             words = torch.ones_like(words)
         return torch.sigmoid(logits[..., : len(ids)][..., words]).amax(dim=-1)
 
-    def tap(self, model: nn.Module, tap: nn.Module) -> None:
+    def tap(self, model: Any, tap: nn.Module) -> None:
         def hook(_module: nn.Module, _args: Any, out: list) -> list:
             feature, mask = out[-1]
             return [*out[:-1], (tap(feature), mask)]
@@ -280,7 +280,7 @@ class DetectorAdapter(ModelAdapter):
     max_grad_batch = 4
     target_params = DETECTOR_PARAMS
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "detector") -> None:
+    def __init__(self, model: Any, processor: Any, name: str = "detector") -> None:
         model_type = model.config.model_type
         if model_type not in FAMILIES:
             raise ModelLoadError(f"the detector kind does not know {model_type!r} models; it takes {_families()}")

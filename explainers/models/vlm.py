@@ -116,7 +116,7 @@ class Layout:
     input_size: tuple[int, int]
     grid: tuple[int, int]  # image tokens per column and row, as the language model reads them
 
-    def __init__(self, model: nn.Module, processor: Any) -> None:
+    def __init__(self, model: Any, processor: Any) -> None:
         raise NotImplementedError
 
     def pixel_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -127,7 +127,7 @@ class Layout:
         """Extra keyword arguments for the processor's call (e.g. no tiles)."""
         return {}
 
-    def image_tokens_module(self, model: nn.Module) -> nn.Module:
+    def image_tokens_module(self, model: Any) -> nn.Module:
         raise NotImplementedError
 
     def image_tokens(self, output: Any, tap: nn.Module) -> Any:
@@ -142,7 +142,7 @@ class Layout:
             tokens = tokens[:, 1:]  # a CLS token kept by the "full" feature strategy
         return tokens.reshape(-1, height, width, dim).permute(0, 3, 1, 2)
 
-    def vision_parts(self, model: nn.Module) -> tuple[list[str], list[str], list[str]]:
+    def vision_parts(self, model: Any) -> tuple[list[str], list[str], list[str]]:
         """(projector modules, vision blocks bottom first, embedding modules), named in ``model``."""
         raise NotImplementedError
 
@@ -166,7 +166,7 @@ class LlavaLayout(Layout):
 
     model_types = ("llava",)
 
-    def __init__(self, model: nn.Module, processor: Any) -> None:
+    def __init__(self, model: Any, processor: Any) -> None:
         vision = model.config.vision_config
         image_processor = processor.image_processor
         crop = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", True) else None
@@ -177,10 +177,10 @@ class LlavaLayout(Layout):
     def pixel_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pixel_values": x}
 
-    def image_tokens_module(self, model: nn.Module) -> nn.Module:
+    def image_tokens_module(self, model: Any) -> nn.Module:
         return model.model.multi_modal_projector
 
-    def vision_parts(self, model: nn.Module) -> tuple[list[str], list[str], list[str]]:
+    def vision_parts(self, model: Any) -> tuple[list[str], list[str], list[str]]:
         tower, base = model.model.vision_tower, "model.vision_tower"
         if hasattr(tower, "vision_model"):  # a CLIPVisionModel wrapping its transformer
             tower, base = tower.vision_model, base + ".vision_model"
@@ -200,7 +200,7 @@ class QwenLayout(Layout):
 
     model_types = ("qwen2_vl", "qwen2_5_vl")
 
-    def __init__(self, model: nn.Module, processor: Any) -> None:
+    def __init__(self, model: Any, processor: Any) -> None:
         image_processor = processor.image_processor
         self.patch = int(image_processor.patch_size)
         self.merge = int(image_processor.merge_size)
@@ -233,14 +233,14 @@ class QwenLayout(Layout):
         grid = torch.tensor([[1, gh, gw]] * batch, dtype=torch.long, device=x.device)
         return {"pixel_values": flat, "image_grid_thw": grid}
 
-    def image_tokens_module(self, model: nn.Module) -> nn.Module:
+    def image_tokens_module(self, model: Any) -> nn.Module:
         return model.model.visual
 
     def image_tokens(self, output: Any, tap: nn.Module) -> Any:
         output.pooler_output = tap(output.pooler_output)  # [B * tokens, D], in row-major order
         return output
 
-    def vision_parts(self, model: nn.Module) -> tuple[list[str], list[str], list[str]]:
+    def vision_parts(self, model: Any) -> tuple[list[str], list[str], list[str]]:
         blocks = len(model.model.visual.blocks)
         return (
             ["model.visual.merger"],
@@ -257,7 +257,7 @@ class Idefics3Layout(Layout):
 
     model_types = ("idefics3",)
 
-    def __init__(self, model: nn.Module, processor: Any) -> None:
+    def __init__(self, model: Any, processor: Any) -> None:
         vision = model.config.vision_config
         image_processor = processor.image_processor
         longest = _field(getattr(image_processor, "max_image_size", None), "longest_edge") or vision.image_size
@@ -273,10 +273,10 @@ class Idefics3Layout(Layout):
         mask = torch.ones(batch, 1, height, width, dtype=torch.long, device=x.device)
         return {"pixel_values": x.unsqueeze(1), "pixel_attention_mask": mask}
 
-    def image_tokens_module(self, model: nn.Module) -> nn.Module:
+    def image_tokens_module(self, model: Any) -> nn.Module:
         return model.model.connector
 
-    def vision_parts(self, model: nn.Module) -> tuple[list[str], list[str], list[str]]:
+    def vision_parts(self, model: Any) -> tuple[list[str], list[str], list[str]]:
         layers = len(model.model.vision_model.encoder.layers)
         return (
             ["model.connector", "model.vision_model.post_layernorm"],
@@ -300,7 +300,7 @@ class VlmAdapter(ModelAdapter):
     max_grad_batch = 2
     target_params = VLM_PARAMS
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "vlm") -> None:
+    def __init__(self, model: Any, processor: Any, name: str = "vlm") -> None:
         model_type = model.config.model_type
         if model_type not in LAYOUTS:
             raise ModelLoadError(f"the vlm kind has no image layout for {model_type!r} models; it takes {_families()}")
@@ -412,13 +412,13 @@ class VlmAdapter(ModelAdapter):
         return score, score
 
     def score_meaning(self, target: Target) -> ScoreMeaning:
-        one = isinstance(target, AnswerTarget) and target.token_index is not None
+        index = target.token_index if isinstance(target, AnswerTarget) else None
         return ScoreMeaning(
             "probability",
             (
-                f"the probability the model gives token {target.token_index} of the answer, after the question "
+                f"the probability the model gives token {index} of the answer, after the question "
                 "and the answer's earlier tokens (EAGLE)"
-                if one
+                if index is not None
                 else "the mean probability the model gives the answer's tokens, each after the question and "
                 "the answer's earlier tokens (EAGLE's teacher-forced score)"
             ),
@@ -548,7 +548,7 @@ def _is_language_side(name: str) -> bool:
     return name in ("model.language_model", "model.text_model", "lm_head")
 
 
-def _stop_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
