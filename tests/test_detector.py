@@ -171,6 +171,14 @@ def test_boxes_outside_the_photo_and_no_box_above_the_threshold(folders):
         explain(photo(), QUERY, model=adapter, box="1,2,3", methods=["gradcam"])
 
 
+def test_a_query_over_the_text_limit_is_cut_with_a_note(family):
+    name, adapter = family
+    query = "a small grey cat " * 40
+    result = explain(photo(7), query, model=adapter, methods=["gradcam"], curve_steps=2, n_random=1, box_threshold=0.0)
+    assert any(f"only its first {adapter.max_prompt_tokens} tokens were used" in note for note in result.notes), name
+    assert 0.0 <= result.probability <= 1.0
+
+
 def test_grounding_dino_reads_the_querys_own_words():
     """p_j = the largest sigmoid over the query's word tokens: [CLS], [SEP] and '.' do not count."""
 

@@ -298,7 +298,9 @@ class DetectorAdapter(ModelAdapter):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         text = getattr(model.config, "text_config", None)
-        self.max_prompt_tokens = int(getattr(text, "max_position_embeddings", 0) or 0) or None
+        limits = [getattr(text, "max_position_embeddings", None), getattr(model.config, "max_text_len", None)]
+        known = [int(v) for v in limits if v]
+        self.max_prompt_tokens = min(known) if known else None  # longer queries are cut (with a note)
         self.tap = nn.Identity()
         self.family.tap(model, self.tap)
         self._queries: dict[str, dict[str, torch.Tensor]] = {}
@@ -317,7 +319,8 @@ class DetectorAdapter(ModelAdapter):
         """The text side of the model's inputs for ``query`` (``[1, L]``), cached per query."""
         if query not in self._queries:
             blank = Image.new("RGB", self.input_size[::-1], (128, 128, 128))
-            encoded = self.processor(text=self.family.query_text(query), images=[blank], return_tensors="pt")
+            cut = {"truncation": True, "max_length": self.max_prompt_tokens} if self.max_prompt_tokens else {}
+            encoded = self.processor(text=self.family.query_text(query), images=[blank], return_tensors="pt", **cut)
             self._queries[query] = {
                 k: v.to(self.device)
                 for k, v in encoded.items()
