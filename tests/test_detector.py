@@ -179,6 +179,25 @@ def test_a_query_over_the_text_limit_is_cut_with_a_note(family):
     assert 0.0 <= result.probability <= 1.0
 
 
+def test_the_sanity_stages_name_the_image_side_or_the_check_is_refused(family):
+    from explainers.sanity import sanity_stages
+
+    name, adapter = family
+    if name == "grounding_dino":  # its Swin backbone declares no cascade (yet): one sentence
+        with pytest.raises(UserError, match="the sanity check needs a model that declares its layers"):
+            sanity_stages(adapter)
+        return
+    stages = sanity_stages(adapter)
+    assert stages[0][0] == "heads" and len(stages) >= 3
+    for _, names in stages:
+        for module in names:
+            adapter.model.get_submodule(module)
+    clone, network = adapter.randomizable_copy()
+    text = f"{adapter.family.base}.text_model"
+    assert network.get_submodule(text) is adapter.model.get_submodule(text)  # the text tower is shared
+    assert network.get_submodule(stages[1][1][0]) is not adapter.model.get_submodule(stages[1][1][0])
+
+
 def test_grounding_dino_reads_the_querys_own_words():
     """p_j = the largest sigmoid over the query's word tokens: [CLS], [SEP] and '.' do not count."""
 
