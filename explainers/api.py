@@ -35,8 +35,12 @@ from .types import (
 MAX_CONTRAST = 16
 MAX_PROMPT_CHARS = 1000
 
+# The paper protocol's curve steps: the CLI's default and what data sets are measured at (the app
+# uses fewer for speed: curve_steps' default).
+PAPER_CURVE_STEPS = 50
+
 # The protocol's parameters (every method's own are declared in its file: METHOD.params).
-# The defaults are what the app uses; the CLI raises curve_steps to 50 (the paper protocol).
+# The defaults are what the app uses; the CLI raises curve_steps to PAPER_CURVE_STEPS.
 PROTOCOL_PARAMS: tuple[Param, ...] = (
     Param(
         "curve_steps",
@@ -200,20 +204,19 @@ def clean_prompts(prompt: Any, contrast: Sequence[Any] | None) -> tuple[Target, 
     return Target(prompt, tuple(cleaned)), notes
 
 
-def _token_notes(adapter, target: Target) -> list[str]:
+def _token_notes(adapter: ModelAdapter, target: Target) -> list[str]:
     """Notes on prompts the model will cut (over its token limit) or cannot read (no known word)."""
     notes = []
-    count = getattr(adapter, "prompt_tokens", None)
-    limit = getattr(adapter, "max_prompt_tokens", None)
-    unknown = getattr(adapter, "prompt_unknown", None)
+    limit = adapter.max_prompt_tokens
     for i, p in enumerate(target.prompts):
         which = "the prompt" if i == 0 else "the contrast prompt"
-        if count is not None and limit is not None and count(p) > limit:
+        count = adapter.prompt_tokens(p) if limit is not None else None
+        if count is not None and limit is not None and count > limit:
             notes.append(
                 f"{which} {shown(p)} is longer than the model's limit of {limit} tokens; "
                 f"only its first {limit} tokens were used"
             )
-        if unknown is not None and unknown(p):
+        if adapter.prompt_unknown(p):
             notes.append(
                 f"the model's text encoder knows none of the words in {which} {shown(p)}, so its score means little"
             )
@@ -291,7 +294,7 @@ def run_methods(
     shares = np.cumsum([0.0] + [get_method(name).progress_share for name in methods])
     maps = {}
     for name, start, end in zip(methods, shares[:-1] / shares[-1], shares[1:] / shares[-1]):
-        torch.manual_seed(params["seed"])
+        # No global seed: every method draws from its own generators seeded by params["seed"].
         maps[name] = run_method(
             name,
             prepared.adapter,
@@ -428,9 +431,5 @@ def assemble(
 def describe_prompt(model: str | ModelAdapter, prompt: str) -> list[tuple[str, float]] | None:
     """What a prompt means to ``model`` where the model can say: a classifier's matched classes
     with their weights (best 3); None for models that score text directly (CLIP)."""
-    adapter = resolve_model(model)
-    matched = getattr(adapter, "matched_classes", None)
-    if matched is None:
-        return None
     target, _ = clean_prompts(prompt, None)
-    return matched(target.prompt)
+    return resolve_model(model).matched_classes(target.prompt)
