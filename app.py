@@ -44,7 +44,7 @@ from PIL import Image
 from explainers import UserError, api, render, report
 from explainers.images import open_image
 from explainers.methods import METHODS, default_methods
-from explainers.models import CLIP_CHOICES, DEFAULT_MODEL
+from explainers.models import DEFAULT_MODEL, model_choices
 from explainers.params import Param
 from explainers.types import MethodResult
 
@@ -54,9 +54,7 @@ ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
 
 DEVICE = os.environ.get("SALIENCY_DEVICE", "auto").strip() or "auto"
-MODEL_CHOICES = [(f"{DEFAULT_MODEL} (offline: EfficientNet-Lite0 + prompt matching)", DEFAULT_MODEL)] + [
-    (f"{name} (downloads on first use)", name) for name in CLIP_CHOICES
-]
+MODEL_CHOICES = model_choices()
 DISPLAY_SIDE = 512  # overlays on the page: the photo's aspect, longest side this many pixels
 DOWNLOAD_SIDE = 1024  # overlays in the download: the photo's size, capped at this
 QUEUE_SIZE = 16
@@ -964,7 +962,7 @@ def build_demo() -> gr.Blocks:
             inputs=inputs,
             outputs=outputs,
             api_name="explain",
-            concurrency_limit=1 + len(CLIP_CHOICES),
+            concurrency_limit=len(MODEL_CHOICES),
             concurrency_id="explain",
             show_progress_on=progress_on,
         )
@@ -977,7 +975,7 @@ def build_demo() -> gr.Blocks:
             outputs=outputs,
             api_name="refine_region",
             concurrency_id="explain",
-            concurrency_limit=1 + len(CLIP_CHOICES),
+            concurrency_limit=len(MODEL_CHOICES),
             show_progress_on=[c["status"], c["step_picture"]],
         )
         play_event = play_button.click(
