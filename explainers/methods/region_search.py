@@ -33,12 +33,20 @@ import torch
 from ..models.base import ModelAdapter
 from ..normalize import score_span
 from ..params import Param
-from ..regions import label_masks, region_labels
+from ..regions import DEFAULT_REGIONS, label_masks, region_labels
 from ..substrates import Substrate, make_substrate
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
-from .base import Method
+from .base import Method, Reference
 
 SEARCHES = ("two-ended", "fast", "lazy", "lima", "greedy")
+# What the step-through calls each search (meta["search_label"]).
+SEARCH_LABELS = {
+    "two-ended": "two-ended search",
+    "fast": "fast search",
+    "lazy": "lazy greedy",
+    "lima": "LIMA-style search",
+    "greedy": "plain greedy",
+}
 # F of a batch of sets (bool rows over the n regions) -> values; the search algorithms see only this.
 SetFunction = Callable[[np.ndarray], np.ndarray]
 # The fast search's defaults (bench/region_search.py measures them against plain greedy).
@@ -561,7 +569,7 @@ def explain(
     adapter: ModelAdapter,
     pixels: torch.Tensor,
     target: Target,
-    n_regions: int = 49,
+    n_regions: int = DEFAULT_REGIONS,
     regions: str = "slic",
     search: str = "two-ended",
     lambda_consistency: float = 1.0,
@@ -603,8 +611,10 @@ def explain(
     return SaliencyMap(
         "region",
         order_map(order, labels),
+        regions=labels,
         meta={
             "search": search,
+            "search_label": SEARCH_LABELS[search],
             "regions": regions,
             "n_regions": n,
             "order": order,
@@ -636,7 +646,7 @@ METHOD = Method(
     params=(
         Param(
             "n_regions",
-            49,
+            DEFAULT_REGIONS,
             "number of regions for region search",
             low=4,
             high=196,
@@ -673,4 +683,8 @@ METHOD = Method(
     progress_share=0.4,
     colour="#2ca02c",
     black_box=True,
+    display="regions",
+    previews=True,
+    stepped=True,
+    reference=Reference("plain greedy", {"region_search": "greedy"}, "the paper's reference: slower"),
 )
