@@ -44,7 +44,7 @@ import gradio as gr
 from PIL import Image
 
 from explainers import UserError, api, app_runtime, render, report
-from explainers.app_runtime import Evaluated, Finished, MapReady, Outcome, Preview, fit
+from explainers.app_runtime import Evaluated, Finished, MapReady, Outcome, Preview, Status, fit
 from explainers.images import open_image
 from explainers.methods import METHODS, default_methods
 from explainers.models import DEFAULT_MODEL, model_choices
@@ -415,6 +415,9 @@ def event_outputs(c: dict[str, Any], event: Any, run: PageRun) -> Updates:
             return {}
         picture = render.preview_overlay(run.photo, event.values, colour_map, opacity, show)
         return {c[f"overlay-{event.method}"]: gr.Image(value=picture, visible=True)}
+    if isinstance(event, Status):
+        # The page's own progress line: Gradio's bar hides once a streaming event has yielded.
+        return {c["status"]: f"{event.text} ({event.fraction:.0%})"}
     if isinstance(event, Evaluated):
         return page_outputs(c, event.outcome, run.display, run.size, event.outcome.status)
     return {}

@@ -6,7 +6,8 @@
 - **A run is a job in a worker thread** (``Job``: it gets a progress function and ``emit``).
   ``stream`` turns what it emits into events for the page, in order: each method's map the moment
   it is made (``MapReady``, from ``api.explain_stages``), the maps found so far by a method that
-  reports them (``Preview``: the latest only, at most every PREVIEW_INTERVAL_S), the Result once
+  reports them (``Preview``) and where the run is (``Status``: both the newest only, at most
+  every PREVIEW_INTERVAL_S), the Result once
   the curves are in while a sanity check still runs (``Evaluated``), and last ``Finished`` with the
   job's outcome.
 - **Cancel**: when the page cancels the event (or stops reading), ``stream`` sets the run's cancel
@@ -78,6 +79,14 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Status:
+    """Where the run is: the engine's last progress report (the newest only, like previews)."""
+
+    fraction: float
+    text: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a run gives the page: the Result, the prompt's matched classes (a classifier's), the
     status line."""
@@ -101,7 +110,7 @@ class Finished:
     value: Any
 
 
-Event = MapReady | Preview | Evaluated | Finished
+Event = MapReady | Preview | Status | Evaluated | Finished
 Emit = Callable[[Event], None]
 # A run: called in a worker thread with the engine's progress function and ``emit``.
 Job = Callable[[ProgressFn, Emit], Any]
@@ -183,17 +192,21 @@ def reporter(progress: PageProgress, cancelled: threading.Event, emit: Emit) -> 
     return report_progress
 
 
+_TICK = object()  # the timer's wake-up: a throttled preview or status may be shown now
+
+
 class _Latest:
-    """The newest preview a worker thread has posted (older ones are dropped)."""
+    """The newest preview (or status) a worker thread has posted (older ones are dropped)."""
 
     def __init__(self) -> None:
-        self._lock, self._value = threading.Lock(), None
+        self._lock: threading.Lock = threading.Lock()
+        self._value: Any = None
 
-    def put(self, value: Preview) -> None:
+    def put(self, value: Any) -> None:
         with self._lock:
             self._value = value
 
-    def take(self) -> Preview | None:
+    def take(self) -> Any:
         with self._lock:
             value, self._value = self._value, None
         return value
@@ -205,7 +218,7 @@ class _Latest:
     def drop(self, method: str) -> None:
         """Forget the newest preview if it is of ``method``."""
         with self._lock:
-            if self._value is not None and self._value.method == method:
+            if isinstance(self._value, Preview) and self._value.method == method:
                 self._value = None
 
 
@@ -222,48 +235,59 @@ async def stream(
     If the caller is cancelled (the page's Cancel) or stops iterating, the run's cancel flag is
     set and the job stops at its next progress report, releasing the model's lock."""
     loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[Event | None] = asyncio.Queue()  # None: look again (a preview, or the end)
-    latest = _Latest()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()  # events; None: look again (a preview, the end); _TICK
+    latest, status = _Latest(), _Latest()  # the newest preview and status, taken at most every interval
     cancelled = threading.Event()
 
     def emit(event: Event) -> None:  # called in the worker thread
-        if isinstance(event, Preview):
-            latest.put(event)
+        if isinstance(event, (Preview, Status)):
+            (latest if isinstance(event, Preview) else status).put(event)
             loop.call_soon_threadsafe(inbox.put_nowait, None)
         else:
             loop.call_soon_threadsafe(inbox.put_nowait, event)
 
+    def say(fraction: float, desc: str = "") -> None:  # the page's bar, and the Status events
+        progress(fraction, desc=desc)
+        emit(Status(float(fraction), desc))
+
     def work() -> Any:
-        with locks.hold(model, progress, cancelled):
-            return job(reporter(progress, cancelled, emit), emit)
+        with locks.hold(model, say, cancelled):
+            return job(reporter(say, cancelled, emit), emit)
 
     task = asyncio.ensure_future(asyncio.to_thread(work))
     # Scheduled after every event the thread emitted before it returned (the loop runs callbacks
     # in order), so once the task is done and the inbox empty, nothing is left behind.
     task.add_done_callback(lambda _: inbox.put_nowait(None))
-    next_preview = 0.0
+    next_preview, ticking = 0.0, False
     try:
         while True:
-            wait = max(0.0, next_preview - loop.time()) if latest.pending() else None
-            try:
-                item = await asyncio.wait_for(inbox.get(), wait) if wait is not None else await inbox.get()
-            except TimeoutError:
-                item = None
-            if item is not None:
+            # A plain get (no wait_for: in Python 3.11 it can swallow the page's cancellation when
+            # an item arrives at the same moment); the throttled previews are woken by a timer.
+            item = await inbox.get()
+            if item is _TICK:
+                ticking = False
+            elif item is not None:
                 if isinstance(item, MapReady):
                     latest.drop(item.method)  # a preview of a map that is now final would hide it
                 yield item
             if task.done() and inbox.empty():
                 break
-            if latest.pending() and loop.time() >= next_preview:
-                preview = latest.take()
-                if preview is not None:
-                    next_preview = loop.time() + preview_interval
-                    yield preview
+            if latest.pending() or status.pending():
+                now = loop.time()
+                if now >= next_preview:
+                    next_preview = now + preview_interval
+                    for box in (latest, status):
+                        newest = box.take()
+                        if newest is not None:
+                            yield newest
+                elif not ticking:
+                    loop.call_later(next_preview - now, inbox.put_nowait, _TICK)
+                    ticking = True
         yield Finished(task.result())
     finally:
-        if not task.done():
-            cancelled.set()
+        # Whatever ended the reading (the job's end, Cancel, a closed page, the loop shutting down,
+        # which may cancel the thread's task first): a job still running stops at its next report.
+        cancelled.set()
 
 
 # --- the page's jobs -------------------------------------------------------------------------

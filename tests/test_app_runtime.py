@@ -17,7 +17,7 @@ from conftest import ASSETS
 from toys import OneConv
 
 from explainers import api, app_runtime
-from explainers.app_runtime import Evaluated, Finished, MapReady, ModelLocks, Outcome, Preview, RunCancelled
+from explainers.app_runtime import Evaluated, Finished, MapReady, ModelLocks, Outcome, Preview, RunCancelled, Status
 from explainers.errors import UserError
 from explainers.types import Result, SaliencyMap
 
@@ -82,7 +82,7 @@ def test_each_map_arrives_while_the_job_still_runs():
                 seen_first.set()
         return events
 
-    events = asyncio.run(run())
+    events = [e for e in asyncio.run(run()) if not isinstance(e, Status)]
     assert waited["in_time"], "the first map reached the page only when the job ended"
     assert [type(e).__name__ for e in events] == ["MapReady", "MapReady", "Finished"]
     assert [e.method for e in events[:2]] == ["gradcam", "ig"] and events[-1].value == "value"
@@ -135,12 +135,16 @@ def test_cancel_stops_the_job_at_its_next_report_and_frees_the_model():
             stopped.set()
 
     async def cancel_after_first_event() -> None:
-        events = app_runtime.stream("toy", endless, lambda *_, **__: None, locks)
-        first = await events.__anext__()
-        assert isinstance(first, MapReady)
-        reading = asyncio.ensure_future(events.__anext__())
-        await asyncio.sleep(0.05)
-        reading.cancel()  # what Gradio does on the page's Cancel
+        got_map = asyncio.Event()
+
+        async def page() -> None:
+            async for event in app_runtime.stream("toy", endless, lambda *_, **__: None, locks):
+                if isinstance(event, MapReady):
+                    got_map.set()
+
+        reading = asyncio.ensure_future(page())
+        await asyncio.wait_for(got_map.wait(), WAIT_S)
+        reading.cancel()  # what Gradio does to the event's task on the page's Cancel
         with pytest.raises(asyncio.CancelledError):
             await reading
 
@@ -183,6 +187,23 @@ def test_a_second_run_on_the_same_model_waits_and_says_so():
     assert first_events[-1].value == 1 and second_events[-1].value == 2
 
 
+def test_the_status_follows_the_progress_reports():
+    def job(progress, emit):
+        time.sleep(0.1)  # loading the model, say: "Loading ..." is on the page meanwhile
+        for k in range(50):
+            progress(k / 50, "region search")
+            time.sleep(0.002)
+        time.sleep(0.3)  # the run goes on: the newest status is shown (at the very end it is dropped)
+        return None
+
+    events = collect("toy", job, preview_interval=0.02)
+    statuses = [e for e in events if isinstance(e, Status)]
+    assert statuses[0].text.startswith("Loading toy") and statuses[-1].text == "Region search…"
+    assert 1 < len(statuses) < 51  # coalesced: the newest only, at most one per interval
+    fractions = [s.fraction for s in statuses[1:]]
+    assert fractions == sorted(fractions)
+
+
 def test_loading_is_said_once_per_model():
     locks, messages = ModelLocks(), []
 
@@ -219,7 +240,7 @@ def test_explain_job_streams_each_map_in_order_then_the_same_result_as_explain()
 
 def test_explain_job_shows_the_curves_before_the_sanity_check():
     job = app_runtime.explain_job(api.open_image(CAT), "x", [], Randomizable(), ["gradcam"], "cpu", True, SMALL)
-    events = collect("randomizable", job)
+    events = [e for e in collect("randomizable", job) if not isinstance(e, Status)]
     kinds = [type(e).__name__ for e in events]
     assert kinds == ["MapReady", "Evaluated", "Finished"]
     assert events[1].outcome.result.sanity is None and "sanity check is running" in events[1].outcome.status
