@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +228,7 @@ async def stream(
     progress: PageProgress,
     locks: ModelLocks = LOCKS,
     preview_interval: float = PREVIEW_INTERVAL_S,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Run ``job`` in a worker thread once ``model``'s lock is ours and yield its events as they
     come, then ``Finished(its return value)`` (the job's exception is raised instead, here).
 

@@ -224,7 +224,7 @@ def count_forward_passes(log_path: Path) -> None:
         cls = pending.pop()
         pending += cls.__subclasses__()
         if "prompt_scores" in vars(cls):
-            cls.prompt_scores = counted(vars(cls)["prompt_scores"])
+            cls.prompt_scores = counted(vars(cls)["prompt_scores"])  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -109,4 +109,4 @@ __all__ = [
     "resolve_device",
 ]
 
-load_model.cache_clear = _load_model.cache_clear  # type: ignore[attr-defined] - tests start fresh
+load_model.cache_clear = _load_model.cache_clear  # type: ignore[attr-defined]  # tests start fresh

@@ -63,8 +63,9 @@ class ClipAdapter(ModelAdapter):
 
     def text_features(self, prompts: tuple[str, ...]) -> torch.Tensor:
         """``[P, D]`` unit-norm text embeddings; each prompt is encoded once and cached (LRU)."""
-        found = {p: self._text_features.get(p) for p in dict.fromkeys(prompts)}
-        missing = [p for p, features in found.items() if features is None]
+        cached = {p: self._text_features.get(p) for p in dict.fromkeys(prompts)}
+        found = {p: features for p, features in cached.items() if features is not None}
+        missing = [p for p in cached if p not in found]
         if missing:
             tokens = self.tokenizer(
                 missing,
