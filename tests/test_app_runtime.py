@@ -6,7 +6,6 @@ the engine side of it: ``api.explain_stages``."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import threading
 import time
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import ASSETS
 from toys import OneConv
+from toys import RandomizableConv as Randomizable
 
 from explainers import api, app_runtime
 from explainers.app_runtime import Evaluated, Finished, MapReady, ModelLocks, Outcome, Preview, RunCancelled, Status
@@ -25,21 +25,6 @@ CAT = ASSETS / "chelsea.jpg"
 WAIT_S = 60  # generous: a wait that runs out means the behaviour is wrong, not slow
 SMALL = {"curve_steps": 4, "n_random": 2, "ig_steps": 4, "n_regions": 4, "region_kind": "grid", "rise_masks": 8}
 SMALL_RISE = {"rise_cells": 2}
-
-
-class Randomizable(OneConv):
-    """The one-conv toy with a one-stage cascade, so the sanity check can run on it (at 8 x 8: SSIM
-    needs 7 x 7)."""
-
-    input_size = (8, 8)
-
-    def randomization_stages(self):
-        return [("conv", ["weight", "bias"])]
-
-    def randomizable_copy(self):
-        clone = copy.copy(self)
-        clone.conv = copy.deepcopy(self.conv)
-        return clone, clone.conv
 
 
 def collect(model: str, job, progress=None, locks: ModelLocks | None = None, preview_interval: float = 0.0) -> list:
