@@ -11,8 +11,6 @@ import argparse
 import os
 import sys
 
-CLI_CURVE_STEPS = 50  # the paper protocol; the app uses fewer for speed
-
 
 class OneLineParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (``error: ... (see --help)``, exit code 2)."""
@@ -65,7 +63,7 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per parameter spec (the protocol's, then each registered method's), in argument
     groups; shared by this CLI and ``python -m explainers.evaluate``. Every flag defaults to None
     so ``params_from_args`` can tell a given value from the default."""
-    from .api import PROTOCOL_PARAMS
+    from .api import PAPER_CURVE_STEPS, PROTOCOL_PARAMS
     from .methods import METHODS
 
     groups = [("the faithfulness protocol", PROTOCOL_PARAMS)]
@@ -73,7 +71,7 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
     for title, specs in groups:
         group = parser.add_argument_group(title)
         for spec in specs:
-            default = CLI_CURVE_STEPS if spec.name == "curve_steps" else spec.default
+            default = PAPER_CURVE_STEPS if spec.name == "curve_steps" else spec.default
             group.add_argument(
                 spec.cli_flag,
                 dest=spec.name,
@@ -86,14 +84,14 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
 def params_from_args(args: argparse.Namespace) -> dict:
     """The parameters given by ``add_param_flags``' flags, validated, with the CLI's defaults
     (curve_steps 50, every other at its spec's default). Raises UserError naming the flag."""
-    from .api import PARAMS, validate_params
+    from .api import PAPER_CURVE_STEPS, PARAMS, validate_params
 
     params = {
         name: (_number(getattr(args, name)) if not spec.choices else getattr(args, name))
         for name, spec in PARAMS.items()
     }
     if params["curve_steps"] is None:
-        params["curve_steps"] = CLI_CURVE_STEPS
+        params["curve_steps"] = PAPER_CURVE_STEPS
     return validate_params(params, labels={name: spec.cli_flag for name, spec in PARAMS.items()})
 
 

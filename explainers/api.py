@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from .images import ImageInput, open_image
 from .methods import METHODS, default_methods, get_method, run_method
 from .models import DEFAULT_MODEL, ModelAdapter, load_model
 from .params import Param, shown
-from .regions import region_labels
+from .regions import DEFAULT_REGIONS, region_labels
 from .sanity import cascading_randomization, sanity_stages
 from .substrates import SUBSTRATES
 from .types import (
@@ -35,8 +35,12 @@ from .types import (
 MAX_CONTRAST = 16
 MAX_PROMPT_CHARS = 1000
 
+# The paper protocol's curve steps: the CLI's default and what data sets are measured at (the app
+# uses fewer for speed: curve_steps' default).
+PAPER_CURVE_STEPS = 50
+
 # The protocol's parameters (every method's own are declared in its file: METHOD.params).
-# The defaults are what the app uses; the CLI raises curve_steps to 50 (the paper protocol).
+# The defaults are what the app uses; the CLI raises curve_steps to PAPER_CURVE_STEPS.
 PROTOCOL_PARAMS: tuple[Param, ...] = (
     Param(
         "curve_steps",
@@ -200,20 +204,19 @@ def clean_prompts(prompt: Any, contrast: Sequence[Any] | None) -> tuple[Target, 
     return Target(prompt, tuple(cleaned)), notes
 
 
-def _token_notes(adapter, target: Target) -> list[str]:
+def _token_notes(adapter: ModelAdapter, target: Target) -> list[str]:
     """Notes on prompts the model will cut (over its token limit) or cannot read (no known word)."""
     notes = []
-    count = getattr(adapter, "prompt_tokens", None)
-    limit = getattr(adapter, "max_prompt_tokens", None)
-    unknown = getattr(adapter, "prompt_unknown", None)
+    limit = adapter.max_prompt_tokens
     for i, p in enumerate(target.prompts):
         which = "the prompt" if i == 0 else "the contrast prompt"
-        if count is not None and limit is not None and count(p) > limit:
+        count = adapter.prompt_tokens(p) if limit is not None else None
+        if count is not None and limit is not None and count > limit:
             notes.append(
                 f"{which} {shown(p)} is longer than the model's limit of {limit} tokens; "
                 f"only its first {limit} tokens were used"
             )
-        if unknown is not None and unknown(p):
+        if adapter.prompt_unknown(p):
             notes.append(
                 f"the model's text encoder knows none of the words in {which} {shown(p)}, so its score means little"
             )
@@ -283,24 +286,38 @@ def _within(progress: ProgressFn, start: float, end: float) -> ProgressFn:
     return lambda fraction, text, **details: progress(min(1.0, start + (end - start) * fraction), text, **details)
 
 
+def iter_methods(
+    prepared: Prepared, methods: Sequence[str], params: dict[str, Any], progress: ProgressFn = no_progress
+) -> Iterator[tuple[str, SaliencyMap]]:
+    """Each method's map as soon as it is made, in order, each metered on its own (seconds,
+    forward and backward passes). ``progress`` goes from 0 to 1 over all of them, each method
+    taking its registered share; its reports carry ``method=`` the method running (with the
+    details the method adds, e.g. region search's ``preview``)."""
+    shares = np.cumsum([0.0] + [get_method(name).progress_share for name in methods])
+    for name, start, end in zip(methods, shares[:-1] / shares[-1], shares[1:] / shares[-1]):
+        # No global seed: every method draws from its own generators seeded by params["seed"].
+        yield (
+            name,
+            run_method(
+                name,
+                prepared.adapter,
+                prepared.pixels,
+                prepared.target,
+                progress=_within(_naming(progress, name), start, end),
+                **method_kwargs(name, params),
+            ),
+        )
+
+
 def run_methods(
     prepared: Prepared, methods: Sequence[str], params: dict[str, Any], progress: ProgressFn = no_progress
 ) -> dict[str, SaliencyMap]:
-    """Every method's map, each metered on its own (seconds, forward and backward passes).
-    ``progress`` goes from 0 to 1 over all of them, each method taking its registered share."""
-    shares = np.cumsum([0.0] + [get_method(name).progress_share for name in methods])
-    maps = {}
-    for name, start, end in zip(methods, shares[:-1] / shares[-1], shares[1:] / shares[-1]):
-        torch.manual_seed(params["seed"])
-        maps[name] = run_method(
-            name,
-            prepared.adapter,
-            prepared.pixels,
-            prepared.target,
-            progress=_within(progress, start, end),
-            **method_kwargs(name, params),
-        )
-    return maps
+    """Every method's map (``iter_methods``), by name."""
+    return dict(iter_methods(prepared, methods, params, progress))
+
+
+def _naming(progress: ProgressFn, method: str) -> ProgressFn:
+    return lambda fraction, text, **details: progress(fraction, text, **{"method": method, **details})
 
 
 def method_kwargs(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -326,17 +343,26 @@ def check_sanity(
 
 
 def evaluate_maps(
-    prepared: Prepared, maps: dict[str, np.ndarray], params: dict[str, Any], progress: ProgressFn = no_progress
+    prepared: Prepared,
+    maps: Mapping[str, SaliencyMap | np.ndarray],
+    params: dict[str, Any],
+    progress: ProgressFn = no_progress,
 ) -> tuple[dict[str, Curves], RandomReference]:
-    """The faithfulness protocol for these maps: their curves and the random reference."""
+    """The faithfulness protocol for these maps (SaliencyMaps, or bare ``[H, W]`` arrays): their
+    curves and the random reference. Shuffling regions (``random_ranking="regions"``), the
+    reference takes the regions of the first map that carries them (region search's), else SLIC
+    superpixels at the default count."""
+    values = {name: m.values if isinstance(m, SaliencyMap) else m for name, m in maps.items()}
     labels = None
     if params["random_ranking"] == "regions":
-        labels = region_labels(prepared.pixels, params["n_regions"], params["region_kind"])
+        labels = next((m.regions for m in maps.values() if isinstance(m, SaliencyMap) and m.regions is not None), None)
+        if labels is None:
+            labels = region_labels(prepared.pixels, DEFAULT_REGIONS, "slic")
     return metrics.faithfulness(
         prepared.adapter,
         prepared.pixels,
         prepared.target,
-        maps,
+        values,
         steps=params["curve_steps"],
         substrate=params["substrate"],
         n_random=params["n_random"],
@@ -345,6 +371,74 @@ def evaluate_maps(
         random_ranking=params["random_ranking"],
         region_labels=labels,
     )
+
+
+@dataclass(frozen=True)
+class MethodMap:
+    """A stage of ``explain_stages``: one method's map, as soon as it is made (before the curves)."""
+
+    method: str
+    saliency: SaliencyMap
+
+
+Stage = Prepared | MethodMap | Result
+
+
+def explain_stages(
+    image: ImageInput,
+    prompt: str,
+    contrast: Sequence[str] | None = None,
+    model: str | ModelAdapter = DEFAULT_MODEL,
+    methods: Sequence[str] | None = None,
+    progress: ProgressFn = no_progress,
+    device: str = "cpu",
+    sanity: bool = False,
+    **params: Any,
+) -> Iterator[Stage]:
+    """``explain`` one stage at a time, for front ends that show results as they come: yields the
+    ``Prepared`` photo (the model's score of it), then one ``MethodMap`` per method as it finishes,
+    then the ``Result`` (curves and verdicts in). With ``sanity=True`` a second, final Result
+    follows with the sanity check. The last Result is what ``explain`` returns; bad input raises
+    ``UserError`` before the first stage."""
+    started = time.perf_counter()
+    request = validate(prompt, contrast, DEFAULT_METHODS if methods is None else methods, **params)
+    if not isinstance(sanity, (bool, np.bool_)):
+        raise UserError(f"sanity must be True or False, not {shown(sanity)}")
+    photo = open_image(image)  # a bad image is refused before any model loads
+    adapter = resolve_model(model, device)
+    needs_gradients = [get_method(name).title for name in request.methods if not get_method(name).black_box]
+    if needs_gradients and not adapter.gradients:
+        which = " and ".join(needs_gradients)
+        raise UserError(
+            f"{which} {'needs' if len(needs_gradients) == 1 else 'need'} the model's gradients, which "
+            f"{adapter.name!r} does not offer; choose methods that only ask for scores"
+        )
+    prepared = prepare(photo, request.target, adapter)
+    # A model that cannot be randomised is refused before the methods run; the test re-runs every
+    # method once per stage, which sizes its share of the progress bar.
+    sanity_share = len(sanity_stages(prepared.adapter)) if sanity else 0
+    method_shares = sum(get_method(name).progress_share for name in request.methods)
+    total = method_shares * (1 + sanity_share) + CURVES_PROGRESS_SHARE
+    methods_end, curves_end = method_shares / total, (method_shares + CURVES_PROGRESS_SHARE) / total
+    yield prepared
+    maps: dict[str, SaliencyMap] = {}
+    for name, saliency in iter_methods(
+        prepared, request.methods, request.params, progress=_within(progress, 0.0, methods_end)
+    ):
+        maps[name] = saliency
+        yield MethodMap(name, saliency)
+    curves, reference = evaluate_maps(
+        prepared,
+        maps,
+        request.params,
+        progress=_within(progress, methods_end, curves_end),
+    )
+    check = None
+    if sanity:
+        yield assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started)
+        check = check_sanity(prepared, maps, request.params, progress=_within(progress, curves_end, 1.0))
+    progress(1.0, "done")
+    yield assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started, sanity=check)
 
 
 def explain(
@@ -368,34 +462,22 @@ def explain(
     (``Result.sanity``; every method again at each stage, so several times the methods' cost).
     Raises ``UserError`` (one plain sentence) on bad input.
 
-    The stages are public for callers that already hold some of them (data-set evaluation,
+    ``explain_stages`` gives the same run one stage at a time (each map as it finishes). The
+    stages are public for callers that already hold some of them (data-set evaluation,
     benchmarks): ``validate`` -> ``prepare`` -> ``run_methods`` -> ``evaluate_maps`` (-> ``check_sanity``)
     -> ``assemble``.
     """
-    started = time.perf_counter()
-    request = validate(prompt, contrast, DEFAULT_METHODS if methods is None else methods, **params)
-    if not isinstance(sanity, (bool, np.bool_)):
-        raise UserError(f"sanity must be True or False, not {shown(sanity)}")
-    photo = open_image(image)  # a bad image is refused before any model loads
-    prepared = prepare(photo, request.target, resolve_model(model, device))
-    # A model that cannot be randomised is refused before the methods run; the test re-runs every
-    # method once per stage, which sizes its share of the progress bar.
-    sanity_share = len(sanity_stages(prepared.adapter)) if sanity else 0
-    method_shares = sum(get_method(name).progress_share for name in request.methods)
-    total = method_shares * (1 + sanity_share) + CURVES_PROGRESS_SHARE
-    methods_end, curves_end = method_shares / total, (method_shares + CURVES_PROGRESS_SHARE) / total
-    maps = run_methods(prepared, request.methods, request.params, progress=_within(progress, 0.0, methods_end))
-    curves, reference = evaluate_maps(
-        prepared,
-        {n: m.values for n, m in maps.items()},
-        request.params,
-        progress=_within(progress, methods_end, curves_end),
-    )
-    check = (
-        check_sanity(prepared, maps, request.params, progress=_within(progress, curves_end, 1.0)) if sanity else None
-    )
-    progress(1.0, "done")
-    return assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started, sanity=check)
+    result = None
+    for stage in explain_stages(image, prompt, contrast, model, methods, progress, device, sanity, **params):
+        if isinstance(stage, Result):
+            result = stage
+    assert result is not None  # explain_stages always ends with the Result
+    return result
+
+
+def image_view(pixels: torch.Tensor) -> np.ndarray:
+    """``[1, 3, H, W]`` pixels in [0, 1] -> the uint8 ``[H, W, 3]`` picture the maps refer to (Result.image)."""
+    return (pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def assemble(
@@ -409,13 +491,12 @@ def assemble(
 ) -> Result:
     """The Result of one request: maps, curves, the reference, every parameter, the notes (and the
     sanity check, where one ran)."""
-    image_view = (prepared.pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return Result(
         model=prepared.adapter.name,
         target=prepared.target,
         score=prepared.score,
         prompt_probabilities=prepared.prompt_probabilities,
-        image=image_view,
+        image=image_view(prepared.pixels),
         methods={n: MethodResult(maps[n], curves[n]) for n in request.methods},
         random=reference,
         params={"methods": list(request.methods), **request.params},
@@ -428,9 +509,5 @@ def assemble(
 def describe_prompt(model: str | ModelAdapter, prompt: str) -> list[tuple[str, float]] | None:
     """What a prompt means to ``model`` where the model can say: a classifier's matched classes
     with their weights (best 3); None for models that score text directly (CLIP)."""
-    adapter = resolve_model(model)
-    matched = getattr(adapter, "matched_classes", None)
-    if matched is None:
-        return None
     target, _ = clean_prompts(prompt, None)
-    return matched(target.prompt)
+    return resolve_model(model).matched_classes(target.prompt)

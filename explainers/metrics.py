@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .models.base import Metered, ModelAdapter
+from .normalize import score_span
 from .substrates import SUBSTRATES, make_substrate, substrate_image  # noqa: F401 - re-exported
 from .types import Curve, Curves, ProgressFn, RandomReference, Target, no_progress
 
@@ -66,10 +67,7 @@ def random_orders(height: int, width: int, count: int, seed: int, block: int = R
 
 
 def _normalise(scores: np.ndarray, full: float, substrate: float) -> np.ndarray:
-    span = full - substrate
-    if abs(span) < 1e-6:  # the model cannot tell image from substrate: avoid dividing by ~0
-        span = 1e-6 if span >= 0 else -1e-6
-    return (scores - substrate) / span
+    return (scores - substrate) / score_span(full, substrate)
 
 
 def _make_curve(kind, fractions, scores, full, substrate, passes, seconds) -> Curve:

@@ -3,14 +3,16 @@ pictures, CSV and the export bundle (and back: ``load_bundle``).
 
 Takes only ``Result`` values (numpy), so the app and the CLI render the same way. Nothing here
 calls a model: the scrubber's and the step-through's pictures are rebuilt from the maps
-(``metrics.curve_images``, the substrate's ``fill``), never scored.
+(``metrics.curve_images``, the substrate's ``fill``), never scored. Nothing here reads the method
+registry either: what a map's picture needs travels with the map (``SaliencyMap.regions``,
+``title``, ``colour``) and the caller says what the registry decides (``smooth``, which map the
+step-through replays).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import io
 import json
 import zipfile
@@ -21,24 +23,47 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .methods import METHODS
-from .report import RANDOM_TITLE, title  # noqa: F401 - re-exported: render.title and render.RANDOM_TITLE name things as before
-from .types import Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, SanityCheck, SanityStage, Target
+from .types import (
+    RANDOM_TITLE,
+    Curve,
+    Curves,
+    MethodResult,
+    RandomReference,
+    Result,
+    SaliencyMap,
+    SanityCheck,
+    SanityStage,
+    Target,
+)
 
 RANDOM_COLOUR = "#7f7f7f"
+DEFAULT_COLOUR = "#000000"  # a map whose colour was never set (made without run_method)
 # Perceptually uniform first (equal steps in value look equal; they read in black and white);
 # jet and turbo for comparison with older papers.
 COLOUR_MAPS = ("inferno", "viridis", "magma", "cividis", "turbo", "jet")
 DEFAULT_COLOUR_MAP = "inferno"
-# How integrated gradients is drawn: as computed, or smoothed as most papers show it.
+# How a smoothable map (the registry says which: integrated gradients) is drawn: as computed, or
+# smoothed as most papers show it.
 IG_DISPLAYS = {"raw": "as computed", "smoothed": "smoothed (blur + 99th-percentile clip)"}
 SMOOTH_SIGMA = 0.015  # of the picture's longer side: the Gaussian blur of the "smoothed" display
 CLIP_PERCENTILE = 99  # display: values above this percentile of the positive part share the top colour
 OUTLINED_REGIONS = 5  # region search: the first regions chosen are outlined and numbered
 
 
-def colour(name: str) -> str:
-    return RANDOM_COLOUR if name == "random" else METHODS[name].colour if name in METHODS else "#000000"
+def colour(result: Result, name: str) -> str:
+    """The line colour of a method of ``result`` (or of "random", the reference)."""
+    if name == "random":
+        return RANDOM_COLOUR
+    saliency = result.methods[name].saliency if name in result.methods else None
+    return (saliency.colour if saliency is not None else "") or DEFAULT_COLOUR
+
+
+def title(result: Result, name: str) -> str:
+    """What a method of ``result`` (or "random", the reference) is called in plots and tables."""
+    if name == "random":
+        return RANDOM_TITLE
+    saliency = result.methods[name].saliency if name in result.methods else None
+    return (saliency.title if saliency is not None else "") or name
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -83,6 +108,16 @@ def overlay(
     if heat_image.size != size:
         heat_image = heat_image.resize(size, Image.BILINEAR)
     return Image.blend(base, heat_image, float(alpha))
+
+
+def region_ranking(values: np.ndarray, labels: np.ndarray) -> list[int]:
+    """The regions, brightest first: ranked by the map's mean value in each (ties: lower label
+    first). A map painted by rank (region search's) gives back its order."""
+    n = int(labels.max()) + 1
+    flat = labels.ravel()
+    sums = np.bincount(flat, weights=np.nan_to_num(np.asarray(values, dtype=np.float64)).ravel(), minlength=n)
+    means = sums / np.maximum(np.bincount(flat, minlength=n), 1)
+    return [int(r) for r in np.argsort(-means, kind="stable")]
 
 
 def region_overlay(
@@ -143,33 +178,22 @@ def colour_stops(cmap: str = DEFAULT_COLOUR_MAP, count: int = 11) -> list[str]:
     return ["#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb)) for rgb in colours]
 
 
-# --- region labels (recomputed: SLIC and the grid are deterministic) -------------------------
-
-
-def _pixels(result: Result):
-    """The model's pixels, exactly: Result.image / 255 as float32, ``[1, 3, H, W]``."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(result.image)).permute(2, 0, 1)[None].float() / 255
-
-
-@functools.lru_cache(maxsize=16)
-def _labels_cached(key: str, image_bytes: bytes, shape: tuple, n_regions: int, kind: str) -> np.ndarray:  # noqa: ARG001 - key: the cache key
-    from .regions import make_regions
-
-    return make_regions(np.frombuffer(image_bytes, dtype=np.uint8).reshape(shape), n_regions, kind)
-
-
-def region_labels_of(result: Result) -> np.ndarray | None:
-    """The regions region search cut this result's photo into (None when it did not run)."""
-    if "region" not in result.methods:
-        return None
-    image = np.ascontiguousarray(result.image)
-    key = hashlib.sha1(image.tobytes()).hexdigest()
-    labels = _labels_cached(
-        key, image.tobytes(), image.shape, int(result.params["n_regions"]), str(result.params["region_kind"])
-    )
-    return labels
+def map_picture(
+    image: np.ndarray,
+    saliency: SaliencyMap,
+    cmap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = 0.5,
+    size: tuple[int, int] | None = None,
+    smooth: bool = False,
+) -> Image.Image:
+    """A map over ``image`` (the model-input view) as the page shows it: a map that carries its
+    regions region by region in its ranks' colours with the first ones outlined and numbered,
+    any other as a heat overlay (``smooth``: blurred first, as most papers show integrated
+    gradients)."""
+    regions = saliency.regions
+    if regions is not None and regions.shape == saliency.values.shape:
+        return region_overlay(image, regions, region_ranking(saliency.values, regions), cmap, alpha, size)
+    return overlay(image, saliency.values, cmap, alpha, size, SMOOTH_SIGMA if smooth else 0.0)
 
 
 def method_picture(
@@ -178,17 +202,17 @@ def method_picture(
     cmap: str = DEFAULT_COLOUR_MAP,
     alpha: float = 0.5,
     size: tuple[int, int] | None = None,
-    ig_display: str = "raw",
+    smooth: bool = False,
 ) -> Image.Image:
-    """A method's map as the page shows it: region search by rank with its first regions outlined,
-    integrated gradients optionally smoothed, every other map as a heat overlay."""
-    r = result.methods[name]
-    if name == "region" and "order" in r.saliency.meta:
-        labels = region_labels_of(result)
-        if labels is not None and int(labels.max()) + 1 == int(r.saliency.meta.get("n_regions", -1)):
-            return region_overlay(result.image, labels, r.saliency.meta["order"], cmap, alpha, size)
-    smooth = SMOOTH_SIGMA if name == "ig" and ig_display == "smoothed" else 0.0
-    return overlay(result.image, r.saliency.values, cmap, alpha, size, smooth)
+    """A method's map of ``result`` as the page shows it (``map_picture``)."""
+    return map_picture(result.image, result.methods[name].saliency, cmap, alpha, size, smooth)
+
+
+def _pixels(result: Result):
+    """The model's pixels, exactly: Result.image / 255 as float32, ``[1, 3, H, W]``."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(result.image)).permute(2, 0, 1)[None].float() / 255
 
 
 # --- curves ----------------------------------------------------------------------------------
@@ -233,10 +257,10 @@ def curves_figure(
             axis.plot(
                 curve.fractions,
                 curve.normalized,
-                color=colour(name),
+                color=colour(result, name),
                 linestyle="--" if name == "random" else "-",
                 linewidth=2.5,
-                label=f"{title(name)} (AUC {curve.auc:.3f})",
+                label=f"{title(result, name)} (AUC {curve.auc:.3f})",
             )
         better = "higher is better" if getattr(result.random, kind).higher_is_better else "lower is better"
         axis.set_title(f"{kind.capitalize()} curve ({better})", fontsize=13)
@@ -324,7 +348,7 @@ def curve_plot(
     plot.vertical_line(draw, 0, float(getattr(result.random, kind).fractions[step]))
     for name, r in _named_curves(result):
         curve = getattr(r, kind)
-        plot.dot(draw, 0, float(curve.fractions[step]), float(curve.normalized[step]), colour(name))
+        plot.dot(draw, 0, float(curve.fractions[step]), float(curve.normalized[step]), colour(result, name))
     return picture
 
 
@@ -381,8 +405,8 @@ def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None
     for i, name in enumerate(names):
         x = pad + (i % per_row) * (block_w + pad)
         y = pad + (i // per_row) * (head + th + foot + pad)
-        draw.rectangle([x - 4, y + 4, x + 2, y + head - 6], fill=colour(name))
-        draw.text((x + 8, y + 2), title(name), fill="black", font=title_font)
+        draw.rectangle([x - 4, y + 4, x + 2, y + head - 6], fill=colour(result, name))
+        draw.text((x + 8, y + 2), title(result, name), fill="black", font=title_font)
         deleted, revealed = curve_step_images(result, name, step)
         r = result.methods[name]
         for j, (picture, what, value) in enumerate(
@@ -397,15 +421,23 @@ def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None
 # --- the region search's steps ---------------------------------------------------------------
 
 
-def region_step_images(result: Result, chosen: int) -> tuple[Image.Image, Image.Image]:
-    """The pictures region search scored after ``chosen`` steps: only the chosen regions kept,
-    and only they removed (on the run's substrate; no forward pass)."""
+def search_path(result: Result, name: str) -> list[dict]:
+    """The steps of the search that made map ``name`` (``meta["path"]``: region, gain, the kept
+    and the removed part's scores), [] for a map made otherwise."""
+    return list(result.methods[name].saliency.meta.get("path") or []) if name in result.methods else []
+
+
+def region_step_images(result: Result, name: str, chosen: int) -> tuple[Image.Image, Image.Image]:
+    """The pictures the search behind map ``name`` (region search) scored after ``chosen`` steps:
+    only the chosen regions kept, and only they removed (on the run's substrate; no forward pass)."""
     import torch
 
     from .substrates import make_substrate
 
-    labels = region_labels_of(result)
-    order = result.methods["region"].saliency.meta["order"]
+    labels = result.methods[name].saliency.regions
+    if labels is None:
+        raise ValueError(f"the map {name!r} carries no regions to step through")
+    order = [step["region"] for step in search_path(result, name)]
     keep = torch.from_numpy(np.isin(labels, order[: int(chosen)]).astype(np.float32))[None, None]
     substrate = make_substrate(_pixels(result), str(result.params["substrate"]), int(result.params["seed"]))
     kept, removed = substrate.fill(torch.cat([keep, 1.0 - keep])).split(1)
@@ -416,7 +448,7 @@ def _path_column(path: list[dict], key: str) -> np.ndarray:
     return np.array([np.nan if p.get(key) is None else p[key] for p in path], dtype=np.float64)
 
 
-def _path_figure(result: Result):
+def _path_figure(result: Result, name: str):
     """The region search's path: the gain of each step (grey; light where the fast search only
     estimated it) and the scores of the kept and the removed part."""
     import matplotlib
@@ -424,7 +456,7 @@ def _path_figure(result: Result):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    path = result.methods["region"].saliency.meta["path"]
+    path = search_path(result, name)
     n = len(path)
     steps = np.arange(1, n + 1)
     figure = Figure(figsize=(6.4, 3.4), dpi=100)
@@ -448,13 +480,15 @@ def _path_figure(result: Result):
     return figure, [axis]
 
 
-def step_picture(result: Result, chosen: int, size: tuple[int, int] | None = None, thumb: int = 300) -> Image.Image:
-    """The step-through at ``chosen`` regions: the kept picture (only the chosen regions) and the
-    removed one (all but them), as region search scored them, beside the search's path with a
-    marker at this step."""
-    path = result.methods["region"].saliency.meta["path"]
+def step_picture(
+    result: Result, name: str, chosen: int, size: tuple[int, int] | None = None, thumb: int = 300
+) -> Image.Image:
+    """The step-through of map ``name`` at ``chosen`` regions: the kept picture (only the chosen
+    regions) and the removed one (all but them), as region search scored them, beside the
+    search's path with a marker at this step."""
+    path = search_path(result, name)
     chosen = max(0, min(int(chosen), len(path)))
-    plot = _cached_plot(result, "path", lambda: _path_figure(result))
+    plot = _cached_plot(result, f"path:{name}", lambda: _path_figure(result, name))
     graph = plot.image.copy()
     draw = ImageDraw.Draw(graph)
     if chosen:
@@ -466,7 +500,7 @@ def step_picture(result: Result, chosen: int, size: tuple[int, int] | None = Non
     width, height = size or result.image.shape[1::-1]
     scale = thumb / max(width, height)
     tw, th = max(1, round(width * scale)), max(1, round(height * scale))
-    kept, removed = region_step_images(result, chosen)
+    kept, removed = region_step_images(result, name, chosen)
     pad, head = 12, 28
     canvas = Image.new("RGB", (2 * tw + 3 * pad + graph.width, max(head + th + pad, graph.height)), "white")
     text = ImageDraw.Draw(canvas)
@@ -517,8 +551,8 @@ def sanity_strip(
             draw.text((left + j * (tw + pad), 2 + 13 * k), line, fill="black", font=small)
     for i, name in enumerate(names):
         top = head + i * (th + foot + pad)
-        draw.rectangle([pad, top + 2, pad + 5, top + 20], fill=colour(name))
-        for k, line in enumerate(_wrap(title(name), 16)[:2]):
+        draw.rectangle([pad, top + 2, pad + 5, top + 20], fill=colour(result, name))
+        for k, line in enumerate(_wrap(title(result, name), 16)[:2]):
             draw.text((pad + 10, top + 18 * k), line, fill="black", font=bold)
         maps = [result.methods[name].saliency.values, *(stage.values for stage in check.methods[name])]
         for j, values in enumerate(maps):
@@ -563,7 +597,7 @@ def auc_table(result: Result) -> list[list]:
     the random reference last."""
     rows = [
         [
-            title(n),
+            title(result, n),
             round(r.srg, 4),
             "yes" if result.more_faithful_than_random(n) else "no",
             round(r.insertion.auc, 4),
@@ -575,7 +609,7 @@ def auc_table(result: Result) -> list[list]:
     ]
     rows.append(
         [
-            title("random"),
+            title(result, "random"),
             round(result.random.srg, 4),
             f"(max of {result.random.orderings} orderings: {max(result.random.srgs):.4f})",
             round(result.random.insertion.auc, 4),
@@ -598,7 +632,8 @@ def save_bundle(
     original_size: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Write ``<method>.png``, ``curves.png``, ``curves.csv``, ``result.json`` and ``maps.npz``
-    (the model-input image and every map as numpy arrays) into ``out_dir``. ``load_bundle``
+    (the model-input image, every map and the regions of maps painted per region, as numpy
+    arrays) into ``out_dir``. ``load_bundle``
     reads them back into a Result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -620,6 +655,10 @@ def save_bundle(
             "colour_map": cmap,
             "opacity": float(alpha),
             "overlay_size": list(original_size or result.image.shape[1::-1]),
+            # what the maps' pictures need besides their values (maps.npz keeps their regions)
+            "maps": {
+                name: {"title": r.saliency.title, "colour": r.saliency.colour} for name, r in result.methods.items()
+            },
         },
     }
     if result.sanity is not None:  # what load_bundle needs besides the summary's correlations
@@ -640,10 +679,16 @@ def save_bundle(
             for k, stage in enumerate(stages)
         }
     )
+    regions = {
+        f"regions_{name}": r.saliency.regions.astype(np.int32)
+        for name, r in result.methods.items()
+        if r.saliency.regions is not None
+    }
     np.savez_compressed(
         path,
         image=result.image,
         **sanity_maps,
+        **regions,
         **{f"map_{name}": r.saliency.values.astype(np.float32) for name, r in result.methods.items()},
     )
     written.append(path)
@@ -699,8 +744,10 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
         with np.load(io.BytesIO(archive.read(MAPS_FILE)), allow_pickle=False) as arrays:
             image = arrays["image"]
             maps = {name[4:]: arrays[name] for name in arrays.files if name.startswith("map_")}
+            regions = {name[8:]: arrays[name].astype(np.int64) for name in arrays.files if name.startswith("regions_")}
             sanity_maps = {name: arrays[name] for name in arrays.files if name.startswith("sanity_")}
     methods = {}
+    looks = summary.get("render", {}).get("maps", {})
     for name, m in summary["methods"].items():
         saliency = SaliencyMap(
             name,
@@ -709,6 +756,9 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
             forward_passes=int(m["forward_passes"] or 0),
             backward_passes=int(m["backward_passes"] or 0),
             meta=m["meta"],
+            regions=regions.get(name),
+            title=looks.get(name, {}).get("title", ""),
+            colour=looks.get(name, {}).get("colour", ""),
         )
         methods[name] = MethodResult(
             saliency, _curves_from(m["curves"], m, m.get("curve_forward_passes") or 0, m.get("curve_seconds") or 0.0)

@@ -11,9 +11,8 @@ from collections.abc import Iterable, Sequence
 
 from .methods import METHODS
 from .sanity import SANITY_NOTE
-from .types import Result
+from .types import RANDOM_TITLE, Result, SaliencyMap
 
-RANDOM_TITLE = "Random order"
 # Below this probability of the prompt the page warns, before the curves, that the model is unsure.
 UNSURE_PROBABILITY = 0.2
 # A normalised curve this far outside 0..1 means partial pictures score above the whole photo
@@ -103,16 +102,27 @@ def verdict(result: Result, name: str) -> str:
     )
 
 
+def cost(name: str, saliency: SaliencyMap) -> str:
+    """A map's cost line: its method, seconds and forward passes, and what its registry entry
+    adds (``Method.facts``, e.g. IG's completeness error)."""
+    passes = saliency.forward_passes
+    facts = METHODS[name].facts if name in METHODS else None
+    extra = facts(saliency) if facts is not None else ""
+    return f"**{title(name)}** · {saliency.seconds:.1f} s · {passes} forward pass{'es' if passes != 1 else ''}" + (
+        f" · {extra}" if extra else ""
+    )
+
+
+def pending_caption(name: str, saliency: SaliencyMap) -> str:
+    """Under a map that has just arrived, before the curves: its cost, and that its verdict follows."""
+    return f"{cost(name, saliency)}<br>The deletion and insertion curves, and the verdict, follow when every map is in."
+
+
 def caption(result: Result, name: str) -> str:
     """Under a method's map: cost, the verdict in words, both AUCs."""
     r = result.methods[name]
-    passes = r.saliency.forward_passes
-    extra = ""
-    if name == "ig" and "completeness_error" in r.saliency.meta:
-        extra = f" · completeness error {r.saliency.meta['completeness_error']:.1%}"
     return (
-        f"**{title(name)}** · {r.saliency.seconds:.1f} s · {passes} forward pass{'es' if passes != 1 else ''}"
-        f"{extra}<br>{verdict(result, name)}<br>"
+        f"{cost(name, r.saliency)}<br>{verdict(result, name)}<br>"
         f"insertion AUC **{r.insertion.auc:.3f}** (higher is better) · "
         f"deletion AUC **{r.deletion.auc:.3f}** (lower is better)"
     )
@@ -255,23 +265,17 @@ def scrub_markdown(result: Result, step: int) -> str:
     return "\n".join(lines)
 
 
-def step_markdown(result: Result, chosen: int) -> str:
-    """What the step-through shows after ``chosen`` regions: the last region's gain and the scores
-    of the kept and removed parts."""
-    if "region" not in result.methods:
-        return "Region search was not part of this run: tick it under Methods, or press **Refine with plain greedy**."
-    meta = result.methods["region"].saliency.meta
+def step_markdown(result: Result, name: str, chosen: int) -> str:
+    """What the step-through of map ``name`` (a method whose entry is ``stepped``: region search)
+    shows after ``chosen`` regions: the last region's gain and the scores of the kept and removed
+    parts."""
+    if name not in result.methods:
+        return f"{title(name)} was not part of this run: tick it under Methods."
+    meta = result.methods[name].saliency.meta
     path = meta.get("path") or []
     n = len(path)
     chosen = max(0, min(int(chosen), n))
-    names = {
-        "two-ended": "two-ended search",
-        "fast": "fast search",
-        "lazy": "lazy greedy",
-        "lima": "LIMA-style search",
-        "greedy": "plain greedy",
-    }
-    search = names.get(meta.get("search"), meta.get("search", ""))
+    search = meta.get("search_label") or meta.get("search", "")
     if chosen == 0:
         return (
             f"**Step 0 of {n}** ({search}): nothing chosen yet. The kept picture is blank (score 0), "
@@ -289,9 +293,11 @@ def step_markdown(result: Result, chosen: int) -> str:
         f"**{_score(entry.get('kept'))}**. Removed part (the rest): score **{_score(entry.get('removed'))}**.",
     ]
     if not scored:
+        reference = METHODS[name].reference if name in METHODS else None
         lines.append(
             f"The {search} did not ask the model about both parts of this set: it placed this region "
-            "by its estimates from earlier scores (“Refine with plain greedy” scores every step)."
+            "by its estimates from earlier scores"
+            + (f" (“Refine with {reference.label}” scores every step)." if reference is not None else ".")
         )
     return "\n\n".join(lines)
 
@@ -332,3 +338,15 @@ def colour_bar_html(stops: Sequence[str], low: str = "not important", high: str 
 
 def done_status(result: Result) -> str:
     return f"Done: {result.seconds:.1f} s on `{result.model}`."
+
+
+def sanity_running_status(result: Result) -> str:
+    """The status once the curves are in while the sanity check still runs."""
+    return f"Curves done in {result.seconds:.1f} s on `{result.model}`; the sanity check is running…"
+
+
+def refined_status(result: Result, method: str, seconds: float) -> str:
+    """The status after a method was re-run with its reference setting (``Method.reference``)."""
+    reference = METHODS[method].reference
+    how = f" with {reference.label}" if reference is not None else ""
+    return f"Done: {title(method)[:1].lower() + title(method)[1:]} refined{how} in {seconds:.1f} s on `{result.model}`."

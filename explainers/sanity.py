@@ -133,8 +133,8 @@ def cascading_randomization(
 ) -> SanityCheck:
     """Adebayo et al.'s cascading randomisation test for every map in ``originals`` (method name ->
     the method's map on the trained model). ``method_kwargs[name]`` are the keywords the map was
-    made with (run_method's), so each randomised map uses the same method parameters; ``seed``
-    seeds the randomisation and, as in explain(), each method's run. ``stages`` default to the
+    made with (run_method's: the same parameters and seed, and each method draws from its own
+    generators seeded by it, so only the weights differ); ``seed`` also seeds the randomisation. ``stages`` default to the
     adapter's. ``progress`` goes from 0 to 1 over stages x methods.
     """
     started = time.perf_counter()
@@ -151,7 +151,6 @@ def cascading_randomization(
         for j, name in enumerate(names):
             done = k * len(names) + j
             text = f"sanity check: {name} with {label} randomised ({k + 1} of {len(stages)})"
-            torch.manual_seed(seed)  # as run_methods does, so only the weights differ
 
             def method_progress(fraction: float, _text: str, done: int = done, text: str = text, **_details) -> None:
                 # A method's details (e.g. region search's preview map) are dropped: they would show

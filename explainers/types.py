@@ -39,7 +39,9 @@ class SaliencyMap:
     """A map over the model-input pixels (``values`` is ``[H, W]``, higher = more important).
 
     A method returns the map and its ``meta``; the cost (seconds, passes) is filled in by the
-    meter that ran it (``explainers.methods.run_method``), never by the method itself.
+    meter that ran it (``explainers.methods.run_method``), never by the method itself, and so are
+    ``title`` and ``colour`` (from the method's registry entry). What a picture of the map needs
+    travels with it: ``regions`` (``[H, W]`` int labels) for a map painted region by region.
     """
 
     method: str
@@ -48,7 +50,13 @@ class SaliencyMap:
     forward_passes: int = 0
     backward_passes: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    regions: np.ndarray | None = None  # [H, W] int labels of a map painted per region (region search)
+    title: str = ""  # what the page calls the method (its registry title)
+    colour: str = ""  # its line on the curve plots (its registry colour)
 
+
+# What the page, the plots and the tables call the random reference.
+RANDOM_TITLE = "Random order"
 
 # Every kind of curve the protocol draws, and whether a faithful map makes its AUC higher.
 CURVE_KINDS: dict[str, bool] = {"deletion": False, "insertion": True}

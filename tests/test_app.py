@@ -19,7 +19,7 @@ from explainers.api import PARAMS
 from explainers.methods import METHODS, default_methods
 
 gradio_client = pytest.importorskip("gradio_client")
-from _app_server import forward_passes  # noqa: E402
+from conftest import forward_passes  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 

@@ -51,6 +51,7 @@ class ToyConv(ModelAdapter):
 
     name = "toy-conv"
     input_size = (32, 32)
+    classifies = True  # it has classes of its own: a manifest's class column can be checked
 
     def __init__(self) -> None:
         generator = torch.Generator().manual_seed(0)
@@ -63,6 +64,10 @@ class ToyConv(ModelAdapter):
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.conv(pixels)).mean(dim=(2, 3)))
+
+    def top_class(self, pixels: torch.Tensor) -> int:
+        with torch.no_grad():
+            return int(self.logits(pixels).argmax(dim=1)[0])
 
     def prompt_scores(self, pixels, prompts):
         self.images += pixels.shape[0]

@@ -27,6 +27,7 @@ from explainers.api import (
 )
 from explainers.errors import UserError
 from explainers.methods import METHODS
+from explainers.models import ModelAdapter
 from explainers.types import Target
 
 CHEAP = {"methods": ["gradcam"], "curve_steps": 4, "n_random": 1}
@@ -130,7 +131,7 @@ def test_any_text_is_cleaned_or_refused(prompt, contrast):
     assert all(isinstance(n, str) and "\n" not in n for n in notes)
 
 
-class FakeAdapter:
+class FakeAdapter(ModelAdapter):
     """Counts one token per word plus two, like a BERT tokenizer on plain words."""
 
     max_prompt_tokens = 10
@@ -148,7 +149,7 @@ def test_token_notes_name_the_limit():
     assert _token_notes(FakeAdapter(), Target("w " * 8)) == []  # exactly at the limit
     assert len(_token_notes(FakeAdapter(), Target("w " * 9))) == 1
 
-    class NoCount:
+    class NoCount(ModelAdapter):
         max_prompt_tokens = None
 
     assert _token_notes(NoCount(), Target("w " * 500)) == []

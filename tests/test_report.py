@@ -154,13 +154,13 @@ def test_scrubber_text_reads_the_curves_at_the_step():
 
 def test_step_text_shows_gain_scores_and_estimated_steps():
     result = make_result({"region": FAITHFUL})
-    assert "Step 0 of 4" in report.step_markdown(result, 0)
-    second = report.step_markdown(result, 2)
+    assert "Step 0 of 4" in report.step_markdown(result, "region", 0)
+    second = report.step_markdown(result, "region", 2)
     assert "Step 2 of 4" in second and "region 3 added" in second and "gain in F +0.300" in second
     assert "score **0.50**" in second and "(estimated)" not in second
-    fourth = report.step_markdown(result, 4)
+    fourth = report.step_markdown(result, "region", 4)
     assert "not scored" in fourth and "(estimated)" in fourth and "did not ask the model" in fourth
-    assert "was not part of this run" in report.step_markdown(make_result(), 3)
+    assert "was not part of this run" in report.step_markdown(make_result(), "region", 3)
 
 
 def test_colour_bar_holds_every_stop_in_order():

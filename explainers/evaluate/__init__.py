@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..__main__ import CLI_CURVE_STEPS  # data sets are measured at the CLI's paper protocol (50 steps)
-from ..api import clean_methods, clean_model, validate_params
+from ..api import PAPER_CURVE_STEPS, clean_methods, clean_model, validate_params
 from ..errors import UserError
 from ..models import DEVICES, ModelAdapter, resolve_device
 from ..types import _jsonable
@@ -169,7 +168,7 @@ def evaluate(
     started = time.perf_counter()
     names = clean_methods(methods)
     given = {k: v for k, v in params.items() if v is not None}
-    checked = validate_params({"curve_steps": CLI_CURVE_STEPS, **given})
+    checked = validate_params({"curve_steps": PAPER_CURVE_STEPS, **given})
     workers = _check_count("workers", workers)
     threads = _check_count("threads", threads)
     resamples = _check_count("resamples", resamples)

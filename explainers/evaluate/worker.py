@@ -58,9 +58,9 @@ class Worker:
             self.adapter = adapter if adapter is not None else resolve_model(config.model, config.device)
         except UserError as error:
             raise WorkerStartError(str(error)) from None
-        if config.class_column and not callable(getattr(self.adapter, "logits", None)):
+        if config.class_column and not self.adapter.classifies:
             raise WorkerStartError(
-                f"the model {self.adapter.name} has no class logits, so the class column "
+                f"the model {self.adapter.name} has no classes of its own, so the class column "
                 f"{config.class_column!r} cannot be checked; leave it out for this model"
             )
 
@@ -97,11 +97,10 @@ class Worker:
         prepared = prepare(open_image(job.item.path), target, self.adapter)
         top1 = None
         if self.config.class_column:
-            with torch.no_grad():
-                top1 = int(self.adapter.logits(prepared.pixels).argmax(dim=1)[0])  # int(): works on any device
+            top1 = self.adapter.top_class(prepared.pixels)
         request = Request(target, job.methods, params, tuple(notes))
         maps = run_methods(prepared, job.methods, params)
-        curves, reference = evaluate_maps(prepared, {n: m.values for n, m in maps.items()}, params)
+        curves, reference = evaluate_maps(prepared, maps, params)
         return assemble(request, prepared, maps, curves, reference, time.perf_counter() - started), top1
 
     def _label(self, job: Job, top1: int | None) -> dict[str, Any]:

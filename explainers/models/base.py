@@ -6,15 +6,110 @@ Methods and metrics only ever see this interface, so a model adapts by what it d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..params import Param
 from ..types import Target
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model in the registry (``explainers.models.MODEL_MODULES``): each kind's module
+    declares ``MODEL_KIND = ModelKind(...)`` and imports its heavy libraries lazily.
+
+    A model name is ``prefix`` itself (``"bundled"``) or, for a prefix ending in ``":"``, the
+    prefix and a source (``"clip:openai/clip-vit-base-patch32"``, a hub id or a folder), which
+    ``load`` receives ("" for a whole-name kind).
+    """
+
+    name: str  # "bundled", "clip", ...
+    prefix: str  # "bundled" (the whole name) or "clip:" (then a hub id or folder)
+    load: Callable[[str], ModelAdapter]  # the part after the prefix -> an adapter on the CPU
+    choices: tuple[tuple[str, str], ...] = ()  # the app's dropdown: (label, model name)
+    params: tuple[Param, ...] = ()  # the target's parameters (a VLM's answer, a detector's box, ...)
+    description: str = ""  # what it is, in a few words (the messages that name the kinds)
+    usage: str = ""  # how a name of this kind is written, e.g. "clip:<hub id or folder>"
+
+    def source(self, name: str) -> str | None:
+        """The part of ``name`` after this kind's prefix ("" for a whole-name kind), or None when
+        ``name`` is not of this kind (a prefix with nothing after it is not)."""
+        if not self.prefix.endswith(":"):
+            return "" if name == self.prefix else None
+        if name.startswith(self.prefix) and name[len(self.prefix) :].strip():
+            return name[len(self.prefix) :]
+        return None
+
+
+class PromptCache(Generic[K, V]):
+    """A bounded, thread-safe least-recently-used cache (an adapter's per-prompt text features or
+    class weights: a long-running app sees endless prompts, and several threads share one adapter).
+
+    Values are computed outside the lock, so two threads asking for the same new key at once may
+    both compute it (the same value); no thread waits for another's computation.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        found = self.get(key)
+        if found is None:
+            found = make()
+            self.put(key, found)
+        return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def copy(self) -> PromptCache[K, V]:
+        clone: PromptCache[K, V] = PromptCache(self.maxsize)
+        with self._lock:
+            clone._items = OrderedDict(self._items)
+        return clone
+
+    def __getitem__(self, key: K) -> V:
+        with self._lock:
+            self._items.move_to_end(key)  # KeyError when absent
+            return self._items[key]
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -31,13 +126,50 @@ class ModelAdapter:
 
     An adapter is shared (the registry caches it across calls and threads), so it keeps no
     per-call state: passes are counted by a ``Metered`` view made for each call.
+
+    What a model can do is declared here, with defaults, and overridden by the adapters that can
+    do more (nothing is found by probing for attributes): ``gradients``, ``classifies`` with
+    ``top_class``, ``max_prompt_tokens`` with ``prompt_tokens``, ``prompt_unknown``,
+    ``matched_classes``, ``randomization_stages`` / ``randomizable_copy``.
     """
 
     name: str = "model"
     input_size: tuple[int, int] = (224, 224)
     max_batch: int = 32  # images per forward pass when a caller scores many at once
     max_grad_batch: int = 16  # images per forward+backward pass: autograd keeps the activations
-    max_prompt_tokens: int | None = None
+    gradients: bool = True  # the score is differentiable in the pixels (Grad-CAM, IG need it)
+    classifies: bool = False  # the model has classes of its own (``top_class``)
+    max_prompt_tokens: int | None = None  # the text encoder's limit (None: no limit or unknown)
+
+    # --- declared abilities -------------------------------------------------------------
+    def top_class(self, pixels: torch.Tensor) -> int:
+        """The index of the class the model ranks first for ``[1, 3, H, W]`` pixels (``classifies``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no classes of its own")
+
+    def prompt_tokens(self, prompt: str) -> int | None:  # noqa: ARG002 - the default knows nothing of it
+        """How many tokens the text encoder reads in ``prompt`` (None: unknown)."""
+        return None
+
+    def prompt_unknown(self, prompt: str) -> bool:  # noqa: ARG002 - the default knows nothing of it
+        """True when the text encoder knows none of the prompt's words (its score then means little)."""
+        return False
+
+    def matched_classes(self, prompt: str) -> list[tuple[str, float]] | None:  # noqa: ARG002 - the default knows nothing of it
+        """The classes a prompt is matched to, with their weights (a classifier scored through prompt
+        matching); None for models that score text directly."""
+        return None
+
+    def variant(self, **attributes: Any) -> ModelAdapter:
+        """A shallow copy with some declared settings changed (``max_batch=4``, a classifier's
+        ``cam_layer_name="blocks.10"``): the network, its weights and the caches are shared, and
+        this adapter (often the registry's cached one) is left as it is."""
+        for key in attributes:
+            if key.startswith("_") or not hasattr(self, key) or callable(getattr(self, key)):
+                raise AttributeError(f"{type(self).__name__} has no setting {key!r}")
+        clone = copy.copy(self)
+        for key, value in attributes.items():
+            setattr(clone, key, value)
+        return clone
 
     @property
     def device(self) -> torch.device:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
-from .base import CamLayer, ModelAdapter
+from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
 
 # Local folders are a way to read arbitrary files from the server, so they are opt-in.
 ALLOW_LOCAL_ENV = "SALIENCY_LAB_ALLOW_LOCAL_MODELS"
@@ -26,6 +26,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 # The sanity check's cascade: the projection, then the vision transformer's blocks in this many
 # groups from the top (5 stages in all).
 RANDOMIZATION_BLOCK_GROUPS = 4
+PROMPTS_CACHED = 256  # prompts whose text features an adapter keeps (least recently used dropped)
 
 
 class ClipAdapter(ModelAdapter):
@@ -45,7 +46,7 @@ class ClipAdapter(ModelAdapter):
         self.max_prompt_tokens = model.config.text_config.max_position_embeddings
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._text_features: dict[str, torch.Tensor] = {}
+        self._text_features: PromptCache[str, torch.Tensor] = PromptCache(PROMPTS_CACHED)
 
     @property
     def device(self) -> torch.device:
@@ -61,8 +62,10 @@ class ClipAdapter(ModelAdapter):
         return len(self.tokenizer(prompt)["input_ids"])
 
     def text_features(self, prompts: tuple[str, ...]) -> torch.Tensor:
-        """``[P, D]`` unit-norm text embeddings; each prompt is encoded once and cached."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_features]
+        """``[P, D]`` unit-norm text embeddings; each prompt is encoded once and cached (LRU)."""
+        cached = {p: self._text_features.get(p) for p in dict.fromkeys(prompts)}
+        found = {p: features for p, features in cached.items() if features is not None}
+        missing = [p for p in cached if p not in found]
         if missing:
             tokens = self.tokenizer(
                 missing,
@@ -77,8 +80,10 @@ class ClipAdapter(ModelAdapter):
                 ).pooler_output
                 features = self.model.text_projection(pooled)
             features = features / features.norm(dim=-1, keepdim=True)
-            self._text_features.update(zip(missing, features))
-        return torch.stack([self._text_features[p] for p in prompts])
+            for prompt, row in zip(missing, features):
+                found[prompt] = row
+                self._text_features.put(prompt, row)
+        return torch.stack([found[p] for p in prompts])
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - self.mean) / self.std
@@ -126,7 +131,7 @@ class ClipAdapter(ModelAdapter):
         clone = copy.copy(self)
         shared = (self.model.text_model, self.model.text_projection)
         clone.model = copy.deepcopy(self.model, memo={id(module): module for module in shared})
-        clone._text_features = dict(self._text_features)
+        clone._text_features = self._text_features.copy()
         return clone, clone.model
 
 
@@ -141,14 +146,25 @@ def _mean_std(source: str) -> tuple[tuple, tuple]:
         return OPENAI_MEAN, OPENAI_STD
 
 
+# What the app offers; the API and CLI accept any CLIP hub id or (opt-in) folder.
+APP_CHOICES = ("clip:openai/clip-vit-base-patch32", "clip:openai/clip-vit-base-patch16")
+
+
 def load_clip(source: str) -> ClipAdapter:
     """Load ``CLIPModel`` + tokenizer from a hub id or (when allowed) a local folder.
 
     Raises ModelLoadError saying what was tried and why it failed. Never runs remote code.
     """
+    source = source.strip()
+    try:
+        return _load_clip(source)
+    except OSError as error:  # e.g. a folder name too long for the file system
+        raise ModelLoadError(f"could not load CLIP from {source!r}: {error.strerror or error}") from None
+
+
+def _load_clip(source: str) -> ClipAdapter:
     from transformers import AutoTokenizer, CLIPModel
 
-    source = source.strip()
     is_folder = Path(source).expanduser().is_dir() or source.startswith(("/", ".", "~"))
     if is_folder:
         if os.environ.get(ALLOW_LOCAL_ENV) != "1":
@@ -185,3 +201,13 @@ def load_clip(source: str) -> ClipAdapter:
         raise ModelLoadError(f"could not load CLIP from {where}{offline}: {reason[:300]}") from None
     mean, std = _mean_std(source)
     return ClipAdapter(model, tokenizer, name=f"clip:{source}", mean=mean, std=std)
+
+
+MODEL_KIND = ModelKind(
+    name="clip",
+    prefix="clip:",
+    load=load_clip,
+    choices=tuple((f"{name} (downloads on first use)", name) for name in APP_CHOICES),
+    description="CLIP from a Hugging Face Hub id or a local folder (first use: a download of several hundred MB)",
+    usage="'clip:<hub id or folder>'",
+)
