@@ -93,14 +93,16 @@ SCROLL_TO_RESULT = "() => { document.getElementById('result')?.scrollIntoView({b
 
 
 def param_widget(spec: Param) -> gr.components.Component:
-    """A parameter's widget from its spec: choices -> radio (with the spec's labels); a whole-number
-    range -> slider (a number box when the range is too wide to slide, e.g. the seed); a number
-    range -> slider with the spec's step."""
+    """A parameter's widget from its spec: a list of choices -> checkboxes; choices -> radio (with
+    the spec's labels); a whole-number range -> slider (a number box when the range is too wide to
+    slide, e.g. the seed); a number range -> slider with the spec's step."""
     common = {
         "label": spec.label or spec.help,
         "info": spec.help[:1].upper() + spec.help[1:],
         "elem_id": f"param-{spec.name}",
     }
+    if spec.many:
+        return gr.CheckboxGroup([(spec.labels.get(c, c), c) for c in spec.choices], value=list(spec.default), **common)
     if spec.choices:
         return gr.Radio([(spec.labels.get(c, c), c) for c in spec.choices], value=spec.default, **common)
     if spec.kind is int and spec.high - spec.low > SLIDER_MAX_SPAN:
@@ -707,14 +709,16 @@ def refine(result, progress) -> Any:
     maps = api.run_methods(
         prepared, ["region"], request.params, progress=lambda f, text, **d: progress(0.85 * f, text, **d)
     )
-    curves, reference = api.evaluate_maps(
+    curves, references = api.score_curves(
         prepared,
         {"region": maps["region"].values},
         request.params,
         progress=lambda f, text, **d: progress(0.85 + 0.15 * f, text, **d),
     )
     progress(1.0, "done")
-    methods = {**result.methods, "region": MethodResult(maps["region"], curves["region"])}
+    first = next(iter(references))
+    region = MethodResult(maps["region"], curves[first]["region"], {s: c["region"] for s, c in curves.items()})
+    methods = {**result.methods, "region": region}
     ordered = {name: methods[name] for name in METHODS if name in methods}
     sanity = result.sanity
     if sanity is not None:  # its region-search strip was of the fast search's map: not the refined one
@@ -722,7 +726,8 @@ def refine(result, progress) -> Any:
     return dataclasses.replace(
         result,
         methods=ordered,
-        random=reference,
+        random=references[first],
+        random_by_substrate=references,
         sanity=sanity,
         params={**result.params, **request.params, "methods": list(ordered)},
         seconds=result.seconds + time.perf_counter() - started,

@@ -11,6 +11,9 @@ from conftest import ROOT
 
 from explainers import report
 from explainers.methods import METHODS
+from explainers.models.base import CONTRAST_MEANING
+from explainers.models.classifier import LOG_PROBABILITY_MEANING
+from explainers.models.clip import LOGIT_MEANING
 from explainers.types import Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, Target
 
 
@@ -49,7 +52,11 @@ def make_result(
     random_srgs=(0.0, 0.05, -0.02),
     random_curves=RANDOM,
     steps=2,
+    probability=None,
 ) -> Result:
+    """A result as the model ``model`` would give it: its score's meaning and probability as that
+    adapter declares them (bundled: a log-probability, its exp; CLIP: a logit, with ``probability``
+    its softmax against the vocabulary; with contrast prompts: the probability among them)."""
     methods = methods if methods is not None else {"gradcam": FAITHFUL}
     built = {}
     for name, method_curves in methods.items():
@@ -69,6 +76,12 @@ def make_result(
         random=RandomReference(random_curves, tuple(random_srgs), "pixels", 0),
         params={"curve_steps": steps, "substrate": "black", "seed": 0},
         seconds=3.5,
+        probability=score if contrast else probability if model.startswith("clip") else math.exp(score),
+        score_meaning=CONTRAST_MEANING
+        if contrast
+        else LOGIT_MEANING
+        if model.startswith("clip")
+        else LOG_PROBABILITY_MEANING,
     )
 
 
@@ -97,15 +110,17 @@ def test_caption_has_cost_verdict_and_both_aucs():
 def test_prompt_probability_by_kind_of_score():
     assert report.prompt_probability(make_result(score=math.log(0.25))) == pytest.approx(0.25)
     assert report.prompt_probability(make_result(score=0.7, contrast=("a dog",))) == pytest.approx(0.7)
-    assert report.prompt_probability(make_result(model="clip:openai/clip-vit-base-patch32", score=25.0)) is None
+    clip = "clip:openai/clip-vit-base-patch32"
+    assert report.prompt_probability(make_result(model=clip, score=25.0, probability=0.3)) == pytest.approx(0.3)
+    assert report.prompt_probability(make_result(model=clip, score=25.0)) is None  # none given: none said
 
 
 def test_unsure_model_is_warned_before_the_curves():
     unsure = report.warnings(make_result(score=math.log(0.05)))
     assert len(unsure) == 1 and "unsure" in unsure[0] and "5.0%" in unsure[0] and "20%" in unsure[0]
     assert report.warnings(make_result(score=math.log(0.5))) == []
-    # CLIP's scaled cosine is no probability: nothing to say, however low.
-    assert report.warnings(make_result(model="clip:x", score=-3.0)) == []
+    # CLIP's probability is against a fixed vocabulary (other names of the same thing share it): no warning.
+    assert report.warnings(make_result(model="clip:x", score=-3.0, probability=0.01)) == []
     beaten = report.warnings(make_result(score=0.1, contrast=("a tiger", "a lynx")))
     assert "less likely than the other prompts" in beaten[0]
     assert report.warnings_markdown(make_result(score=math.log(0.05))).startswith("**Careful.**")
@@ -122,7 +137,9 @@ def test_score_sentence_for_each_kind_of_model():
     text = report.score_markdown(make_result(), [("Egyptian cat", 0.8), ("lynx", 0.001)])
     assert "Egyptian cat (80%)" in text and "lynx" not in text  # classes under 1 % are left out
     assert "rather than “a dog”: 70.0%" in report.score_markdown(make_result(score=0.7, contrast=("a dog",)))
-    assert "CLIP's score" in report.score_markdown(make_result(model="clip:x", score=25.0))
+    clip = report.score_markdown(make_result(model="clip:x", score=25.0, probability=0.42))
+    assert "CLIP's logit" in clip and "probability 42.0%" in clip and "1000 class names" in clip
+    assert "log of the probability" in report.score_markdown(make_result())  # the model's own words
 
 
 def test_how_to_read_takes_every_note_from_the_registry():
