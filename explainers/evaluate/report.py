@@ -216,7 +216,8 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
             for value, words in (("1", "Correctly classified photos (the headline)"), ("0", "Misclassified photos")):
                 entry = correct.get(value)
                 if entry is not None:
-                    parts += ["", f"### {words}: {entry['n']} images", "", tables(entry, methods, orderings)]
+                    parts += ["", f"### {words}: {entry['n']} images"]
+                    parts += ["", tables(entry, methods, orderings)] if entry["n"] else []
         parts += ["", f"### Every photo: {block['n']} images", "", tables(block, methods, orderings)]
         for column, values in groups.items():
             if column == "correct":

@@ -32,6 +32,9 @@ from .rows import RANDOM
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
+# The rule before the photo's own scores were in the rows (a random reference's normalised AUC beyond
+# +-3); no longer used by the summary, kept for bench/region_search_dataset.py's own unclipped curves.
+ILL_CONDITIONED_AUC = 3.0
 CORRECT = "correct"  # the group of a class column: "1" the photos the model classifies right, "0" wrong
 
 Rows = dict[tuple[str, ...], dict[str, Any]]  # (image, prompt, contrast, method, substrate) -> typed row
@@ -287,8 +290,9 @@ def sanity_summary(
         for r in mine:
             if r.get("kind") == "stage" and r.get("stage_index") is not None:
                 stages.setdefault(int(r["stage_index"]), []).append(r)
-            elif r.get("kind") == "reference" and r.get("spearman") is not None and math.isfinite(r["spearman"]):
-                references.setdefault(str(r["stage"]), []).append(float(r["spearman"]))
+            elif r.get("kind") == "reference":  # NaN: the trained map itself is blank
+                value = r.get("spearman")
+                references.setdefault(str(r["stage"]), []).append(math.nan if value is None else float(value))
         entries = []
         for index in sorted(stages):
             group = stages[index]
@@ -309,9 +313,15 @@ def sanity_summary(
             entries.append(entry)
         refs = {}
         for name, values in references.items():
-            array = np.array(values, dtype=float)
+            everything = np.array(values, dtype=float)
+            array = everything[np.isfinite(everything)]
             index_ = np.random.default_rng(seed).integers(0, array.size, size=(resamples, array.size))
-            refs[name] = {"n": int(array.size), "spearman_mean": _mean(array), "spearman_ci": _ci(array, index_)}
+            refs[name] = {
+                "n": int(everything.size),
+                "n_blank": int(everything.size - array.size),
+                "spearman_mean": _mean(array),
+                "spearman_ci": _ci(array, index_),
+            }
         out[method] = {
             "n_images": len({r["image"] + "|" + r["prompt"] for r in mine}),
             "stages": entries,
