@@ -78,7 +78,9 @@ def add_param_flags(parser: argparse.ArgumentParser, list_defaults: dict[str, st
         for spec in specs:
             default = CLI_CURVE_STEPS if spec.name == "curve_steps" else spec.default
             if spec.many:
-                default = ",".join(default) or {**CLI_LIST_DEFAULTS, **(list_defaults or {})}.get(spec.name, "none")
+                default = ",".join(spec.default) or {**CLI_LIST_DEFAULTS, **(list_defaults or {})}.get(
+                    spec.name, "none"
+                )
             group.add_argument(
                 spec.cli_flag,
                 dest=spec.name,

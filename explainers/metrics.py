@@ -151,7 +151,7 @@ def curve_images(
 
 
 def curves_for_orders(
-    adapter: ModelAdapter,
+    adapter: ModelAdapter | Metered,
     pixels: torch.Tensor,
     target: Target,
     orders: list[np.ndarray],
@@ -185,7 +185,7 @@ class ScoredOrder:
 
 
 def scored_orders(
-    adapter: ModelAdapter,
+    adapter: ModelAdapter | Metered,
     pixels: torch.Tensor,
     target: Target,
     orders: list[np.ndarray],
@@ -296,10 +296,12 @@ def ranking_orders(
     if regions and region_labels is None:
         raise ValueError("a ranking by regions needs region_labels")
     if curve_ranking == "regions":
+        assert region_labels is not None
         orders = [pixel_order(region_means(saliency_maps[n], region_labels)) for n in saliency_maps]
     else:
         orders = [pixel_order(saliency_maps[n]) for n in saliency_maps]
     if regions:
+        assert region_labels is not None
         return orders + shuffled_orders(region_labels, n_random, seed)
     return orders + random_orders(height, width, n_random, seed)
 
@@ -355,56 +357,54 @@ def faithfulness_by_substrate(
         seconds = (time.perf_counter() - started) / len(orders) / 2
         passes = meter.forward_passes // len(orders) // 2
 
-        def curves(
-            deletion: np.ndarray,
-            insertion: np.ndarray,
-            deletion_p: np.ndarray,
-            insertion_p: np.ndarray,
-            full: float,
-            empty: float,
-            share: int = 1,
-            substrate: str = substrate,
-            seconds: float = seconds,
-            passes: int = passes,
-        ) -> Curves:
-            return Curves(
-                _make_curve(
-                    "deletion", fractions, deletion, full, empty, passes * share, seconds * share, deletion_p, substrate
-                ),
-                _make_curve(
-                    "insertion",
-                    fractions,
-                    insertion,
-                    full,
-                    empty,
-                    passes * share,
-                    seconds * share,
-                    insertion_p,
-                    substrate,
-                ),
-            )
-
-        def of(s: ScoredOrder, **kw) -> Curves:
-            return curves(
-                s.deletion, s.insertion, s.deletion_probabilities, s.insertion_probabilities, s.full, s.empty, **kw
-            )
-
-        all_curves[substrate] = {name: of(s) for name, s in zip(names, scored)}
+        all_curves[substrate] = {
+            name: _curves(raw, fractions, passes, seconds, substrate) for name, raw in zip(names, scored)
+        }
         random_scored = scored[len(names) :]
-        each = [of(s) for s in random_scored]
-        mean = curves(
-            *(np.mean([getattr(s, a) for s in random_scored], axis=0) for a in _RAW),
-            random_scored[0].full,
-            random_scored[0].empty,
-            share=n_random,
+        each = [_curves(raw, fractions, passes, seconds, substrate) for raw in random_scored]
+        deletion, insertion, deletion_p, insertion_p = (
+            np.mean([getattr(raw, a) for raw in random_scored], axis=0) for a in _RAW
         )
+        mean = ScoredOrder(deletion, insertion, deletion_p, insertion_p, random_scored[0].full, random_scored[0].empty)
         references[substrate] = RandomReference(
-            mean, tuple(c.srg for c in each), ranking, seed, tuple(c.srg_unclipped for c in each)
+            _curves(mean, fractions, passes * n_random, seconds * n_random, substrate),
+            tuple(c.srg for c in each),
+            ranking,
+            seed,
+            tuple(c.srg_unclipped for c in each),
         )
     return all_curves, references
 
 
 _RAW = ("deletion", "insertion", "deletion_probabilities", "insertion_probabilities")
+
+
+def _curves(raw: ScoredOrder, fractions: np.ndarray, passes: int, seconds: float, substrate: str) -> Curves:
+    """One ordering's Curves on one substrate from its raw scores and probabilities."""
+    return Curves(
+        _make_curve(
+            "deletion",
+            fractions,
+            raw.deletion,
+            raw.full,
+            raw.empty,
+            passes,
+            seconds,
+            raw.deletion_probabilities,
+            substrate,
+        ),
+        _make_curve(
+            "insertion",
+            fractions,
+            raw.insertion,
+            raw.full,
+            raw.empty,
+            passes,
+            seconds,
+            raw.insertion_probabilities,
+            substrate,
+        ),
+    )
 
 
 def _share(progress: ProgressFn, index: int, count: int, substrate: str) -> ProgressFn:

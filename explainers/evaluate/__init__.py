@@ -208,7 +208,7 @@ def evaluate(
     started = time.perf_counter()
     names = clean_methods(methods)
     given = {k: v for k, v in params.items() if v is not None}
-    checked = validate_params({"curve_steps": CLI_CURVE_STEPS, **given})
+    checked: dict[str, Any] = validate_params({"curve_steps": CLI_CURVE_STEPS, **given})
     if not checked["score_substrates"]:
         checked["score_substrates"] = tuple(default_substrates(checked["substrate"]))
     substrates = list(checked["score_substrates"])
@@ -385,7 +385,7 @@ def _jobs(
         wanted = tuple(
             (m, s) for m in (*methods, RANDOM) for s in substrates if not finished(done.get(item.key + (m, s)))
         )
-        checks = ()
+        checks: tuple[str, ...] = ()
         if sanity_done is not None:
             have = {key[3] for key, row in sanity_done.items() if key[:3] == item.key and finished(row)}
             checks = tuple(m for m in methods if m not in have)

@@ -305,11 +305,11 @@ def sanity_summary(
             }
             entry["blank_share"] = entry["n_blank"] / len(group) if group else None
             for name in ("spearman", "ssim"):
-                values = np.array([r[name] for r in shown if r.get(name) is not None], dtype=float)
-                values = values[np.isfinite(values)]
-                index_ = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
-                entry[f"{name}_mean"] = _mean(values)
-                entry[f"{name}_ci"] = _ci(values, index_)
+                found = np.array([r[name] for r in shown if r.get(name) is not None], dtype=float)
+                found = found[np.isfinite(found)]
+                index_ = np.random.default_rng(seed).integers(0, found.size, size=(resamples, found.size))
+                entry[f"{name}_mean"] = _mean(found)
+                entry[f"{name}_ci"] = _ci(found, index_)
             entries.append(entry)
         refs = {}
         for name, values in references.items():
