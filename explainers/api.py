@@ -65,7 +65,7 @@ PROTOCOL_PARAMS: tuple[Param, ...] = (
         "with; each one more costs the curves once more)",
         kind=list,
         choices=SUBSTRATES,
-        label="Curves: also scored on (none ticked: the substrate above)",
+        label="Curves: scored on (none ticked: the substrate above; the first ticked is the one plotted)",
     ),
     Param(
         "curve_ranking",

@@ -203,3 +203,18 @@ def test_report_imports_neither_gradio_nor_torch_of_its_own():
         if isinstance(node, ast.ImportFrom) and node.module and not node.level
     }
     assert not names & {"gradio", "torch"}, names
+
+
+def test_a_peak_above_the_photo_gets_its_own_sentence_and_the_srg_stays_clipped():
+    # The left half alone scores 1.5 times the photo: the caption says so; the verdict's SRG is the
+    # clipped one (the curve counts up to 1 in the AUC).
+    over = curves([1.0, 0.2, 0.0], [0.0, 1.5, 1.0])
+    over = Curves(
+        over.deletion,
+        Curve("insertion", over.insertion.fractions, over.insertion.scores, over.insertion.normalized, 0.5, 1.0, 0.0),
+    )
+    result = make_result({"gradcam": over})
+    caption = report.caption(result, "gradcam")
+    assert "The best 50% of the pixels alone scores higher than the whole photo (peak 1.50" in caption
+    assert over.insertion.auc_unclipped == pytest.approx(1.0) and over.insertion.overshoot_area == pytest.approx(0.25)
+    assert report.peak_sentence(make_result(), "gradcam") == ""  # FAITHFUL peaks at the photo itself
