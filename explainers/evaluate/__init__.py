@@ -293,7 +293,7 @@ def evaluate(
         rows = {key: typed(row) for key, row in latest(read_rows(rows_path)[1], digest).items()}
         result = stats.summarize(rows, listing.items, names, checked["seed"], resamples, group_by, substrates)
         sanity_block = None
-        if sanity:
+        if sanity or sanity_path.is_file():  # a --summary-only of a sanity run keeps its tables
             sanity_rows = {
                 key: typed(row, SANITY_FLOAT_COLUMNS, SANITY_INT_COLUMNS)
                 for key, row in latest(read_rows(sanity_path)[1], digest, SANITY_KEY).items()
