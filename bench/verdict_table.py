@@ -81,7 +81,10 @@ def table(label: str, summary: dict[str, Any]) -> list[str]:
                     f"| {substrate} | {name} | {pair} | {_ci(values['srg_diff_mean'], values['ci'])} "
                     f"| {_ci(values.get('srg_unclipped_diff_mean'), values.get('srg_unclipped_ci'))} |"
                 )
-    lines += ["", "| scored on | photos | method | insertion peak | share of photos with peak > 1 | deletion floor |"]
+    lines += [
+        "",
+        "| scored on | photos | method | insertion peak | share of photos with peak > 1.02 | deletion floor |",
+    ]
     lines += ["|---|---|---|---|---|---|"]
     for substrate, block in summary["substrates"].items():
         for name, entry in groups(block):

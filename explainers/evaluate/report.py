@@ -38,7 +38,7 @@ def _p(value: float | None) -> str:
 def _peak(mean: float | None, share: float | None) -> str:
     if mean is None:
         return "–"
-    return f"{mean:.2f}" + ("" if share is None else f" ({100 * share:.0f} % above 1)")
+    return f"{mean:.2f}" + ("" if share is None else f" ({100 * share:.0f} % above 1.02)")
 
 
 def tables(block: dict[str, Any], methods: Sequence[str], orderings: int) -> str:
@@ -189,7 +189,7 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
         f"{', '.join(substrates)} (the first is the headline). "
         "SRG = insertion AUC − deletion AUC on the normalised curves (substrate 0, photo 1) clipped to [0, 1] "
         "(random order ≈ 0); beside it the unclipped SRG and the insertion curve's peak (above 1: a part of the "
-        "photo alone scores higher than the whole; the share of such images in brackets). Means with 95 % "
+        "photo alone scores higher than the whole; in brackets the share of images where it passes 1.02). Means with 95 % "
         f'percentile-bootstrap CIs ({params["bootstrap_resamples"]} resamples, seed {params["seed"]}); "beats '
         "random\": the share of images where the method's SRG is above the random reference's mean and every random "
         "ordering's; seconds and forward passes are the map's own (the curves' are extra). Photos whose score does "
