@@ -581,7 +581,6 @@ def _random_curves(result: Result) -> dict[str, Curves]:
 
 AUC_HEADERS = [
     "Method",
-    "Scored on",
     "SRG (higher is better)",
     "More faithful than random order?",
     "Insertion AUC (higher is better)",
@@ -590,6 +589,7 @@ AUC_HEADERS = [
     "Insertion peak (1 = the whole photo)",
     "Seconds",
     "Forward passes",
+    "Scored on",
 ]
 
 
@@ -609,7 +609,6 @@ def auc_table(result: Result) -> list[list]:
             rows.append(
                 [
                     title(n),
-                    substrate,
                     round(curves.srg, 4),
                     "yes" if result.more_faithful_than_random(n, substrate) else "no",
                     round(curves.insertion.auc, 4),
@@ -618,12 +617,12 @@ def auc_table(result: Result) -> list[list]:
                     _round(curves.insertion.peak, 3),
                     round(r.saliency.seconds, 2),
                     r.saliency.forward_passes,
+                    substrate,
                 ]
             )
         rows.append(
             [
                 title("random"),
-                substrate,
                 round(reference.srg, 4),
                 f"(max of {reference.orderings} orderings: {max(reference.srgs):.4f})",
                 round(reference.insertion.auc, 4),
@@ -632,6 +631,7 @@ def auc_table(result: Result) -> list[list]:
                 _round(reference.insertion.peak, 3),
                 None,
                 None,
+                substrate,
             ]
         )
     return rows
