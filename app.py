@@ -128,7 +128,8 @@ def input_defaults() -> dict[str, Any]:
         "contrast": "",
         "model": DEFAULT_MODEL,
         "methods": default_methods(),
-        **api.DEFAULTS,
+        # A list parameter's default as a list: Gradio takes a tuple for one value (a checkbox group's [()]).
+        **{name: list(v) if isinstance(v, tuple) else v for name, v in api.DEFAULTS.items()},
         "sanity": False,
         **DISPLAY_DEFAULTS,
     }
