@@ -97,14 +97,16 @@ Updates = dict[Any, Any]  # {component: value or update}
 
 
 def param_widget(spec: Param) -> gr.components.Component:
-    """A parameter's widget from its spec: choices -> radio (with the spec's labels); a whole-number
-    range -> slider (a number box when the range is too wide to slide, e.g. the seed); a number
-    range -> slider with the spec's step."""
+    """A parameter's widget from its spec: a list of choices -> checkboxes; choices -> radio (with
+    the spec's labels); a whole-number range -> slider (a number box when the range is too wide to
+    slide, e.g. the seed); a number range -> slider with the spec's step."""
     common = {
         "label": spec.label or spec.help,
         "info": spec.help[:1].upper() + spec.help[1:],
         "elem_id": f"param-{spec.name}",
     }
+    if spec.many:
+        return gr.CheckboxGroup([(spec.labels.get(c, c), c) for c in spec.choices], value=list(spec.default), **common)
     if spec.choices:
         return gr.Radio([(spec.labels.get(c, c), c) for c in spec.choices], value=spec.default, **common)
     if spec.kind is int and spec.high - spec.low > SLIDER_MAX_SPAN:
@@ -130,7 +132,8 @@ def input_defaults() -> dict[str, Any]:
         "contrast": "",
         "model": DEFAULT_MODEL,
         "methods": default_methods(),
-        **api.DEFAULTS,
+        # A list parameter's default as a list: Gradio takes a tuple for one value (a checkbox group's [()]).
+        **{name: list(v) if isinstance(v, tuple) else v for name, v in api.DEFAULTS.items()},
         "sanity": False,
         **DISPLAY_DEFAULTS,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +29,7 @@ from .types import (
     Result,
     SaliencyMap,
     SanityCheck,
+    ScoreMeaning,
     Target,
     no_progress,
 )
@@ -58,6 +60,25 @@ PROTOCOL_PARAMS: tuple[Param, ...] = (
         "(noisy linear imputation, Rong et al. 2022)",
         choices=SUBSTRATES,
         label="Curves: removed pixels become",
+    ),
+    Param(
+        "score_substrates",
+        (),
+        "what removed pixels become when the curves are scored, the first being the headline: every map "
+        "can also be judged on substrates it was not made with (default: the substrate the maps are made "
+        "with; each one more costs the curves once more)",
+        kind=list,
+        choices=SUBSTRATES,
+        label="Curves: scored on (none ticked: the substrate above; the first ticked is the one plotted)",
+    ),
+    Param(
+        "curve_ranking",
+        "pixels",
+        "what the curves flip: single pixels in the map's order, or regions (SLIC, as region search cuts the "
+        "photo) in the order of the map's mean over each (Bluecher et al. 2024's region granularity; the "
+        "random reference then shuffles the same regions)",
+        choices=metrics.CURVE_RANKINGS,
+        label="Curves: flip",
     ),
     Param(
         "seed",
@@ -117,6 +138,12 @@ def validate_params(params: dict[str, Any], labels: dict[str, str] | None = None
         name: spec.check(given[name], labels.get(name)) if name in given else spec.default
         for name, spec in PARAMS.items()
     }
+
+
+def scoring_substrates(params: dict[str, Any]) -> list[str]:
+    """The substrates the curves are scored on, the headline first: ``score_substrates``, or where
+    none is asked, the substrate the maps are made with."""
+    return list(params.get("score_substrates") or ()) or [params["substrate"]]
 
 
 def clean_methods(methods: Any) -> list[str]:
@@ -244,6 +271,8 @@ class Prepared:
     score: float
     prompt_probabilities: dict[str, float] | None
     notes: tuple[str, ...] = ()
+    probability: float | None = None  # the target's probability in [0, 1] (None: the model gives none)
+    score_meaning: ScoreMeaning | None = None
 
 
 def validate(
@@ -273,9 +302,19 @@ def prepare(image: ImageInput, target: Target, adapter: ModelAdapter) -> Prepare
     notes = _token_notes(adapter, target)
     pixels = adapter.load_image(pil).to(adapter.device)
     with torch.no_grad():
-        score = float(adapter.score(pixels, target)[0])
+        scores, chances = adapter.scores(pixels, target)
+    score, probability = float(scores[0]), float(chances[0])
     probabilities = adapter.prompt_probabilities(pixels, target) if target.contrast else None
-    return Prepared(adapter, pixels, target, score, probabilities, tuple(notes))
+    return Prepared(
+        adapter,
+        pixels,
+        target,
+        score,
+        probabilities,
+        tuple(notes),
+        probability if math.isfinite(probability) else None,
+        adapter.score_meaning(target),
+    )
 
 
 CURVES_PROGRESS_SHARE = 0.3  # of the progress bar, against the methods' shares (Method.progress_share)
@@ -342,35 +381,57 @@ def check_sanity(
     )
 
 
+def ranking_labels(
+    prepared: Prepared, params: dict[str, Any], maps: Mapping[str, SaliencyMap | np.ndarray]
+) -> np.ndarray | None:
+    """The regions the curves flip or the random reference shuffles, where either asks for regions:
+    those of the first map that carries them (region search's), else SLIC superpixels at the
+    default count; None when neither asks for regions."""
+    if "regions" not in (params["random_ranking"], params["curve_ranking"]):
+        return None
+    labels = next((m.regions for m in maps.values() if isinstance(m, SaliencyMap) and m.regions is not None), None)
+    return labels if labels is not None else region_labels(prepared.pixels, DEFAULT_REGIONS, "slic")
+
+
+def score_curves(
+    prepared: Prepared,
+    maps: Mapping[str, SaliencyMap | np.ndarray],
+    params: dict[str, Any],
+    progress: ProgressFn = no_progress,
+) -> tuple[dict[str, dict[str, Curves]], dict[str, RandomReference]]:
+    """The faithfulness protocol for these maps (SaliencyMaps, or bare ``[H, W]`` arrays) on every
+    scoring substrate (``score_substrates``): ``({substrate: {method: Curves}}, {substrate:
+    RandomReference})``, the headline first."""
+    values = {name: m.values if isinstance(m, SaliencyMap) else m for name, m in maps.items()}
+    return metrics.faithfulness_by_substrate(
+        prepared.adapter,
+        prepared.pixels,
+        prepared.target,
+        values,
+        scoring_substrates(params),
+        steps=params["curve_steps"],
+        n_random=params["n_random"],
+        seed=params["seed"],
+        progress=progress,
+        random_ranking=params["random_ranking"],
+        region_labels=ranking_labels(prepared, params, maps),
+        curve_ranking=params["curve_ranking"],
+    )
+
+
 def evaluate_maps(
     prepared: Prepared,
     maps: Mapping[str, SaliencyMap | np.ndarray],
     params: dict[str, Any],
     progress: ProgressFn = no_progress,
 ) -> tuple[dict[str, Curves], RandomReference]:
-    """The faithfulness protocol for these maps (SaliencyMaps, or bare ``[H, W]`` arrays): their
-    curves and the random reference. Shuffling regions (``random_ranking="regions"``), the
-    reference takes the regions of the first map that carries them (region search's), else SLIC
-    superpixels at the default count."""
-    values = {name: m.values if isinstance(m, SaliencyMap) else m for name, m in maps.items()}
-    labels = None
-    if params["random_ranking"] == "regions":
-        labels = next((m.regions for m in maps.values() if isinstance(m, SaliencyMap) and m.regions is not None), None)
-        if labels is None:
-            labels = region_labels(prepared.pixels, DEFAULT_REGIONS, "slic")
-    return metrics.faithfulness(
-        prepared.adapter,
-        prepared.pixels,
-        prepared.target,
-        values,
-        steps=params["curve_steps"],
-        substrate=params["substrate"],
-        n_random=params["n_random"],
-        seed=params["seed"],
-        progress=progress,
-        random_ranking=params["random_ranking"],
-        region_labels=labels,
+    """The faithfulness protocol for these maps on the headline scoring substrate (the first of
+    ``score_substrates``): their curves and the random reference. ``score_curves`` gives every one."""
+    curves, references = score_curves(
+        prepared, maps, {**params, "score_substrates": scoring_substrates(params)[:1]}, progress
     )
+    first = next(iter(references))
+    return curves[first], references[first]
 
 
 @dataclass(frozen=True)
@@ -427,7 +488,7 @@ def explain_stages(
     ):
         maps[name] = saliency
         yield MethodMap(name, saliency)
-    curves, reference = evaluate_maps(
+    curves, references = score_curves(
         prepared,
         maps,
         request.params,
@@ -435,10 +496,10 @@ def explain_stages(
     )
     check = None
     if sanity:
-        yield assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started)
+        yield assemble(request, prepared, maps, curves, references, seconds=time.perf_counter() - started)
         check = check_sanity(prepared, maps, request.params, progress=_within(progress, curves_end, 1.0))
     progress(1.0, "done")
-    yield assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started, sanity=check)
+    yield assemble(request, prepared, maps, curves, references, seconds=time.perf_counter() - started, sanity=check)
 
 
 def explain(
@@ -484,25 +545,33 @@ def assemble(
     request: Request,
     prepared: Prepared,
     maps: dict[str, SaliencyMap],
-    curves: dict[str, Curves],
-    reference: RandomReference,
+    curves: dict[str, dict[str, Curves]],
+    references: dict[str, RandomReference],
     seconds: float,
     sanity: SanityCheck | None = None,
 ) -> Result:
-    """The Result of one request: maps, curves, the reference, every parameter, the notes (and the
-    sanity check, where one ran)."""
+    """The Result of one request: maps, their curves and the random reference on each scoring
+    substrate (``score_curves``' pair; the first substrate is the headline), every parameter, the
+    notes (and the sanity check, where one ran)."""
+    first = next(iter(references))
     return Result(
         model=prepared.adapter.name,
         target=prepared.target,
         score=prepared.score,
         prompt_probabilities=prepared.prompt_probabilities,
         image=image_view(prepared.pixels),
-        methods={n: MethodResult(maps[n], curves[n]) for n in request.methods},
-        random=reference,
+        methods={
+            n: MethodResult(maps[n], curves[first][n], {s: by_method[n] for s, by_method in curves.items()})
+            for n in request.methods
+        },
+        random=references[first],
         params={"methods": list(request.methods), **request.params},
         seconds=seconds,
         notes=request.notes + prepared.notes,
         sanity=sanity,
+        probability=prepared.probability,
+        score_meaning=prepared.score_meaning,
+        random_by_substrate=dict(references),
     )
 
 

@@ -364,11 +364,13 @@ def refine(
     )
     if emit is not None:
         emit(MapReady(method, maps[method], result.image))
-    curves, random_reference = api.evaluate_maps(
+    curves, references = api.score_curves(
         prepared, maps, request.params, progress=lambda f, text, **d: progress(0.85 + 0.15 * f, text, **d)
     )
     progress(1.0, "done")
-    methods = {**result.methods, method: MethodResult(maps[method], curves[method])}
+    first = next(iter(references))
+    refined = MethodResult(maps[method], curves[first][method], {s: c[method] for s, c in curves.items()})
+    methods = {**result.methods, method: refined}
     ordered = {name: methods[name] for name in METHODS if name in methods}
     sanity = result.sanity
     if sanity is not None:  # its strip of this method was of the map before refining: not this one
@@ -376,7 +378,8 @@ def refine(
     return dataclasses.replace(
         result,
         methods=ordered,
-        random=random_reference,
+        random=references[first],
+        random_by_substrate=references,
         sanity=sanity,
         params={**result.params, **request.params, "methods": list(ordered)},
         seconds=result.seconds + time.perf_counter() - started,

@@ -33,7 +33,9 @@ from .types import (
     SaliencyMap,
     SanityCheck,
     SanityStage,
+    ScoreMeaning,
     Target,
+    clipped_auc,
 )
 
 RANDOM_COLOUR = "#7f7f7f"
@@ -263,7 +265,10 @@ def curves_figure(
                 label=f"{title(result, name)} (AUC {curve.auc:.3f})",
             )
         better = "higher is better" if getattr(result.random, kind).higher_is_better else "lower is better"
-        axis.set_title(f"{kind.capitalize()} curve ({better})", fontsize=13)
+        # The AUCs count the curves clipped to this band (what lies outside is reported apart).
+        for level in (0.0, 1.0):
+            axis.axhline(level, color="#999999", linewidth=0.8, linestyle=":")
+        axis.set_title(f"{kind.capitalize()} curve ({better}), {result.substrates[0]} substrate", fontsize=13)
         axis.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "revealed"), fontsize=11)
         axis.set_ylabel("score (blank picture 0, full photo 1)", fontsize=11)
         axis.set_xlim(0, 1)
@@ -373,12 +378,18 @@ def curve_step_images(result: Result, name: str, step: int) -> tuple[Image.Image
     (rebuilt from the map and the substrate: no forward pass)."""
     from . import metrics
 
+    values = result.methods[name].saliency.values
+    if result.params.get("curve_ranking") == "regions":  # the curves flipped whole regions
+        from .regions import region_labels
+
+        labels = region_labels(_pixels(result), int(result.params["n_regions"]), str(result.params["region_kind"]))
+        values = metrics.region_means(values, labels)
     deleted, revealed = metrics.curve_images(
         _pixels(result),
-        result.methods[name].saliency.values,
+        values,
         int(step),
         int(result.params["curve_steps"]),
-        str(result.params["substrate"]),
+        result.substrates[0],  # the headline curves' substrate
         int(result.params["seed"]),
     )
     return _to_image(deleted), _to_image(revealed)
@@ -561,8 +572,11 @@ def sanity_strip(
             canvas.paste(heat.resize((tw, th), Image.BILINEAR), (x, top))
             if j:
                 stage = check.methods[name][j - 1]
-                draw.text((x, top + th + 3), f"rho {stage.spearman:.2f}", fill="black", font=small)
-                draw.text((x, top + th + 17), f"SSIM {stage.ssim:.2f}", fill="black", font=small)
+                draw.text(
+                    (x, top + th + 3), "blank" if stage.blank else f"rho {stage.spearman:.2f}", fill="black", font=small
+                )
+                if not stage.blank:
+                    draw.text((x, top + th + 17), f"SSIM {stage.ssim:.2f}", fill="black", font=small)
     return canvas
 
 
@@ -573,12 +587,20 @@ def curves_csv(result: Result) -> str:
     """Long-format CSV: method, curve, fraction, raw score, normalised score."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["method", "curve", "fraction", "score", "normalized"])
-    for name, r in _named_curves(result):
-        for curve in r:
-            for f, s, n in zip(curve.fractions, curve.scores, curve.normalized):
-                writer.writerow([name, curve.kind, f"{f:.6g}", f"{s:.6g}", f"{n:.6g}"])
+    writer.writerow(["method", "curve", "fraction", "score", "normalized", "substrate", "probability"])
+    named = [*((n, r.by_substrate) for n, r in result.methods.items()), ("random", _random_curves(result))]
+    for name, by_substrate in named:
+        for substrate, curves in by_substrate.items():
+            for curve in curves:
+                probabilities = curve.probabilities if curve.probabilities is not None else [None] * len(curve.scores)
+                for f, s, n, p in zip(curve.fractions, curve.scores, curve.normalized, probabilities):
+                    probability = "" if p is None else f"{p:.6g}"
+                    writer.writerow([name, curve.kind, f"{f:.6g}", f"{s:.6g}", f"{n:.6g}", substrate, probability])
     return out.getvalue()
+
+
+def _random_curves(result: Result) -> dict[str, Curves]:
+    return {substrate: reference.curves for substrate, reference in result.random_by_substrate.items()}
 
 
 AUC_HEADERS = [
@@ -587,37 +609,55 @@ AUC_HEADERS = [
     "More faithful than random order?",
     "Insertion AUC (higher is better)",
     "Deletion AUC (lower is better)",
+    "SRG unclipped",
+    "Insertion peak (1 = the whole photo)",
     "Seconds",
     "Forward passes",
+    "Scored on",
 ]
 
 
+def _round(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
 def auc_table(result: Result) -> list[list]:
-    """Rows (AUC_HEADERS): method, SRG, verdict, insertion AUC, deletion AUC, seconds, forward passes;
-    the random reference last."""
-    rows = [
-        [
-            title(result, n),
-            round(r.srg, 4),
-            "yes" if result.more_faithful_than_random(n) else "no",
-            round(r.insertion.auc, 4),
-            round(r.deletion.auc, 4),
-            round(r.saliency.seconds, 2),
-            r.saliency.forward_passes,
-        ]
-        for n, r in result.methods.items()
-    ]
-    rows.append(
-        [
-            title(result, "random"),
-            round(result.random.srg, 4),
-            f"(max of {result.random.orderings} orderings: {max(result.random.srgs):.4f})",
-            round(result.random.insertion.auc, 4),
-            round(result.random.deletion.auc, 4),
-            None,
-            None,
-        ]
-    )
+    """Rows (AUC_HEADERS) per scoring substrate, the headline first: per method its SRG (on the
+    curves clipped to [0, 1]), verdict, insertion and deletion AUC, unclipped SRG, insertion peak,
+    seconds and forward passes; the random reference last."""
+    rows = []
+    for substrate in result.substrates:
+        reference = result.random_by_substrate[substrate]
+        for n, r in result.methods.items():
+            curves = r.by_substrate[substrate]
+            rows.append(
+                [
+                    title(result, n),
+                    round(curves.srg, 4),
+                    "yes" if result.more_faithful_than_random(n, substrate) else "no",
+                    round(curves.insertion.auc, 4),
+                    round(curves.deletion.auc, 4),
+                    _round(curves.srg_unclipped, 4),
+                    _round(curves.insertion.peak, 3),
+                    round(r.saliency.seconds, 2),
+                    r.saliency.forward_passes,
+                    substrate,
+                ]
+            )
+        rows.append(
+            [
+                title(result, "random"),
+                round(reference.srg, 4),
+                f"(max of {reference.orderings} orderings: {max(reference.srgs):.4f})",
+                round(reference.insertion.auc, 4),
+                round(reference.deletion.auc, 4),
+                _round(reference.curves.srg_unclipped, 4),
+                _round(reference.insertion.peak, 3),
+                None,
+                None,
+                substrate,
+            ]
+        )
     return rows
 
 
@@ -708,25 +748,44 @@ def _array(values: Any) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _curves_from(summary_curves: dict, aucs: dict, passes: int = 0, seconds: float = 0.0) -> Curves:
+def _curves_from(
+    summary_curves: dict, aucs: dict, passes: int = 0, seconds: float = 0.0, substrate: str = "black"
+) -> Curves:
     def curve(kind: str) -> Curve:
         c = summary_curves[kind]
         normalized = _array(c["normalized"])
         fractions = _array(c["fractions"])
         auc = aucs.get(f"{kind}_auc")
+        probabilities = c.get("probabilities")
         return Curve(
             kind,
             fractions,
             _array(c["scores"]),
             normalized,
-            float(np.trapezoid(normalized, fractions)) if auc is None else float(auc),
+            clipped_auc(normalized, fractions) if auc is None else float(auc),
             float(c["full_score"] if c["full_score"] is not None else np.nan),
             float(c["substrate_score"] if c["substrate_score"] is not None else np.nan),
             passes // 2,
             seconds / 2,
+            None if probabilities is None else _array(probabilities),
+            str(c.get("substrate") or substrate),
         )
 
     return Curves(curve("deletion"), curve("insertion"))
+
+
+def _substrates_from(entry: dict, default: Curves) -> dict[str, Curves]:
+    """A result.json entry's curves on each scoring substrate (a bundle from before them: the one)."""
+    return {
+        substrate: _curves_from(
+            block["curves"],
+            block,
+            block.get("curve_forward_passes") or 0,
+            block.get("curve_seconds") or 0.0,
+            substrate,
+        )
+        for substrate, block in entry.get("substrates", {}).items()
+    } or {default.substrate: default}
 
 
 def bundle_from_zip(zip_path: str | Path) -> tuple[Result, dict]:
@@ -748,6 +807,7 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
             sanity_maps = {name: arrays[name] for name in arrays.files if name.startswith("sanity_")}
     methods = {}
     looks = summary.get("render", {}).get("maps", {})
+    made_on = str(summary["params"].get("substrate", "black"))  # a bundle from before scoring substrates
     for name, m in summary["methods"].items():
         saliency = SaliencyMap(
             name,
@@ -760,16 +820,27 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
             title=looks.get(name, {}).get("title", ""),
             colour=looks.get(name, {}).get("colour", ""),
         )
-        methods[name] = MethodResult(
-            saliency, _curves_from(m["curves"], m, m.get("curve_forward_passes") or 0, m.get("curve_seconds") or 0.0)
+        headline = _curves_from(
+            m["curves"], m, m.get("curve_forward_passes") or 0, m.get("curve_seconds") or 0.0, made_on
         )
+        by_substrate = _substrates_from(m, headline)
+        methods[name] = MethodResult(saliency, by_substrate[next(iter(by_substrate))], by_substrate)
     random = summary["random"]
-    reference = RandomReference(
-        _curves_from(random["curves"], random),
-        tuple(np.nan if s is None else float(s) for s in random["srg_orderings"]),
-        random["ranking"],
-        int(random["seed"]),
-    )
+
+    def reference_from(entry: dict, curves: Curves) -> RandomReference:
+        return RandomReference(
+            curves,
+            tuple(np.nan if s is None else float(s) for s in entry["srg_orderings"]),
+            random["ranking"],
+            int(random["seed"]),
+            tuple(np.nan if s is None else float(s) for s in entry.get("srg_unclipped_orderings", [])),
+        )
+
+    references = {
+        substrate: reference_from(entry, _curves_from(entry["curves"], entry, substrate=substrate))
+        for substrate, entry in random.get("substrates", {}).items()
+    } or {made_on: reference_from(random, _curves_from(random["curves"], random, substrate=made_on))}
+    meaning = summary.get("score_meaning")
     result = Result(
         model=summary["model"],
         target=Target(summary["prompt"], tuple(summary["contrast"])),
@@ -777,11 +848,14 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
         prompt_probabilities=summary["prompt_probabilities"],
         image=image,
         methods=methods,
-        random=reference,
+        random=references[next(iter(references))],
         params=summary["params"],
         seconds=float(summary["seconds"]),
         notes=tuple(summary["notes"]),
         sanity=_sanity_from(summary, sanity_maps),
+        probability=summary.get("probability"),
+        score_meaning=None if meaning is None else ScoreMeaning(meaning["name"], meaning["words"], meaning["min_span"]),
+        random_by_substrate=references,
     )
     return result, summary.get("render", {})
 
@@ -797,6 +871,7 @@ def _sanity_from(summary: dict, maps: dict[str, np.ndarray]) -> SanityCheck | No
                 np.nan if s["spearman"] is None else float(s["spearman"]),
                 np.nan if s["ssim"] is None else float(s["ssim"]),
                 maps[f"sanity_{name}_{k}"],
+                blank=bool(s.get("blank", False)),
             )
             for k, s in enumerate(stages)
         )
@@ -807,4 +882,8 @@ def _sanity_from(summary: dict, maps: dict[str, np.ndarray]) -> SanityCheck | No
         methods,
         int(detail["seed"]),
         float(detail["seconds"]),
+        references={
+            name: {k: np.nan if v is None else float(v) for k, v in values.items()}
+            for name, values in summary.get("sanity_references", {}).items()
+        },
     )

@@ -167,7 +167,7 @@ def test_example_comes_back_with_overlays_verdicts_curves_and_table(chelsea_run,
     assert summary["params"]["seed"] == 0 and summary["params"]["ig_steps"] == 32
     assert summary["params"]["methods"] == list(DEFAULT_METHODS)
     assert summary["render"]["colour_map"] == "inferno"
-    assert csv_text.splitlines()[0] == "method,curve,fraction,score,normalized"
+    assert csv_text.splitlines()[0] == "method,curve,fraction,score,normalized,substrate,probability"
     assert {*DEFAULT_METHODS, "random"} <= {line.split(",")[0] for line in csv_text.splitlines()[1:]}
 
 

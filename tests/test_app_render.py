@@ -189,3 +189,22 @@ def test_smoothing_spreads_a_single_bright_pixel():
 def test_colour_stops_follow_the_colour_map():
     stops = render.colour_stops("inferno", 5)
     assert len(stops) == 5 and stops[0] == "#000003" and stops[-1] == "#fcfea4"
+
+
+def test_the_auc_table_has_a_row_per_method_and_substrate_with_the_clipped_and_unclipped_srg(result):
+    rows = render.auc_table(result)
+    assert len(rows) == len(result.substrates) * (len(result.methods) + 1)
+    assert all(len(row) == len(render.AUC_HEADERS) for row in rows)
+    gradcam = rows[0]
+    column = {name: i for i, name in enumerate(render.AUC_HEADERS)}
+    assert gradcam[column["Scored on"]] == "black"
+    assert gradcam[column["SRG (higher is better)"]] == round(result.methods["gradcam"].srg, 4)
+    assert gradcam[column["SRG unclipped"]] == round(result.methods["gradcam"].curves.srg_unclipped, 4)
+    region = rows[1]
+    assert region[column["Insertion peak (1 = the whole photo)"]] == pytest.approx(1.1)
+
+
+def test_curves_csv_has_the_substrate_and_probability_of_every_point(result):
+    lines = render.curves_csv(result).splitlines()
+    assert lines[0] == "method,curve,fraction,score,normalized,substrate,probability"
+    assert len(lines) == 1 + 3 * 2 * (STEPS + 1) and all(line.split(",")[5] == "black" for line in lines[1:])

@@ -1,9 +1,14 @@
-"""rows.csv: one row per image x method (and one for the random reference), appended as each
-image finishes, so that an interrupted run leaves a valid file and a rerun skips what is done.
+"""rows.csv: one row per image x method x scoring substrate (and per image x scoring substrate
+for the random reference), appended as each image finishes, so that an interrupted run leaves a
+valid file and a rerun skips what is done. Each map is made once and its curves are drawn on
+every scoring substrate. sanity.csv (``evaluate --sanity``): one row per image x method x stage
+of the model-randomisation cascade, and per image x method x reference map.
 
-A row's key is (image, prompt, contrast, method); every row also carries the hash of the run's
-model and parameters, and a folder holds the rows of one configuration only (``check_config``
-refuses another), so results of different parameters never mix.
+A row's key is (image, prompt, contrast, method, substrate); every row also carries the hash of
+the run's model and parameters, and a folder holds the rows of one configuration only
+(``check_config`` refuses another), so results of different parameters never mix. The methods and
+the scoring substrates are not part of the configuration: adding some computes only their rows.
+A folder written before the rows had a substrate (``ROWS_FORMAT``) is refused, saying how to rerun.
 """
 
 from __future__ import annotations
@@ -20,13 +25,31 @@ from typing import Any
 from ..errors import UserError
 
 RANDOM = "random"  # the method name of the random reference's row
-KEY = ("image", "prompt", "contrast", "method")
-RESULT_COLUMNS = (
+ROWS_FORMAT = 2  # 2: a row per scoring substrate, clipped AUCs with the unclipped beside them
+KEY = ("image", "prompt", "contrast", "method", "substrate")
+CURVE_COLUMNS = (  # types.Curves.figures(), on the row's scoring substrate
     "insertion_auc",
     "deletion_auc",
     "srg",
+    "srg_unclipped",
+    "insertion_auc_unclipped",
+    "deletion_auc_unclipped",
+    "insertion_peak",
+    "insertion_peak_fraction",
+    "overshoot_area",
+    "deletion_floor",
+    "insertion_auc_probability",
+    "deletion_auc_probability",
+)
+RESULT_COLUMNS = (
+    *CURVE_COLUMNS,
     "beats_random",
-    "score",
+    "score",  # the photo's score of the target
+    "probability",  # the target's probability on the photo, in [0, 1] (blank: the model gives none)
+    "full_score",  # the photo's score as the curves saw it (the curves' 1)
+    "substrate_score",  # the fully removed image's score on this substrate (the curves' 0)
+    "score_meaning",  # what the score is (log-probability, logit, probability): the model's word
+    "min_span",  # full_score - substrate_score below this: the photo is ill-conditioned on this substrate
     "seconds",
     "forward_passes",
     "backward_passes",
@@ -37,10 +60,27 @@ RESULT_COLUMNS = (
 CLASS_COLUMNS = ("top1", "correct")  # with a class column: the model's top-1 class and whether it is right
 BASE_COLUMNS = KEY + RESULT_COLUMNS + ("params_hash",)
 RESERVED = BASE_COLUMNS + CLASS_COLUMNS
-FLOAT_COLUMNS = ("insertion_auc", "deletion_auc", "srg", "score", "seconds", "curve_seconds")
+FLOAT_COLUMNS = (
+    *CURVE_COLUMNS,
+    "score",
+    "probability",
+    "full_score",
+    "substrate_score",
+    "min_span",
+    "seconds",
+    "curve_seconds",
+)
 INT_COLUMNS = ("beats_random", "forward_passes", "backward_passes", "curve_forward_passes", "top1", "correct")
+# sanity.csv (evaluate --sanity): kind "stage" (a stage of the cascade: stage_index from the top, 0 first)
+# or "reference" (stage "centre" or "edges": the trained map against a map that knows nothing of the model).
+SANITY_KEY = ("image", "prompt", "contrast", "method", "kind", "stage")
+SANITY_COLUMNS = SANITY_KEY + ("stage_index", "spearman", "ssim", "blank", "error", "params_hash")
+SANITY_FLOAT_COLUMNS = ("spearman", "ssim")
+SANITY_INT_COLUMNS = ("stage_index", "blank")
 CONFIG_FILE = "params.json"
 LOCK_FILE = ".lock"
+# Parameters that are not part of a folder's configuration: more of them only adds rows.
+UNHASHED = ("score_substrates",)
 
 
 @contextlib.contextmanager
@@ -72,9 +112,29 @@ def params_hash(model: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def check_format(folder: Path, rows_file: str) -> None:
+    """Refuse (UserError, one sentence saying how to rerun) a folder written by an older version
+    of the rows: one substrate per row, AUCs of the unclipped curves, no substrate column."""
+    path, rows = folder / CONFIG_FILE, folder / rows_file
+    header = read_rows(rows)[0]
+    old_rows = bool(header) and "substrate" not in header
+    try:
+        old_config = path.is_file() and json.loads(path.read_text()).get("rows_format") != ROWS_FORMAT
+    except ValueError:
+        old_config = False  # check_config names the broken file
+    if old_rows or old_config:
+        raise UserError(
+            f"{folder} holds rows of an older format (one substrate per row, unclipped AUCs), which cannot be "
+            f"upgraded without the curves; rerun the same command with another --out folder (or delete {rows} "
+            f"and {path} to compute them again here)"
+        )
+
+
 def check_config(folder: Path, model: str, params: dict[str, Any]) -> str:
     """Record the run's configuration in ``folder/params.json``, or refuse (UserError) when the
-    folder already holds results of another model or other parameters. Returns the hash."""
+    folder already holds results of another model or other parameters. Returns the hash.
+    The parameters in UNHASHED (the scoring substrates) are left out of it."""
+    params = {k: v for k, v in params.items() if k not in UNHASHED}
     digest = params_hash(model, params)
     path = folder / CONFIG_FILE
     if path.is_file():
@@ -92,7 +152,13 @@ def check_config(folder: Path, model: str, params: dict[str, Any]) -> str:
             )
     else:
         path.write_text(
-            json.dumps({"model": model, "params": params, "params_hash": digest}, indent=1, sort_keys=True) + "\n"
+            json.dumps(
+                {"model": model, "params": params, "params_hash": digest, "rows_format": ROWS_FORMAT},
+                indent=1,
+                sort_keys=True,
+                default=list,
+            )
+            + "\n"
         )
     return digest
 
@@ -135,26 +201,30 @@ def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-def typed(row: dict[str, str]) -> dict[str, Any]:
+def typed(
+    row: dict[str, str], floats: tuple[str, ...] = FLOAT_COLUMNS, ints: tuple[str, ...] = INT_COLUMNS
+) -> dict[str, Any]:
     """A row read from the file with its numbers as numbers (blank -> None)."""
     out: dict[str, Any] = dict(row)
-    for column in FLOAT_COLUMNS:
+    for column in floats:
         if column in out:
             out[column] = float(out[column]) if out[column] not in ("", None) else None
-    for column in INT_COLUMNS:
+    for column in ints:
         if column in out:
             out[column] = int(float(out[column])) if out[column] not in ("", None) else None
     return out
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, str, str, str]:
-    return tuple(str(row[k]) for k in KEY)  # type: ignore[return-value]
+def row_key(row: dict[str, Any], key: tuple[str, ...] = KEY) -> tuple[str, ...]:
+    return tuple(str(row.get(k, "")) for k in key)
 
 
-def latest(rows: Iterable[dict[str, str]], digest: str) -> dict[tuple[str, str, str, str], dict[str, str]]:
+def latest(
+    rows: Iterable[dict[str, str]], digest: str, key: tuple[str, ...] = KEY
+) -> dict[tuple[str, ...], dict[str, str]]:
     """The last row of each key among the rows of this configuration (a retried error is
     superseded by the row appended after it)."""
-    return {row_key(row): row for row in rows if row.get("params_hash") == digest}
+    return {row_key(row, key): row for row in rows if row.get("params_hash") == digest}
 
 
 class RowsFile:

@@ -18,7 +18,14 @@ import torch
 from PIL import Image
 
 from ..params import Param
-from ..types import Target
+from ..types import MIN_SPAN, ScoreMeaning, Target
+
+# What a contrast target's score is, for every adapter: the prompt's softmax probability among the prompts.
+CONTRAST_MEANING = ScoreMeaning(
+    "probability",
+    "the probability of the prompt rather than the contrast prompts: a softmax of the model's scores of them all",
+    MIN_SPAN["probability"],
+)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -199,16 +206,40 @@ class ModelAdapter:
 
     def score(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B]``: the target score (differentiable). See ``Target``."""
-        scores = self.prompt_scores(pixels, target.prompts)
+        return self._target_score(self.prompt_scores(pixels, target.prompts), target)
+
+    @staticmethod
+    def _target_score(prompt_scores: torch.Tensor, target: Target) -> torch.Tensor:
         if target.contrast:
-            return torch.softmax(scores, dim=1)[:, 0]
-        return scores[:, 0]
+            return torch.softmax(prompt_scores, dim=1)[:, 0]
+        return prompt_scores[:, 0]
+
+    def score_meaning(self, target: Target) -> ScoreMeaning:
+        """What this model's score of ``target`` is (the page's words, and the margin the photo
+        must beat the substrate by: ``ScoreMeaning``). With contrast prompts it is a probability;
+        an adapter says what its own score is by overriding this (the base knows nothing of it)."""
+        if target.contrast:
+            return CONTRAST_MEANING
+        return ScoreMeaning("score", "the model's own score of the prompt (its adapter does not say what it is)", 1e-6)
+
+    def scores(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, 3, H, W]`` -> (score ``[B]``, the target's probability ``[B]`` in [0, 1]), from ONE
+        forward pass. The probability follows from what the score is (``score_meaning``): a
+        probability is itself, a log-probability its exp, a logit its sigmoid; a score of no
+        declared meaning has none (NaN). Adapters whose probability is something else override it."""
+        score = self.score(pixels, target)
+        return score, probability_of(score, self.score_meaning(target).name)
 
     @torch.no_grad()
     def score_many(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
         """The target score of many images, in batches of ``max_batch``, without gradients."""
         out = [self.score(chunk, target) for chunk in pixels.split(self.max_batch)]
         return torch.cat(out) if out else torch.empty(0)
+
+    @torch.no_grad()
+    def scores_many(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scores`` of many images, in batches of ``max_batch``, without gradients."""
+        return _cat_pairs([self.scores(chunk, target) for chunk in pixels.split(self.max_batch)])
 
     @torch.no_grad()
     def prompt_probabilities(self, pixels: torch.Tensor, target: Target) -> dict[str, float]:
@@ -238,6 +269,23 @@ class ModelAdapter:
         touching this shared adapter) and which shares everything that is not randomised (text
         encoders, class embeddings); with that network, which the stage names are relative to."""
         raise NotImplementedError(f"{type(self).__name__} cannot be copied for randomisation")
+
+
+def probability_of(score: torch.Tensor, meaning: str) -> torch.Tensor:
+    """A score -> the probability it stands for, by what the score is (``ScoreMeaning.name``)."""
+    if meaning == "probability":
+        return score.clamp(0.0, 1.0)
+    if meaning == "log-probability":
+        return score.exp().clamp(0.0, 1.0)
+    if meaning == "logit":
+        return torch.sigmoid(score)
+    return torch.full_like(score, float("nan"))
+
+
+def _cat_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not pairs:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
 def parameter_units(names: Sequence[str]) -> list[str]:
@@ -307,6 +355,18 @@ class Metered:
     def score_many(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
         out = [self.score(chunk, target) for chunk in pixels.split(self.adapter.max_batch)]
         return torch.cat(out) if out else torch.empty(0)
+
+    def scores(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.adapter.scores(pixels, target)
+        self.forward_passes += pixels.shape[0]
+        return out
+
+    @torch.no_grad()
+    def scores_many(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        # The adapter's own batched call (where a compiled forward-only runtime may sit), counted here.
+        out = self.adapter.scores_many(pixels, target)
+        self.forward_passes += pixels.shape[0]
+        return out
 
     def prompt_probabilities(self, pixels: torch.Tensor, target: Target) -> dict[str, float]:
         probabilities = self.adapter.prompt_probabilities(pixels, target)

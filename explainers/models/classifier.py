@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..types import MIN_SPAN, ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, PromptCache, parameter_units, units_label
+
+LOG_PROBABILITY_MEANING = ScoreMeaning(
+    "log-probability",
+    "the log of the probability the classifier puts on the classes the prompt is matched to (0 would be 100 %)",
+    MIN_SPAN["log-probability"],
+)
 
 # Prompt -> classes: softmax(cos / temperature) over the best TOP_CLASSES classes.
 # 0.02 makes "a cheetah" put ~all weight on "cheetah" while "a dog" spreads over dog breeds.
@@ -187,7 +194,13 @@ class ClassifierAdapter(ModelAdapter):
         return [(self.class_names[int(i)], float(w)) for i, w in list(zip(indices, weights))[:top]]
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The network's forward pass: every score, probability and class goes through here."""
         return self.network(self.preprocess(pixels))
+
+    def score_meaning(self, target: Target) -> ScoreMeaning:
+        """A log-probability (its probability: the mass on the matched classes, ``exp(score)``);
+        with contrast prompts, the prompt's probability among them."""
+        return super().score_meaning(target) if target.contrast else LOG_PROBABILITY_MEANING
 
     def prompt_scores(self, pixels: torch.Tensor, prompts: tuple[str, ...]) -> torch.Tensor:
         log_probs = torch.log_softmax(self.logits(pixels), dim=1)
