@@ -1,10 +1,13 @@
 """Saliency Lab: the Gradio app. Widgets and wiring only.
 
-Every computation goes through the engine (``explainers.api``), every picture through
-``explainers.render`` and every sentence through ``explainers.report``; this file imports no
-torch of its own. The methods, their parameters and the protocol's parameters are read from
-the registry (``explainers.methods.METHODS``, ``explainers.api.PARAMS``): a method added there
-gets its checkbox, its Advanced widgets, its map, its notes and its API parameters here.
+Every computation goes through the engine (``explainers.api``), every run through the app's run
+runtime (``explainers.app_runtime``: a lock per model, cancel, results as they come, plain
+errors), every picture through ``explainers.render`` and every sentence through
+``explainers.report``; this file imports no torch and starts no thread of its own. The methods,
+their parameters, how their maps are drawn and the protocol's parameters are read from the
+registry (``explainers.methods.METHODS``, ``explainers.api.PARAMS``): a method added there gets
+its checkbox, its Advanced widgets, its map, its notes and its API parameters here; a method
+whose entry is ``stepped`` gets the step-through, one with a ``reference`` the Refine button.
 
     python app.py                  # http://127.0.0.1:7860, offline, on the bundled model
 
@@ -15,24 +18,23 @@ Settings read from the environment:
     SALIENCY_DEVICE                           auto | cpu | cuda (or cuda:N). Default auto: CUDA
                                               where there is a GPU, else the CPU.
 
-After a run the page replays it without the model: the curve scrubber, the region search's
-step-through and the display settings redraw from the run's download bundle (the maps and
-curves, ``render.bundle_from_zip``), which Gradio also keeps with cached examples.
+Each method's map and cost appear the moment that method finishes (Grad-CAM's within about a
+second), region search's map fills in as it searches, and the curves and verdicts come once
+every map is in. After a run the page replays it without the model: the curve scrubber, the
+region search's step-through and the display settings redraw from the run's download bundle
+(the maps and curves, ``render.bundle_from_zip``), which Gradio also keeps with cached examples.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
 import os
-import shutil
-import tempfile
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +43,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import gradio as gr
 from PIL import Image
 
-from explainers import UserError, api, render, report
+from explainers import UserError, api, app_runtime, render, report
+from explainers.app_runtime import Evaluated, Finished, MapReady, Outcome, Preview, Status, fit
 from explainers.images import open_image
 from explainers.methods import METHODS, default_methods
-from explainers.models import CLIP_CHOICES, DEFAULT_MODEL
+from explainers.models import DEFAULT_MODEL, model_choices
 from explainers.params import Param
-from explainers.types import MethodResult
 
 log = logging.getLogger("saliency_lab.app")
 
@@ -54,22 +56,21 @@ ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
 
 DEVICE = os.environ.get("SALIENCY_DEVICE", "auto").strip() or "auto"
-MODEL_CHOICES = [(f"{DEFAULT_MODEL} (offline: EfficientNet-Lite0 + prompt matching)", DEFAULT_MODEL)] + [
-    (f"{name} (downloads on first use)", name) for name in CLIP_CHOICES
-]
+MODEL_CHOICES = model_choices()
 DISPLAY_SIDE = 512  # overlays on the page: the photo's aspect, longest side this many pixels
 DOWNLOAD_SIDE = 1024  # overlays in the download: the photo's size, capped at this
 QUEUE_SIZE = 16
-RUNS_DIR = Path(tempfile.gettempdir()) / "saliency-lab-runs"
-RUNS_MAX_AGE_S = 3600
 SLIDER_MAX_SPAN = 10_000  # an int parameter with a wider range (the seed) gets a number box, not a slider
 SCRUB_START = 0.3  # the scrubber starts at this fraction of the pixels: "delete the top 30 %"
 STEP_START = 5  # the step-through starts after this many regions
-PREVIEW_INTERVAL_S = 0.4
-PLAY_INTERVAL_S = (
-    0.7  # "Play the search": seconds per region  # the region search's map, redrawn at most this often while it runs
-)
+PLAY_INTERVAL_S = 0.7  # "Play the search": seconds per region
+# "ig_display" keeps its name in the API (/explain, /restyle, /refine_*): it is the display of
+# every map whose entry is smoothable (integrated gradients').
 DISPLAY_DEFAULTS = {"opacity": 0.5, "colour_map": render.DEFAULT_COLOUR_MAP, "ig_display": "raw"}
+# What the registry gives the page beyond one map per method.
+STEPPED = next((m for m in METHODS.values() if m.stepped), None)  # its search replayed step by step
+REFINED = next((m for m in METHODS.values() if m.reference is not None), None)  # its Refine button
+SMOOTHABLE = [m for m in METHODS.values() if m.smoothable]
 
 # (image, prompt, contrast): the photo examples. Every other input is reset to its default on a
 # click, so that the cached result matches what the page shows.
@@ -84,8 +85,11 @@ EXAMPLES = [
 CONTRAST_EXAMPLES = [("chelsea.jpg", "a cat", "a tiger, a lynx", "Why a cat and not a tiger or a lynx?")]
 
 # On Run (and on an example): bring the result area into view at once, so that the progress, the
-# region search filling in and then the maps show without scrolling past the examples.
+# maps as they come and then the curves show without scrolling past the examples.
 SCROLL_TO_RESULT = "() => { document.getElementById('result')?.scrollIntoView({block: 'start'}); }"
+
+Display = tuple[float, str, str]  # (opacity, colour map, smoothing: a render.IG_DISPLAYS key)
+Updates = dict[Any, Any]  # {component: value or update}
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,14 +97,16 @@ SCROLL_TO_RESULT = "() => { document.getElementById('result')?.scrollIntoView({b
 
 
 def param_widget(spec: Param) -> gr.components.Component:
-    """A parameter's widget from its spec: choices -> radio (with the spec's labels); a whole-number
-    range -> slider (a number box when the range is too wide to slide, e.g. the seed); a number
-    range -> slider with the spec's step."""
+    """A parameter's widget from its spec: a list of choices -> checkboxes; choices -> radio (with
+    the spec's labels); a whole-number range -> slider (a number box when the range is too wide to
+    slide, e.g. the seed); a number range -> slider with the spec's step."""
     common = {
         "label": spec.label or spec.help,
         "info": spec.help[:1].upper() + spec.help[1:],
         "elem_id": f"param-{spec.name}",
     }
+    if spec.many:
+        return gr.CheckboxGroup([(spec.labels.get(c, c), c) for c in spec.choices], value=list(spec.default), **common)
     if spec.choices:
         return gr.Radio([(spec.labels.get(c, c), c) for c in spec.choices], value=spec.default, **common)
     if spec.kind is int and spec.high - spec.low > SLIDER_MAX_SPAN:
@@ -126,7 +132,8 @@ def input_defaults() -> dict[str, Any]:
         "contrast": "",
         "model": DEFAULT_MODEL,
         "methods": default_methods(),
-        **api.DEFAULTS,
+        # A list parameter's default as a list: Gradio takes a tuple for one value (a checkbox group's [()]).
+        **{name: list(v) if isinstance(v, tuple) else v for name, v in api.DEFAULTS.items()},
         "sanity": False,
         **DISPLAY_DEFAULTS,
     }
@@ -142,145 +149,8 @@ def with_signature(function: Callable, names: list[str], defaults: dict[str, Any
         for name in names
     ]
     parameters.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
-    function.__signature__ = inspect.Signature(parameters)
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     return function
-
-
-# --------------------------------------------------------------------------------------------
-# Running the engine: one run at a time per model, cancellable, errors as plain sentences.
-
-
-class RunCancelled(Exception):
-    """Raised inside the worker thread when the user pressed Cancel."""
-
-
-_model_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-_loaded_models: set[str] = set()
-
-
-def _split_contrast(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").replace("\n", ",").split(",") if part.strip()]
-
-
-def _run_dir() -> Path:
-    """A fresh folder for one run's download; folders older than an hour are removed."""
-    RUNS_DIR.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in RUNS_DIR.iterdir():
-        try:
-            if now - old.stat().st_mtime > RUNS_MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-    return Path(tempfile.mkdtemp(prefix="run-", dir=RUNS_DIR))
-
-
-def _fit(size, side: int) -> tuple[int, int]:
-    width, height = size
-    scale = side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-class _Latest:
-    """The newest preview a worker thread has posted, taken by the page's loop (older ones are dropped)."""
-
-    def __init__(self) -> None:
-        self._lock, self._value = threading.Lock(), None
-
-    def put(self, value) -> None:
-        with self._lock:
-            self._value = value
-
-    def take(self):
-        with self._lock:
-            value, self._value = self._value, None
-        return value
-
-
-def _locked(model: str, progress, cancelled: threading.Event, job: Callable[[], Any]):
-    """Run ``job`` in this worker thread once the model's lock is ours; give up when cancelled."""
-    lock = _model_locks[model]
-    waited = False
-    while not lock.acquire(timeout=0.25):
-        if cancelled.is_set():
-            raise RunCancelled()
-        if not waited:
-            progress(0.0, desc="Waiting for another run on this model to finish…")
-            waited = True
-    try:
-        if cancelled.is_set():
-            raise RunCancelled()
-        if model not in _loaded_models:
-            what = (
-                "the bundled model"
-                if model == DEFAULT_MODEL
-                else f"{model} (first use: a download of several hundred MB)"
-            )
-            progress(0.0, desc=f"Loading {what}…")
-        out = job()
-        _loaded_models.add(model)
-        return out
-    finally:
-        lock.release()
-
-
-def _reporter(progress, cancelled: threading.Event, previews: _Latest):
-    """The engine's ProgressFn: cancels at the next report, forwards the bar, keeps previews."""
-
-    def report_progress(fraction: float, description: str, **details) -> None:
-        if cancelled.is_set():
-            raise RunCancelled()
-        if details.get("preview") is not None:
-            previews.put(details["preview"])
-        text = description[:1].upper() + description[1:]
-        progress(float(fraction), desc=text if text == "Done" else text + "…")
-
-    return report_progress
-
-
-async def _stream(
-    work: Callable[[], Any], cancelled: threading.Event, previews: _Latest, on_preview: Callable[[Any], dict]
-):
-    """Run ``work`` in a thread; yield the page's updates for each preview it posts, then
-    ``("done", its result)``. Cancelling the event (the page's Cancel) stops the thread at its
-    next progress report."""
-    task = asyncio.ensure_future(asyncio.to_thread(work))
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=PREVIEW_INTERVAL_S)
-            if done:
-                break
-            preview = previews.take()
-            if preview is not None:
-                yield on_preview(preview)
-        yield ("done", task.result())
-    except asyncio.CancelledError:
-        cancelled.set()
-        raise
-
-
-def _plain_errors(error: Exception) -> gr.Error:
-    if isinstance(error, UserError):
-        return gr.Error(report.sentence(str(error)), print_exception=False)
-    if isinstance(error, gr.Error):
-        return error
-    log.error("run failed", exc_info=error)
-    return gr.Error(
-        "Something went wrong while explaining this photo. Please try again, or try another photo or fewer methods.",
-        print_exception=False,
-    )
-
-
-def _check_display(opacity, colour_map, ig_display) -> tuple[float, str, str]:
-    if colour_map not in render.COLOUR_MAPS:
-        raise UserError(f"the colour map must be one of {', '.join(render.COLOUR_MAPS)}")
-    if ig_display not in render.IG_DISPLAYS:
-        raise UserError(f"the integrated-gradients display must be one of {', '.join(render.IG_DISPLAYS)}")
-    try:
-        opacity = min(1.0, max(0.0, float(opacity)))
-    except (TypeError, ValueError):
-        raise UserError("the overlay opacity must be a number from 0 to 1") from None
-    return opacity, colour_map, ig_display
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,25 +223,26 @@ def result_components() -> dict[str, Any]:
         render=False,
     )
     c["scrub_text"] = gr.Markdown(label="Scores at this step", elem_id="scrub-text", render=False)
-    c["step"] = gr.Slider(
-        0,
-        49,
-        value=0,
-        step=1,
-        elem_id="step-through",
-        render=False,
-        label="Region search step-through: regions chosen so far",
-    )
-    c["step_picture"] = gr.Image(
-        label="The region search at this step",
-        type="pil",
-        format="png",
-        show_label=False,
-        interactive=False,
-        elem_id="step-picture",
-        render=False,
-    )
-    c["step_text"] = gr.Markdown(label="This step of the search", elem_id="step-text", render=False)
+    if STEPPED is not None:
+        c["step"] = gr.Slider(
+            0,
+            49,
+            value=0,
+            step=1,
+            elem_id="step-through",
+            render=False,
+            label=f"{STEPPED.title} step-through: regions chosen so far",
+        )
+        c["step_picture"] = gr.Image(
+            label=f"The {STEPPED.title.lower()} at this step",
+            type="pil",
+            format="png",
+            show_label=False,
+            interactive=False,
+            elem_id="step-picture",
+            render=False,
+        )
+        c["step_text"] = gr.Markdown(label="This step of the search", elem_id="step-text", render=False)
     c["sanity_picture"] = gr.Image(
         label="Sanity check: the maps as the model is destroyed",
         type="pil",
@@ -401,22 +272,34 @@ def result_components() -> dict[str, Any]:
     return c
 
 
-def page_outputs(
-    c: dict[str, Any],
-    result,
-    classes,
-    display: tuple[float, str, str],
-    size: tuple[int, int],
-    status: str | None = None,
-) -> dict:
-    """What the page shows first of a result: score, maps with their verdicts, curves, table,
-    texts ({component: value}). ``replay_outputs`` adds the rest."""
-    show = _fit(size, DISPLAY_SIDE)
+def starting_outputs(c: dict[str, Any], methods: list[str]) -> Updates:
+    """What the page shows the moment a run starts: the ticked methods' places, empty (their maps
+    come one by one), and no leftovers of the last run (its curves, table and download)."""
+    out: Updates = {c["status"]: "Running: each map appears as soon as its method finishes, the curves after them."}
+    for name, method in METHODS.items():
+        ticked = name in methods
+        out[c[f"overlay-{name}"]] = gr.Image(value=None, visible=ticked)
+        out[c[f"caption-{name}"]] = gr.Markdown(
+            value=f"**{method.title}** · running…" if ticked else "", visible=ticked
+        )
+    out.update({c[name]: None for name in ("deletion", "insertion", "scrub_picture", "download")})
+    out.update({c[name]: "" for name in ("score", "warnings", "scrub_text")})
+    if STEPPED is not None:
+        out[c["step_picture"]], out[c["step_text"]] = None, ""
+    out[c["sanity_picture"]] = gr.Image(value=None, visible=False)
+    return out
+
+
+def page_outputs(c: dict[str, Any], outcome: Outcome, display: Display, size: tuple[int, int], status: str) -> Updates:
+    """What the page shows of a result once its curves are in: score, maps with their verdicts,
+    curves, table, texts ({component: value}). ``replay_outputs`` adds the rest."""
+    result = outcome.result
+    show = fit(size, DISPLAY_SIDE)
     steps = int(result.params["curve_steps"])
     ylim = render.shared_ylim(result)
-    out: dict = {
-        c["status"]: status or report.done_status(result),
-        c["score"]: report.score_markdown(result, classes),
+    out: Updates = {
+        c["status"]: status,
+        c["score"]: report.score_markdown(result, outcome.classes),
         c["probabilities"]: (
             gr.Label(value=result.prompt_probabilities, visible=True)
             if result.prompt_probabilities
@@ -433,50 +316,38 @@ def page_outputs(
     return out
 
 
-def replay_outputs(c: dict[str, Any], result, size: tuple[int, int], bundle: str) -> dict:
+def replay_outputs(c: dict[str, Any], result: Any, size: tuple[int, int], bundle: str) -> Updates:
     """The download and what replays the run from it: the scrubber and the step-through, set at
     their starting points."""
-    show = _fit(size, DISPLAY_SIDE)
+    show = fit(size, DISPLAY_SIDE)
     steps = int(result.params["curve_steps"])
     start = round(SCRUB_START * steps)
-    out: dict = {c["download"]: bundle, c["scrubber"]: gr.Slider(minimum=0, maximum=steps, value=start)}
+    out: Updates = {c["download"]: bundle, c["scrubber"]: gr.Slider(minimum=0, maximum=steps, value=start)}
     out.update(scrub_outputs(c, result, start, show))
-    if "region" in result.methods:
-        n = len(result.methods["region"].saliency.meta.get("path") or [])
+    if STEPPED is not None and STEPPED.name in result.methods:
+        n = len(render.search_path(result, STEPPED.name))
         chosen = min(STEP_START, n)
         out[c["step"]] = gr.Slider(minimum=0, maximum=n, value=chosen, visible=True)
         out.update(step_outputs(c, result, chosen, show))
-    else:
+    elif STEPPED is not None:
         out[c["step"]] = gr.Slider(visible=False)
         out[c["step_picture"]] = gr.Image(value=None, visible=False)
-        out[c["step_text"]] = report.step_markdown(result, 0)
+        out[c["step_text"]] = report.step_markdown(result, STEPPED.name, 0)
     return out
 
 
-async def finish(
-    c: dict[str, Any], result, classes, display: tuple[float, str, str], size: tuple[int, int], status: str
-):
-    """Yield the page's first look at a result, then (after the download is written and the
-    replays drawn, in a worker thread) everything: the last yield is what the API and the
-    example cache keep."""
-    first = await asyncio.to_thread(
-        page_outputs, c, result, classes, display, size, status + " Drawing the scrubber and the step-through…"
-    )
-    yield first
-    rest = await asyncio.to_thread(lambda: replay_outputs(c, result, size, _save(result, display, size)))
-    yield {**first, **rest, c["status"]: status}
-
-
-def overlay_outputs(c: dict[str, Any], result, display: tuple[float, str, str], show: tuple[int, int]) -> dict:
-    opacity, colour_map, ig_display = display
+def overlay_outputs(c: dict[str, Any], result: Any, display: Display, show: tuple[int, int]) -> Updates:
+    """Every method's map and caption (hidden where it did not run), the colour bar, the sanity strip."""
+    opacity, colour_map, smoothing = display
     strip = render.sanity_strip(result, colour_map, show)
-    out = {
+    out: Updates = {
         c["colour_bar"]: report.colour_bar_html(render.colour_stops(colour_map)),
         c["sanity_picture"]: gr.Image(value=strip, visible=strip is not None),
     }
     for name in METHODS:
         if name in result.methods:
-            picture = render.method_picture(result, name, colour_map, opacity, show, ig_display)
+            smooth = app_runtime.smoothed(name, smoothing)
+            picture = render.method_picture(result, name, colour_map, opacity, show, smooth)
             out[c[f"overlay-{name}"]] = gr.Image(value=picture, visible=True)
             out[c[f"caption-{name}"]] = gr.Markdown(value=report.caption(result, name), visible=True)
         else:
@@ -485,7 +356,7 @@ def overlay_outputs(c: dict[str, Any], result, display: tuple[float, str, str], 
     return out
 
 
-def scrub_outputs(c: dict[str, Any], result, step: int, show: tuple[int, int]) -> dict:
+def scrub_outputs(c: dict[str, Any], result: Any, step: int, show: tuple[int, int]) -> Updates:
     ylim = render.shared_ylim(result)
     return {
         c["scrub_picture"]: render.scrub_picture(result, step, show),
@@ -495,238 +366,246 @@ def scrub_outputs(c: dict[str, Any], result, step: int, show: tuple[int, int]) -
     }
 
 
-def step_outputs(c: dict[str, Any], result, chosen: int, show: tuple[int, int]) -> dict:
+def step_outputs(c: dict[str, Any], result: Any, chosen: int, show: tuple[int, int]) -> Updates:
+    assert STEPPED is not None
     return {
-        c["step_picture"]: gr.Image(value=render.step_picture(result, chosen, show), visible=True),
-        c["step_text"]: report.step_markdown(result, chosen),
+        c["step_picture"]: gr.Image(value=render.step_picture(result, STEPPED.name, chosen, show), visible=True),
+        c["step_text"]: report.step_markdown(result, STEPPED.name, chosen),
     }
-
-
-def _save(result, display: tuple[float, str, str], size: tuple[int, int]) -> str:
-    folder = _run_dir()
-    files = render.save_bundle(
-        result, folder / "saliency-lab", display[1], display[0], _fit(size, min(DOWNLOAD_SIDE, max(size)))
-    )
-    return str(render.zip_bundle(files, folder / "saliency-lab-result.zip"))
-
-
-def _bundle(path: str | None):
-    """(Result, its photo's size) from a run's download, or None before any run."""
-    if not path:
-        return None
-    try:
-        result, settings = render.bundle_from_zip(path)
-    except Exception:
-        log.warning("unreadable bundle %s", path, exc_info=True)
-        raise gr.Error("This result can no longer be read; press Run again.", print_exception=False) from None
-    size = tuple(settings.get("overlay_size") or result.image.shape[1::-1])
-    return result, size
 
 
 # --------------------------------------------------------------------------------------------
-# The events.
+# The events: one pattern for every run (Run, Refine), the replays from the bundle.
+
+
+@dataclass
+class PageRun:
+    """One run as the page follows it: the model whose lock it takes, its job, the display, the
+    photo (previews are drawn on it) and its size, and the methods whose notes are shown so far."""
+
+    model: str
+    job: app_runtime.Job
+    display: Display
+    photo: Image.Image
+    size: tuple[int, int]
+    noted: list[str] = field(default_factory=list)
+
+
+def page_error(error: Exception) -> gr.Error:
+    """Any failure as the page shows it: one plain sentence, never a stack trace."""
+    if isinstance(error, gr.Error):
+        return error
+    return gr.Error(app_runtime.plain_message(error), print_exception=False)
+
+
+def event_outputs(c: dict[str, Any], event: Any, run: PageRun) -> Updates:
+    """The page's update for one event of a running job (``app_runtime.stream``)."""
+    opacity, colour_map, smoothing = run.display
+    show = fit(run.size, DISPLAY_SIDE)
+    if isinstance(event, MapReady):
+        smooth = app_runtime.smoothed(event.method, smoothing)
+        picture = render.map_picture(event.image, event.saliency, colour_map, opacity, show, smooth)
+        run.noted.append(event.method)
+        return {
+            c[f"overlay-{event.method}"]: gr.Image(value=picture, visible=True),
+            c[f"caption-{event.method}"]: gr.Markdown(
+                value=report.pending_caption(event.method, event.saliency), visible=True
+            ),
+            c["how_to_read"]: report.how_to_read(methods=run.noted),
+        }
+    if isinstance(event, Preview):
+        if event.method not in METHODS or not METHODS[event.method].previews:
+            return {}
+        picture = render.preview_overlay(run.photo, event.values, colour_map, opacity, show)
+        return {c[f"overlay-{event.method}"]: gr.Image(value=picture, visible=True)}
+    if isinstance(event, Status):
+        # The page's own progress line: Gradio's bar hides once a streaming event has yielded.
+        return {c["status"]: f"{event.text} ({event.fraction:.0%})"}
+    if isinstance(event, Evaluated):
+        return page_outputs(c, event.outcome, run.display, run.size, event.outcome.status)
+    return {}
+
+
+async def finish(
+    c: dict[str, Any], outcome: Outcome, display: Display, size: tuple[int, int]
+) -> AsyncIterator[Updates]:
+    """Yield the page's look at a finished run, then (after the download is written and the replays
+    drawn, in a worker thread) everything: the last yield is what the API and the example cache keep."""
+    drawing = outcome.status + " Drawing the scrubber and the step-through…"
+    first = await asyncio.to_thread(page_outputs, c, outcome, display, size, drawing)
+    yield first
+
+    def replays() -> Updates:
+        bundle = app_runtime.save_download(outcome.result, display, size, DOWNLOAD_SIDE)
+        return replay_outputs(c, outcome.result, size, bundle)
+
+    rest = await asyncio.to_thread(replays)
+    yield {**first, **rest, c["status"]: outcome.status}
+
+
+async def on_page(
+    c: dict[str, Any], start: Callable[[], tuple[PageRun, Updates]], progress: Any
+) -> AsyncIterator[Updates]:
+    """The one pattern of every run: check the inputs (``start``: the run and the page's first
+    update), stream the job's events onto the page as they come, then finish; every failure is one
+    plain sentence, and Cancel (or a closed page) stops the job at its next progress report."""
+    try:
+        run, first = start()
+        yield first
+        async with aclosing(app_runtime.stream(run.model, run.job, progress)) as events:
+            async for event in events:
+                if isinstance(event, Finished):
+                    async for outputs in finish(c, event.value, run.display, run.size):
+                        yield outputs
+                else:
+                    update = await asyncio.to_thread(event_outputs, c, event, run)
+                    if update:
+                        yield update
+    except Exception as error:  # noqa: BLE001 - every failure is one plain sentence
+        raise page_error(error) from None
+
+
+def _no_progress(*_: Any, **__: Any) -> None:
+    return None
+
+
+def explain_start(c: dict[str, Any], given: dict[str, Any], progress: Any) -> tuple[PageRun, Updates]:
+    """Run: the inputs checked, the explain job, the ticked methods' places."""
+    if given["image"] is None:
+        raise UserError("add a photo first: upload one, paste one or take one with the webcam")
+    chosen = given["methods"]
+    methods = default_methods() if chosen is None else [m for m in METHODS if m in chosen]
+    if not methods:
+        raise UserError(f"tick at least one method ({', '.join(m.title for m in METHODS.values())})")
+    display = app_runtime.check_display(given["opacity"], given["colour_map"], given["ig_display"])
+    photo = open_image(given["image"])
+    params = {name: given[name] for name in api.PARAMS}
+    params = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in params.items()}
+    model = app_runtime.model_key(given["model"] or DEFAULT_MODEL)
+    contrast = app_runtime.split_contrast(given["contrast"])
+    job = app_runtime.explain_job(photo, given["prompt"], contrast, model, methods, DEVICE, given["sanity"], params)
+    progress(0.0, desc="Starting…")
+    return PageRun(model, job, display, photo, photo.size), starting_outputs(c, methods)
+
+
+def refine_start(
+    c: dict[str, Any], bundle: str | None, display_values: tuple, progress: Any
+) -> tuple[PageRun, Updates]:
+    """Refine: the run's bundle read back, the refine job for the method with a reference setting."""
+    assert REFINED is not None and REFINED.reference is not None
+    loaded = app_runtime.load_download(bundle)
+    if loaded is None:
+        raise UserError(f"run an explanation first; then {REFINED.title.lower()} can be refined")
+    result, size = loaded
+    display = app_runtime.check_display(*display_values)
+    photo = Image.fromarray(result.image)  # the model's own pixels: resizing them again changes nothing
+    progress(0.0, desc=f"Starting {REFINED.reference.label}…")
+    run = PageRun(result.model, app_runtime.refine_job(result, REFINED.name, DEVICE), display, photo, size)
+    run.noted.extend(result.methods)
+    return run, {c["status"]: f"Refining {REFINED.title.lower()} with {REFINED.reference.label}…"}
+
+
+def replay(bundle: str | None) -> tuple[Any, tuple[int, int]] | None:
+    """(Result, display size) of a run's bundle, None before any run; a plain gr.Error if unreadable."""
+    try:
+        loaded = app_runtime.load_download(bundle)
+    except UserError as error:
+        raise page_error(error) from None
+    return None if loaded is None else (loaded[0], fit(loaded[1], DISPLAY_SIDE))
+
+
+def scrub(c: dict[str, Any], bundle: str | None, step: Any) -> Updates:
+    """The curve scrubber: the pictures the curves scored at this step and the plots' markers
+    (redrawn from the bundle; the model is not asked)."""
+    loaded = replay(bundle)
+    if loaded is None:
+        return {c["scrub_text"]: "Run an explanation first: the scrubber then shows what the curves did."}
+    result, show = loaded
+    return scrub_outputs(c, result, int(step or 0), show)
+
+
+def step_through(c: dict[str, Any], bundle: str | None, chosen: Any) -> Updates:
+    """The step-through (redrawn from the bundle; the model is not asked)."""
+    assert STEPPED is not None
+    loaded = replay(bundle)
+    if loaded is None:
+        return {c["step_text"]: f"Run an explanation with {STEPPED.title.lower()} first."}
+    result, show = loaded
+    if STEPPED.name not in result.methods:
+        return {c["step_text"]: report.step_markdown(result, STEPPED.name, 0)}
+    return step_outputs(c, result, int(chosen or 0), show)
+
+
+def play(c: dict[str, Any], bundle: str | None, chosen: Any) -> Iterator[Updates]:
+    """Play the search: the step-through advances one region at a time (redrawn; no model)."""
+    assert STEPPED is not None
+    loaded = replay(bundle)
+    if loaded is None or STEPPED.name not in loaded[0].methods:
+        yield {c["step_text"]: f"Run an explanation with {STEPPED.title.lower()} first."}
+        return
+    result, show = loaded
+    n = len(render.search_path(result, STEPPED.name))
+    start = 0 if int(chosen or 0) >= n else int(chosen or 0)
+    for k in range(start, n + 1):
+        yield {c["step"]: gr.Slider(value=k), **step_outputs(c, result, k, show)}
+        time.sleep(PLAY_INTERVAL_S)
+
+
+def restyle(c: dict[str, Any], bundle: str | None, opacity: Any, colour_map: Any, ig_display: Any) -> Updates:
+    """Colour map, opacity, smoothing: redraw the maps at once (no model)."""
+    try:
+        display = app_runtime.check_display(opacity, colour_map, ig_display)
+    except UserError as error:
+        raise page_error(error) from None
+    loaded = replay(bundle)
+    if loaded is None:
+        return {c["colour_bar"]: report.colour_bar_html(render.colour_stops(display[1]))}
+    result, show = loaded
+    return overlay_outputs(c, result, display, show)
 
 
 def make_handlers(c: dict[str, Any]) -> dict[str, Callable]:
-    """The page's event functions, bound to its components ``c``."""
-
-    def preview_update(photo, display, show):
-        def update(preview) -> dict:
-            opacity, colour_map, _ = display
-            return (
-                {
-                    c["overlay-region"]: gr.Image(
-                        value=render.preview_overlay(photo, preview, colour_map, opacity, show), visible=True
-                    )
-                }
-                if "overlay-region" in c
-                else {}
-            )
-
-        return update
-
-    async def run_explain(*values):
-        """Explain why the model scores the photo as the prompt; every output of the page."""
-        names = input_names()
-        # Gradio passes the progress tracker last; example caching calls through a wrapper without it.
-        progress = values[-1] if len(values) > len(names) else (lambda *_, **__: None)
-        given = dict(zip(names, values))
-        cancelled, previews = threading.Event(), _Latest()
-        try:
-            if given["image"] is None:
-                raise UserError("add a photo first: upload one, paste one or take one with the webcam")
-            chosen = given["methods"]
-            methods = default_methods() if chosen is None else [m for m in METHODS if m in chosen]
-            if not methods:
-                raise UserError(f"tick at least one method ({', '.join(m.title for m in METHODS.values())})")
-            display = _check_display(given["opacity"], given["colour_map"], given["ig_display"])
-            photo = open_image(given["image"])
-            params = {name: given[name] for name in api.PARAMS}
-            params = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in params.items()}
-            model = given["model"] or DEFAULT_MODEL
-            show = _fit(photo.size, DISPLAY_SIDE)
-            progress(0.0, desc="Starting…")
-            # The ticked methods' places at once (their maps come at the end; region search's fills in).
-            yield {
-                c[f"{kind}-{name}"]: gr.update(visible=name in methods)
-                for name in METHODS
-                for kind in ("overlay", "caption")
-            }
-
-            def work():
-                def job():
-                    result = api.explain(
-                        photo,
-                        given["prompt"],
-                        contrast=_split_contrast(given["contrast"]),
-                        model=model,
-                        methods=methods,
-                        device=DEVICE,
-                        sanity=given["sanity"],
-                        progress=_reporter(progress, cancelled, previews),
-                        **params,
-                    )
-                    return result, api.describe_prompt(api.resolve_model(model, DEVICE), result.target.prompt)
-
-                return _locked(model, progress, cancelled, job)
-
-            async for update in _stream(work, cancelled, previews, preview_update(photo, display, show)):
-                if isinstance(update, tuple) and update[0] == "done":
-                    result, classes = update[1]
-                    async for outputs in finish(c, result, classes, display, photo.size, report.done_status(result)):
-                        yield outputs
-                else:
-                    yield update
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        except Exception as error:  # noqa: BLE001 - every failure is one plain sentence
-            raise _plain_errors(error) from None
-
-    async def refine_region(bundle, opacity, colour_map, ig_display, progress=gr.Progress()):
-        """Re-run region search alone with plain greedy (SMDL's reference) on the same photo and
-        settings; its map, curves, table rows and step-through are replaced, the rest kept."""
-        cancelled, previews = threading.Event(), _Latest()
-        try:
-            loaded = _bundle(bundle)
-            if loaded is None:
-                raise UserError("run an explanation first; then region search can be refined")
-            result, size = loaded
-            display = _check_display(opacity, colour_map, ig_display)
-            show = _fit(size, DISPLAY_SIDE)
-            photo = Image.fromarray(result.image)  # the model's own pixels: resizing them again changes nothing
-            progress(0.0, desc="Starting plain greedy…")
-            started = time.perf_counter()
-
-            def work():
-                return _locked(
-                    result.model, progress, cancelled, lambda: refine(result, _reporter(progress, cancelled, previews))
-                )
-
-            async for update in _stream(work, cancelled, previews, preview_update(photo, display, show)):
-                if isinstance(update, tuple) and update[0] == "done":
-                    refined = update[1]
-                    classes = api.describe_prompt(api.resolve_model(refined.model, DEVICE), refined.target.prompt)
-                    status = (
-                        f"Done: region search refined with plain greedy in {time.perf_counter() - started:.1f} s "
-                        f"on `{refined.model}`."
-                    )
-                    async for outputs in finish(c, refined, classes, display, size, status):
-                        yield outputs
-                else:
-                    yield update
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        except Exception as error:  # noqa: BLE001
-            raise _plain_errors(error) from None
-
-    def scrub(bundle, step):
-        """The curve scrubber: the pictures the curves scored at this step and the plots' markers
-        (redrawn from the bundle; the model is not asked)."""
-        loaded = _bundle(bundle)
-        if loaded is None:
-            return {c["scrub_text"]: "Run an explanation first: the scrubber then shows what the curves did."}
-        result, size = loaded
-        return scrub_outputs(c, result, int(step or 0), _fit(size, DISPLAY_SIDE))
-
-    def step_through(bundle, chosen):
-        """The region search's step-through (redrawn from the bundle; the model is not asked)."""
-        loaded = _bundle(bundle)
-        if loaded is None:
-            return {c["step_text"]: "Run an explanation with region search first."}
-        result, size = loaded
-        if "region" not in result.methods:
-            return {c["step_text"]: report.step_markdown(result, 0)}
-        return step_outputs(c, result, int(chosen or 0), _fit(size, DISPLAY_SIDE))
-
-    def play(bundle, chosen):
-        """Play the search: the step-through advances one region at a time (redrawn; no model)."""
-        loaded = _bundle(bundle)
-        if loaded is None or "region" not in loaded[0].methods:
-            yield {c["step_text"]: "Run an explanation with region search first."}
-            return
-        result, size = loaded
-        n = len(result.methods["region"].saliency.meta.get("path") or [])
-        start = 0 if int(chosen or 0) >= n else int(chosen or 0)
-        for k in range(start, n + 1):
-            yield {c["step"]: gr.Slider(value=k), **step_outputs(c, result, k, _fit(size, DISPLAY_SIDE))}
-            time.sleep(PLAY_INTERVAL_S)
-
-    def restyle(bundle, opacity, colour_map, ig_display):
-        """Colour map, opacity, IG display: redraw the maps at once (no model)."""
-        try:
-            display = _check_display(opacity, colour_map, ig_display)
-        except UserError as error:
-            raise gr.Error(report.sentence(str(error)), print_exception=False) from None
-        loaded = _bundle(bundle)
-        if loaded is None:
-            return {c["colour_bar"]: report.colour_bar_html(render.colour_stops(display[1]))}
-        result, size = loaded
-        return overlay_outputs(c, result, display, _fit(size, DISPLAY_SIDE))
-
+    """The page's event functions, bound to its components ``c`` (Gradio reads their signatures)."""
     names = input_names()
+
+    async def run_explain(*values: Any) -> AsyncIterator[Updates]:
+        """Explain why the model scores the photo as the prompt; every output of the page."""
+        # Gradio passes the progress tracker last; example caching calls through a wrapper without it.
+        progress = values[-1] if len(values) > len(names) else _no_progress
+        given = dict(zip(names, values))
+        async for outputs in on_page(c, lambda: explain_start(c, given, progress), progress):
+            yield outputs
+
+    async def refine_method(
+        bundle: str | None, opacity: float, colour_map: str, ig_display: str, progress: Any = gr.Progress()
+    ) -> AsyncIterator[Updates]:
+        """Re-run the method that has a reference setting (region search: plain greedy, SMDL's
+        reference) alone on the same photo and settings; its map, curves, table rows and
+        step-through are replaced, the rest kept."""
+        display = (opacity, colour_map, ig_display)
+        async for outputs in on_page(c, lambda: refine_start(c, bundle, display, progress), progress):
+            yield outputs
+
+    def scrub_handler(bundle: str | None, step: float) -> Updates:
+        return scrub(c, bundle, step)
+
+    def step_handler(bundle: str | None, chosen: float) -> Updates:
+        return step_through(c, bundle, chosen)
+
+    def play_handler(bundle: str | None, chosen: float) -> Iterator[Updates]:
+        yield from play(c, bundle, chosen)
+
+    def restyle_handler(bundle: str | None, opacity: float, colour_map: str, ig_display: str) -> Updates:
+        return restyle(c, bundle, opacity, colour_map, ig_display)
+
     return {
         "run_explain": with_signature(run_explain, names, input_defaults()),
-        "refine_region": refine_region,
-        "scrub": scrub,
-        "step_through": step_through,
-        "play": play,
-        "restyle": restyle,
+        "refine": refine_method,
+        "scrub": scrub_handler,
+        "step_through": step_handler,
+        "play": play_handler,
+        "restyle": restyle_handler,
     }
-
-
-def refine(result, progress) -> Any:
-    """``result`` with region search re-run alone by plain greedy and its curves re-scored (the
-    random reference is re-scored too: same seed and pixels, so the same curves)."""
-    started = time.perf_counter()
-    params = {name: result.params[name] for name in api.PARAMS if name in result.params}
-    params["region_search"] = "greedy"
-    request = api.validate(result.target.prompt, list(result.target.contrast), ["region"], **params)
-    prepared = api.prepare(Image.fromarray(result.image), request.target, api.resolve_model(result.model, DEVICE))
-    maps = api.run_methods(
-        prepared, ["region"], request.params, progress=lambda f, text, **d: progress(0.85 * f, text, **d)
-    )
-    curves, reference = api.evaluate_maps(
-        prepared,
-        {"region": maps["region"].values},
-        request.params,
-        progress=lambda f, text, **d: progress(0.85 + 0.15 * f, text, **d),
-    )
-    progress(1.0, "done")
-    methods = {**result.methods, "region": MethodResult(maps["region"], curves["region"])}
-    ordered = {name: methods[name] for name in METHODS if name in methods}
-    sanity = result.sanity
-    if sanity is not None:  # its region-search strip was of the fast search's map: not the refined one
-        sanity = dataclasses.replace(sanity, methods={n: s for n, s in sanity.methods.items() if n != "region"})
-    return dataclasses.replace(
-        result,
-        methods=ordered,
-        random=reference,
-        sanity=sanity,
-        params={**result.params, **request.params, "methods": list(ordered)},
-        seconds=result.seconds + time.perf_counter() - started,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -860,7 +739,7 @@ def build_demo() -> gr.Blocks:
                     widgets["ig_display"] = gr.Radio(
                         [(label, value) for value, label in render.IG_DISPLAYS.items()],
                         value=defaults["ig_display"],
-                        label="Integrated gradients",
+                        label=" / ".join(m.title for m in SMOOTHABLE) or "Smoothable maps",
                         elem_id="ig-display",
                     )
                 with gr.Row():
@@ -928,18 +807,22 @@ def build_demo() -> gr.Blocks:
             c["scrubber"].render()
             c["scrub_picture"].render()
             c["scrub_text"].render()
-            gr.Markdown("### Region search, step by step")
-            with gr.Row(equal_height=True):
-                with gr.Column(scale=6):
-                    c["step"].render()
-                play_button = gr.Button("▶ Play the search", elem_id="play", scale=1, min_width=140)
-            c["step_text"].render()
-            c["step_picture"].render()
-            refine_button = gr.Button(
-                "Refine region search with plain greedy (the paper's reference: slower)",
-                elem_id="refine",
-                variant="secondary",
-            )
+            play_button = refine_button = None
+            if STEPPED is not None:
+                gr.Markdown(f"### {STEPPED.title}, step by step")
+                with gr.Row(equal_height=True):
+                    with gr.Column(scale=6):
+                        c["step"].render()
+                    play_button = gr.Button("▶ Play the search", elem_id="play", scale=1, min_width=140)
+                c["step_text"].render()
+                c["step_picture"].render()
+            if REFINED is not None and REFINED.reference is not None:
+                note = f" ({REFINED.reference.note})" if REFINED.reference.note else ""
+                refine_button = gr.Button(
+                    f"Refine {REFINED.title.lower()} with {REFINED.reference.label}{note}",
+                    elem_id="refine",
+                    variant="secondary",
+                )
             gr.Markdown("### Sanity check")
             c["sanity_picture"].render()
             c["sanity_text"].render()
@@ -953,7 +836,8 @@ def build_demo() -> gr.Blocks:
             c["score"],
             c["deletion"],
             c["insertion"],
-            *(c[f"overlay-{n}"] for n in METHODS if n != "region"),
+            # a method that previews its map as it runs shows it there, not a progress bar
+            *(c[f"overlay-{n}"] for n, m in METHODS.items() if not m.previews),
         ]
         # Declared before the run itself: the browser runs a trigger's events in order, and a script
         # declared after a queued event waits for that event to finish.
@@ -964,32 +848,39 @@ def build_demo() -> gr.Blocks:
             inputs=inputs,
             outputs=outputs,
             api_name="explain",
-            concurrency_limit=1 + len(CLIP_CHOICES),
+            concurrency_limit=len(MODEL_CHOICES),
             concurrency_id="explain",
             show_progress_on=progress_on,
         )
         for examples in (photo_examples, contrast_examples):
             examples.dataset.click(None, js=SCROLL_TO_RESULT)
         display = [widgets["opacity"], widgets["colour_map"], widgets["ig_display"]]
-        refine_event = refine_button.click(
-            handlers["refine_region"],
-            inputs=[c["download"], *display],
-            outputs=outputs,
-            api_name="refine_region",
-            concurrency_id="explain",
-            concurrency_limit=1 + len(CLIP_CHOICES),
-            show_progress_on=[c["status"], c["step_picture"]],
-        )
-        play_event = play_button.click(
-            handlers["play"],
-            inputs=[c["download"], c["step"]],
-            outputs=[c["step"], c["step_picture"], c["step_text"]],
-            api_name="play",
-            show_progress="hidden",
-            concurrency_limit=4,
-            concurrency_id="play",
-        )
-        cancel.click(None, cancels=[explain_event, refine_event, play_event])
+        cancellable = [explain_event]
+        if refine_button is not None and REFINED is not None:
+            cancellable.append(
+                refine_button.click(
+                    handlers["refine"],
+                    inputs=[c["download"], *display],
+                    outputs=outputs,
+                    api_name=f"refine_{REFINED.name}",
+                    concurrency_id="explain",
+                    concurrency_limit=len(MODEL_CHOICES),
+                    show_progress_on=[c["status"], *([c["step_picture"]] if STEPPED is not None else [])],
+                )
+            )
+        if play_button is not None:
+            cancellable.append(
+                play_button.click(
+                    handlers["play"],
+                    inputs=[c["download"], c["step"]],
+                    outputs=[c["step"], c["step_picture"], c["step_text"]],
+                    api_name="play",
+                    show_progress="hidden",
+                    concurrency_limit=4,
+                    concurrency_id="play",
+                )
+            )
+        cancel.click(None, cancels=cancellable)
         # Replays of the run: they read the bundle and never call the model.
         c["scrubber"].input(
             handlers["scrub"],
@@ -1001,16 +892,17 @@ def build_demo() -> gr.Blocks:
             concurrency_limit=2,
             concurrency_id="replay",
         )
-        c["step"].input(
-            handlers["step_through"],
-            inputs=[c["download"], c["step"]],
-            outputs=[c["step_picture"], c["step_text"]],
-            api_name="step_through",
-            trigger_mode="always_last",
-            show_progress="hidden",
-            concurrency_limit=2,
-            concurrency_id="replay",
-        )
+        if STEPPED is not None:
+            c["step"].input(
+                handlers["step_through"],
+                inputs=[c["download"], c["step"]],
+                outputs=[c["step_picture"], c["step_text"]],
+                api_name="step_through",
+                trigger_mode="always_last",
+                show_progress="hidden",
+                concurrency_limit=2,
+                concurrency_id="replay",
+            )
         gr.on(
             [w.change for w in display],
             handlers["restyle"],

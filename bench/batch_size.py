@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     args = parser.parse_args()
     if args.model == "clip-random":
-        from _models import random_clip_b32
+        from explainers.testing import random_clip_b32
 
         adapter = random_clip_b32()
     else:
@@ -47,10 +47,10 @@ def main() -> None:
     print("| batch | no-grad scoring | forward + backward |")
     print("|---|---|---|")
     for size in [int(s) for s in args.sizes.split(",")]:
-        adapter.max_batch = size
+        sized = adapter.variant(max_batch=size)  # a copy: the registry's cached adapter keeps its batch
 
         def scoring():
-            adapter.score_many(pixels, target)
+            sized.score_many(pixels, target)
 
         def with_gradients():
             for chunk in pixels.split(size):

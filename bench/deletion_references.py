@@ -23,7 +23,6 @@ from explainers import metrics
 from explainers.images import open_image
 from explainers.methods import gradcam, integrated_gradients, region_search
 from explainers.models import load_model
-from explainers.models.base import CamLayer
 from explainers.types import Target
 
 LAYERS = {
@@ -78,14 +77,10 @@ def main() -> None:
         target, pixels = photo_inputs(adapter, photo)
         orders = []
         for block in LAYERS.values():
-            if block is None:
-                values = gradcam.explain(adapter, pixels, target).values
-            else:
-                module = adapter.network.blocks[block]
-                # Read the block's output instead of the adapter's layer: an argument, not a subclass.
-                adapter.cam_layer = lambda module=module: CamLayer(module, "output", lambda a: a)
-                values = gradcam.explain(adapter, pixels, target).values
-                del adapter.cam_layer
+            # Read the block's output instead of the adapter's layer: a setting of an explicit
+            # variant (the cached adapter is left as it is), not a subclass.
+            layer = adapter if block is None else adapter.variant(cam_layer_name=f"blocks.{block}")
+            values = gradcam.explain(layer, pixels, target).values
             orders.append(metrics.pixel_order(values))
         orders += metrics.random_orders(*pixels.shape[2:], 3, 0)
         raw = metrics.curves_for_orders(adapter, pixels, target, orders, args.steps)

@@ -32,9 +32,7 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,8 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _common import ROOT  # also puts the checkout on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
+from explainers.testing import AppServer
+
 ASSETS = ROOT / "assets"
 MAX_USERS, MAX_SECONDS, MAX_DRAIN = 64, 600, 900
 STARTUP_TIMEOUT_S = 240
@@ -60,41 +60,16 @@ GRADIO_GENERIC = "has raised an exception but has not enabled verbose error repo
 # The server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python app.py`` on 127.0.0.1:<free port>, its log in ``workdir/app.log``, RSS sampled."""
+class Server(AppServer):
+    """``python app.py`` on 127.0.0.1:<free port> (``explainers.testing.AppServer``: the tests'
+    launcher), its log in ``workdir/app.log``, with its RSS and CPU sampled while it runs."""
 
     def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = workdir / "app.log"
+        super().__init__(workdir, env=extra_env, startup_timeout_s=STARTUP_TIMEOUT_S)
         self.peak_rss = 0
         self.cpu_samples: list[tuple[float, float]] = []  # (time, CPU % of the server and children)
         self._stop = threading.Event()
-        env = {
-            **os.environ,
-            "GRADIO_SERVER_NAME": "127.0.0.1",
-            "GRADIO_SERVER_PORT": str(self.port),
-            "GRADIO_ANALYTICS_ENABLED": "False",
-            "GRADIO_TEMP_DIR": str(workdir / "gradio-tmp"),
-            "GRADIO_EXAMPLES_CACHE": str(workdir / "examples-cache"),
-            "SALIENCY_EXAMPLES_CACHE": "lazy",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1",
-            **(extra_env or {}),
-        }
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+        self.start()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
@@ -120,38 +95,12 @@ class Server:
             self.cpu_samples.append((time.monotonic(), cpu))
             self._stop.wait(0.25)
 
-    def wait_ready(self) -> float:
-        started = time.monotonic()
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
-                    if response.status == 200:
-                        return time.monotonic() - started
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() - started > STARTUP_TIMEOUT_S:
-                raise RuntimeError(f"app.py did not answer within {STARTUP_TIMEOUT_S} s:\n{self.log()[-3000:]}")
-            time.sleep(0.5)
-
     def cpu_since(self, since: float) -> list[float]:
         return [c for t, c in self.cpu_samples if t >= since]
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
     def stop(self) -> None:
         self._stop.set()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=20)
+        super().stop()
 
 
 # ------------------------------------------------------------------------------------------

@@ -127,10 +127,10 @@ class KeptScores:
         self._dirty = False
 
 
-class Counted:
+class Counted(region_search.PartsObjective):
     """One search's view of the scorer, with the engine's objective interface and its bill.
 
-    Like ``region_search.SmdlObjective``: calling it gives F(S) = s(S kept) + 1 - s(S removed)
+    A ``region_search.PartsObjective`` like ``SmdlObjective``: calling it gives F(S) = s(S kept) + 1 - s(S removed)
     for a batch of sets, ``kept_scores`` gives s of kept sets, and each distinct kept set costs
     one image the first time this search asks for it (the photo and the fully removed image are
     scored once up front: 2 images). The memo behind it may already know the image; the bill is

@@ -4,7 +4,7 @@
     python bench/speed.py --model bundled     # or: --model clip-random
 
 Models: ``bundled`` (EfficientNet-Lite0 + MiniLM) and ``clip-random``, a randomly initialised
-CLIP of ViT-B/32 shape (bench/_models.py: the real model's cost, no download), both at 224 px.
+CLIP of ViT-B/32 shape (explainers.testing.random_clip_b32: the real model's cost, no download), both at 224 px.
 Everything runs once untimed first (oneDNN builds its kernels on the first calls of each batch
 shape), then timed. Model load is excluded. Columns:
 
@@ -59,7 +59,7 @@ class ModelTimer:
 
 def load(name: str):
     if name == "clip-random":
-        from _models import random_clip_b32
+        from explainers.testing import random_clip_b32
 
         return random_clip_b32()
     return load_model(name)

@@ -12,7 +12,8 @@ import json
 import os
 import sys
 
-CLI_CURVE_STEPS = 50  # the paper protocol; the app uses fewer for speed
+# What an empty list parameter means, for --help.
+CLI_LIST_DEFAULTS = {"score_substrates": "the --substrate"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_param_flags(parser: argparse.ArgumentParser) -> None:
+def add_param_flags(parser: argparse.ArgumentParser, list_defaults: dict[str, str] | None = None) -> None:
     """One flag per parameter spec (the protocol's, then each registered method's), in argument
     groups; shared by this CLI and ``python -m explainers.evaluate``. Every flag defaults to None
-    so ``params_from_args`` can tell a given value from the default."""
-    from .api import PROTOCOL_PARAMS
+    so ``params_from_args`` can tell a given value from the default. ``list_defaults`` says in
+    --help what an empty list parameter means for this command."""
+    from .api import PAPER_CURVE_STEPS, PROTOCOL_PARAMS
     from .methods import METHODS
     from .models import MODEL_KINDS
 
@@ -81,12 +83,16 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
     for title, specs in groups:
         group = parser.add_argument_group(title)
         for spec in specs:
-            default = CLI_CURVE_STEPS if spec.name == "curve_steps" else spec.default
+            default = PAPER_CURVE_STEPS if spec.name == "curve_steps" else spec.default
+            if spec.many:
+                default = ",".join(spec.default) or {**CLI_LIST_DEFAULTS, **(list_defaults or {})}.get(
+                    spec.name, "none"
+                )
             group.add_argument(
                 spec.cli_flag,
                 dest=spec.name,
                 default=None,
-                metavar="N" if not spec.choices else "X",
+                metavar="A,B" if spec.many else "N" if not spec.choices else "X",
                 help=f"{spec.help}: {spec.describe()} (default {default})".replace("%", "%%"),
             )
 
@@ -94,14 +100,14 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
 def params_from_args(args: argparse.Namespace) -> dict:
     """The parameters given by ``add_param_flags``' flags, validated, with the CLI's defaults
     (curve_steps 50, every other at its spec's default). Raises UserError naming the flag."""
-    from .api import PARAMS, validate_params
+    from .api import PAPER_CURVE_STEPS, PARAMS, validate_params
 
     params = {
         name: (_number(getattr(args, name)) if not spec.choices else getattr(args, name))
         for name, spec in PARAMS.items()
     }
     if params["curve_steps"] is None:
-        params["curve_steps"] = CLI_CURVE_STEPS
+        params["curve_steps"] = PAPER_CURVE_STEPS
     return validate_params(params, labels={name: spec.cli_flag for name, spec in PARAMS.items()})
 
 
@@ -160,21 +166,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    probability = f" (probability {result.probability:.4f})" if result.probability is not None else ""
+    probability = "" if result.probability is None else f" (probability {result.probability:.1%})"
     print(f"{result.model}: score of {result.target.prompt!r} = {result.score:.4f}{probability}")
     if result.target.kind != "prompt":
         print(f"  target: {json.dumps(result.target.summary(), ensure_ascii=False)}")
-    for name, m in result.methods.items():
-        verdict = "more faithful than random order" if result.more_faithful_than_random(name) else "NOT above random"
+    for substrate in result.substrates:
+        reference = result.random_by_substrate[substrate]
+        made = " (the maps' own)" if substrate == result.params["substrate"] else ""
+        print(f"scored on the {substrate} substrate{made}; SRG clipped to [0, 1] (unclipped in brackets):")
+        for name, m in result.methods.items():
+            curves = m.by_substrate[substrate]
+            verdict = (
+                "more faithful than random order"
+                if result.more_faithful_than_random(name, substrate)
+                else "NOT above random"
+            )
+            print(
+                f"  {name:8s} SRG {curves.srg:+.3f} [{curves.srg_unclipped:+.3f}] ({verdict})  insertion AUC "
+                f"{curves.insertion.auc:.3f}  deletion AUC {curves.deletion.auc:.3f}  insertion peak "
+                f"{curves.insertion.peak:.2f}  {m.saliency.seconds:.2f} s  {m.saliency.forward_passes} forward passes"
+            )
         print(
-            f"  {name:8s} SRG {m.srg:+.3f} ({verdict})  insertion AUC {m.insertion.auc:.3f}  "
-            f"deletion AUC {m.deletion.auc:.3f}  {m.saliency.seconds:.2f} s  {m.saliency.forward_passes} forward passes"
+            f"  {'random':8s} SRG {reference.srg:+.3f} (max of {reference.orderings} orderings "
+            f"{max(reference.srgs):+.3f})  insertion AUC {reference.insertion.auc:.3f}  "
+            f"deletion AUC {reference.deletion.auc:.3f}"
         )
-    print(
-        f"  {'random':8s} SRG {result.random.srg:+.3f} (max of {result.random.orderings} orderings "
-        f"{max(result.random.srgs):+.3f})  insertion AUC {result.random.insertion.auc:.3f}  "
-        f"deletion AUC {result.random.deletion.auc:.3f}"
-    )
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from . import metrics
-from .errors import UserError
+from .errors import ModelLoadError, UserError
 from .images import ImageInput, open_image
 from .methods import METHODS, default_methods, get_method, run_method
 from .models import DEFAULT_MODEL, MODEL_KINDS, ModelAdapter, load_model, model_kind
 from .params import Param, shown
-from .regions import region_labels
+from .regions import DEFAULT_REGIONS, region_labels
 from .sanity import cascading_randomization, sanity_stages
 from .substrates import SUBSTRATES
 from .types import (
@@ -37,8 +37,12 @@ from .types import (
 MAX_CONTRAST = 16
 MAX_PROMPT_CHARS = 1000
 
+# The paper protocol's curve steps: the CLI's default and what data sets are measured at (the app
+# uses fewer for speed: curve_steps' default).
+PAPER_CURVE_STEPS = 50
+
 # The protocol's parameters (every method's own are declared in its file: METHOD.params).
-# The defaults are what the app uses; the CLI raises curve_steps to 50 (the paper protocol).
+# The defaults are what the app uses; the CLI raises curve_steps to PAPER_CURVE_STEPS.
 PROTOCOL_PARAMS: tuple[Param, ...] = (
     Param(
         "curve_steps",
@@ -56,6 +60,25 @@ PROTOCOL_PARAMS: tuple[Param, ...] = (
         "(noisy linear imputation, Rong et al. 2022)",
         choices=SUBSTRATES,
         label="Curves: removed pixels become",
+    ),
+    Param(
+        "score_substrates",
+        (),
+        "what removed pixels become when the curves are scored, the first being the headline: every map "
+        "can also be judged on substrates it was not made with (default: the substrate the maps are made "
+        "with; each one more costs the curves once more)",
+        kind=list,
+        choices=SUBSTRATES,
+        label="Curves: scored on (none ticked: the substrate above; the first ticked is the one plotted)",
+    ),
+    Param(
+        "curve_ranking",
+        "pixels",
+        "what the curves flip: single pixels in the map's order, or regions (SLIC, as region search cuts the "
+        "photo) in the order of the map's mean over each (Bluecher et al. 2024's region granularity; the "
+        "random reference then shuffles the same regions)",
+        choices=metrics.CURVE_RANKINGS,
+        label="Curves: flip",
     ),
     Param(
         "seed",
@@ -115,6 +138,12 @@ def validate_params(params: dict[str, Any], labels: dict[str, str] | None = None
         name: spec.check(given[name], labels.get(name)) if name in given else spec.default
         for name, spec in PARAMS.items()
     }
+
+
+def scoring_substrates(params: dict[str, Any]) -> list[str]:
+    """The substrates the curves are scored on, the headline first: ``score_substrates``, or where
+    none is asked, the substrate the maps are made with."""
+    return list(params.get("score_substrates") or ()) or [params["substrate"]]
 
 
 def clean_methods(methods: Any) -> list[str]:
@@ -212,8 +241,11 @@ def target_params(model: Any) -> dict[str, Param]:
     answer_token, max_new_tokens; a detector's box, box_threshold), by name; none for a prompt model."""
     if isinstance(model, ModelAdapter):
         return {p.name: p for p in model.target_params}
-    kind = model_kind(clean_model(model))
-    return {p.name: p for p in kind.params} if kind is not None else {}
+    try:
+        kind = model_kind(clean_model(model))
+    except ModelLoadError:  # an unknown name: load_model refuses it, naming every kind
+        return {}
+    return {p.name: p for p in kind.params}
 
 
 def split_options(model: Any, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -264,20 +296,19 @@ def _number_text(text: str) -> Any:
     return text
 
 
-def _token_notes(adapter, target: Target) -> list[str]:
+def _token_notes(adapter: ModelAdapter, target: Target) -> list[str]:
     """Notes on prompts the model will cut (over its token limit) or cannot read (no known word)."""
     notes = []
-    count = getattr(adapter, "prompt_tokens", None)
-    limit = getattr(adapter, "max_prompt_tokens", None)
-    unknown = getattr(adapter, "prompt_unknown", None)
+    limit = adapter.max_prompt_tokens
     for i, p in enumerate(target.prompts):
         which = "the prompt" if i == 0 else "the contrast prompt"
-        if count is not None and limit is not None and count(p) > limit:
+        count = adapter.prompt_tokens(p) if limit is not None else None
+        if count is not None and limit is not None and count > limit:
             notes.append(
                 f"{which} {shown(p)} is longer than the model's limit of {limit} tokens; "
                 f"only its first {limit} tokens were used"
             )
-        if unknown is not None and unknown(p):
+        if adapter.prompt_unknown(p):
             notes.append(
                 f"the model's text encoder knows none of the words in {which} {shown(p)}, so its score means little"
             )
@@ -306,8 +337,8 @@ class Prepared:
     score: float
     prompt_probabilities: dict[str, float] | None
     notes: tuple[str, ...] = ()
-    probability: float | None = None  # the target's probability in [0, 1], where the model gives one
-    meaning: ScoreMeaning | None = None
+    probability: float | None = None  # the target's probability in [0, 1] (None: the model gives none)
+    score_meaning: ScoreMeaning | None = None
 
 
 def validate(
@@ -346,18 +377,18 @@ def prepare(
     target, target_notes = adapter.resolve_target(pixels, target, options, pil.size)
     notes = _token_notes(adapter, target) + list(target_notes)
     with torch.no_grad():
-        score, probability = adapter.scores(pixels, target)
+        scores, chances = adapter.scores(pixels, target)
+    score, probability = float(scores[0]), float(chances[0])
     probabilities = adapter.prompt_probabilities(pixels, target) if target.contrast else None
-    chance = float(probability[0])
     return Prepared(
         adapter,
         pixels,
         target,
-        float(score[0]),
+        score,
         probabilities,
         tuple(notes),
-        probability=chance if math.isfinite(chance) else None,
-        meaning=adapter.score_meaning(target),
+        probability if math.isfinite(probability) else None,
+        adapter.score_meaning(target),
     )
 
 
@@ -397,24 +428,38 @@ def _within(progress: ProgressFn, start: float, end: float) -> ProgressFn:
     return lambda fraction, text, **details: progress(min(1.0, start + (end - start) * fraction), text, **details)
 
 
+def iter_methods(
+    prepared: Prepared, methods: Sequence[str], params: dict[str, Any], progress: ProgressFn = no_progress
+) -> Iterator[tuple[str, SaliencyMap]]:
+    """Each method's map as soon as it is made, in order, each metered on its own (seconds,
+    forward and backward passes). ``progress`` goes from 0 to 1 over all of them, each method
+    taking its registered share; its reports carry ``method=`` the method running (with the
+    details the method adds, e.g. region search's ``preview``)."""
+    shares = np.cumsum([0.0] + [get_method(name).progress_share for name in methods])
+    for name, start, end in zip(methods, shares[:-1] / shares[-1], shares[1:] / shares[-1]):
+        # No global seed: every method draws from its own generators seeded by params["seed"].
+        yield (
+            name,
+            run_method(
+                name,
+                prepared.adapter,
+                prepared.pixels,
+                prepared.target,
+                progress=_within(_naming(progress, name), start, end),
+                **method_kwargs(name, params),
+            ),
+        )
+
+
 def run_methods(
     prepared: Prepared, methods: Sequence[str], params: dict[str, Any], progress: ProgressFn = no_progress
 ) -> dict[str, SaliencyMap]:
-    """Every method's map, each metered on its own (seconds, forward and backward passes).
-    ``progress`` goes from 0 to 1 over all of them, each method taking its registered share."""
-    shares = np.cumsum([0.0] + [get_method(name).progress_share for name in methods])
-    maps = {}
-    for name, start, end in zip(methods, shares[:-1] / shares[-1], shares[1:] / shares[-1]):
-        torch.manual_seed(params["seed"])
-        maps[name] = run_method(
-            name,
-            prepared.adapter,
-            prepared.pixels,
-            prepared.target,
-            progress=_within(progress, start, end),
-            **method_kwargs(name, params),
-        )
-    return maps
+    """Every method's map (``iter_methods``), by name."""
+    return dict(iter_methods(prepared, methods, params, progress))
+
+
+def _naming(progress: ProgressFn, method: str) -> ProgressFn:
+    return lambda fraction, text, **details: progress(fraction, text, **{"method": method, **details})
 
 
 def method_kwargs(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -439,31 +484,73 @@ def check_sanity(
     )
 
 
-def evaluate_maps(
-    prepared: Prepared, maps: dict[str, np.ndarray], params: dict[str, Any], progress: ProgressFn = no_progress
-) -> tuple[dict[str, Curves], RandomReference]:
-    """The faithfulness protocol for these maps: their curves and the random reference."""
-    labels = None
-    if params["random_ranking"] == "regions":
-        labels = region_labels(prepared.pixels, params["n_regions"], params["region_kind"])
-    return metrics.faithfulness(
+def ranking_labels(
+    prepared: Prepared, params: dict[str, Any], maps: Mapping[str, SaliencyMap | np.ndarray]
+) -> np.ndarray | None:
+    """The regions the curves flip or the random reference shuffles, where either asks for regions:
+    those of the first map that carries them (region search's), else SLIC superpixels at the
+    default count; None when neither asks for regions."""
+    if "regions" not in (params["random_ranking"], params["curve_ranking"]):
+        return None
+    labels = next((m.regions for m in maps.values() if isinstance(m, SaliencyMap) and m.regions is not None), None)
+    return labels if labels is not None else region_labels(prepared.pixels, DEFAULT_REGIONS, "slic")
+
+
+def score_curves(
+    prepared: Prepared,
+    maps: Mapping[str, SaliencyMap | np.ndarray],
+    params: dict[str, Any],
+    progress: ProgressFn = no_progress,
+) -> tuple[dict[str, dict[str, Curves]], dict[str, RandomReference]]:
+    """The faithfulness protocol for these maps (SaliencyMaps, or bare ``[H, W]`` arrays) on every
+    scoring substrate (``score_substrates``): ``({substrate: {method: Curves}}, {substrate:
+    RandomReference})``, the headline first."""
+    values = {name: m.values if isinstance(m, SaliencyMap) else m for name, m in maps.items()}
+    return metrics.faithfulness_by_substrate(
         prepared.adapter,
         prepared.pixels,
         prepared.target,
-        maps,
+        values,
+        scoring_substrates(params),
         steps=params["curve_steps"],
-        substrate=params["substrate"],
         n_random=params["n_random"],
         seed=params["seed"],
         progress=progress,
         random_ranking=params["random_ranking"],
-        region_labels=labels,
+        region_labels=ranking_labels(prepared, params, maps),
+        curve_ranking=params["curve_ranking"],
     )
 
 
-def explain(
+def evaluate_maps(
+    prepared: Prepared,
+    maps: Mapping[str, SaliencyMap | np.ndarray],
+    params: dict[str, Any],
+    progress: ProgressFn = no_progress,
+) -> tuple[dict[str, Curves], RandomReference]:
+    """The faithfulness protocol for these maps on the headline scoring substrate (the first of
+    ``score_substrates``): their curves and the random reference. ``score_curves`` gives every one."""
+    curves, references = score_curves(
+        prepared, maps, {**params, "score_substrates": scoring_substrates(params)[:1]}, progress
+    )
+    first = next(iter(references))
+    return curves[first], references[first]
+
+
+@dataclass(frozen=True)
+class MethodMap:
+    """A stage of ``explain_stages``: one method's map, as soon as it is made (before the curves)."""
+
+    method: str
+    saliency: SaliencyMap
+
+
+Stage = Prepared | MethodMap | Result
+
+
+def explain_stages(
     image: ImageInput,
-    prompt: str,
+    prompt: str | Target,
     contrast: Sequence[str] | None = None,
     model: str | ModelAdapter = DEFAULT_MODEL,
     methods: Sequence[str] | None = None,
@@ -471,21 +558,12 @@ def explain(
     device: str = "cpu",
     sanity: bool = False,
     **params: Any,
-) -> Result:
-    """Explain why ``model`` scores ``image`` as ``prompt``, with every method in ``methods``.
-
-    ``model`` is a registered name (``"bundled"``, ``"clip:<hub id>"``), loaded on ``device``
-    (``"auto"`` picks CUDA where there is one), or a ready ``ModelAdapter`` (e.g. a
-    ``ClassifierAdapter`` around your own classifier), used as it is. ``methods`` default to the
-    registry's default ones. Parameters: ``PARAMS`` (the protocol's and each method's, with
-    their ranges and defaults). ``sanity=True`` adds the model-parameter randomisation test
-    (``Result.sanity``; every method again at each stage, so several times the methods' cost).
-    Raises ``UserError`` (one plain sentence) on bad input.
-
-    The stages are public for callers that already hold some of them (data-set evaluation,
-    benchmarks): ``validate`` -> ``prepare`` -> ``run_methods`` -> ``evaluate_maps`` (-> ``check_sanity``)
-    -> ``assemble``.
-    """
+) -> Iterator[Stage]:
+    """``explain`` one stage at a time, for front ends that show results as they come: yields the
+    ``Prepared`` photo (the model's score of it), then one ``MethodMap`` per method as it finishes,
+    then the ``Result`` (curves and verdicts in). With ``sanity=True`` a second, final Result
+    follows with the sanity check. The last Result is what ``explain`` returns; bad input raises
+    ``UserError`` before the first stage."""
     started = time.perf_counter()
     request = validate(prompt, contrast, DEFAULT_METHODS if methods is None else methods, model=model, **params)
     if not isinstance(sanity, (bool, np.bool_)):
@@ -500,67 +578,117 @@ def explain(
     method_shares = sum(get_method(name).progress_share for name in request.methods)
     total = method_shares * (1 + sanity_share) + CURVES_PROGRESS_SHARE
     methods_end, curves_end = method_shares / total, (method_shares + CURVES_PROGRESS_SHARE) / total
-    maps = run_methods(prepared, request.methods, request.params, progress=_within(progress, 0.0, methods_end))
-    curves, reference = evaluate_maps(
+    yield prepared
+    maps: dict[str, SaliencyMap] = {}
+    for name, saliency in iter_methods(
+        prepared, request.methods, request.params, progress=_within(progress, 0.0, methods_end)
+    ):
+        maps[name] = saliency
+        yield MethodMap(name, saliency)
+    curves, references = score_curves(
         prepared,
-        {n: m.values for n, m in maps.items()},
+        maps,
         request.params,
         progress=_within(progress, methods_end, curves_end),
     )
-    check = (
-        check_sanity(prepared, maps, request.params, progress=_within(progress, curves_end, 1.0)) if sanity else None
-    )
+    check = None
+    if sanity:
+        yield assemble(request, prepared, maps, curves, references, seconds=time.perf_counter() - started)
+        check = check_sanity(prepared, maps, request.params, progress=_within(progress, curves_end, 1.0))
     progress(1.0, "done")
-    return assemble(request, prepared, maps, curves, reference, seconds=time.perf_counter() - started, sanity=check)
+    yield assemble(request, prepared, maps, curves, references, seconds=time.perf_counter() - started, sanity=check)
+
+
+def explain(
+    image: ImageInput,
+    prompt: str | Target,
+    contrast: Sequence[str] | None = None,
+    model: str | ModelAdapter = DEFAULT_MODEL,
+    methods: Sequence[str] | None = None,
+    progress: ProgressFn = no_progress,
+    device: str = "cpu",
+    sanity: bool = False,
+    **params: Any,
+) -> Result:
+    """Explain why ``model`` scores ``image`` as ``prompt``, with every method in ``methods``.
+
+    ``model`` is a registered name (``"bundled"``, ``"clip:<hub id>"``, ``"vlm:<hub id>"``,
+    ``"detector:<hub id>"``), loaded on ``device`` (``"auto"`` picks CUDA where there is one), or a
+    ready ``ModelAdapter`` (e.g. a ``ClassifierAdapter`` around your own classifier), used as it
+    is. A VLM explains its answer to the question ``prompt``, a detector its box for the query
+    ``prompt``; their target parameters (``answer``, ``answer_token``, ``box``, ...) go with
+    ``params``, or ``prompt`` is a target ``candidate_targets`` offered, explained as it is. ``methods`` default to the
+    registry's default ones. Parameters: ``PARAMS`` (the protocol's and each method's, with
+    their ranges and defaults). ``sanity=True`` adds the model-parameter randomisation test
+    (``Result.sanity``; every method again at each stage, so several times the methods' cost).
+    Raises ``UserError`` (one plain sentence) on bad input.
+
+    ``explain_stages`` gives the same run one stage at a time (each map as it finishes). The
+    stages are public for callers that already hold some of them (data-set evaluation,
+    benchmarks): ``validate`` -> ``prepare`` -> ``run_methods`` -> ``evaluate_maps`` (-> ``check_sanity``)
+    -> ``assemble``.
+    """
+    result = None
+    for stage in explain_stages(image, prompt, contrast, model, methods, progress, device, sanity, **params):
+        if isinstance(stage, Result):
+            result = stage
+    assert result is not None  # explain_stages always ends with the Result
+    return result
+
+
+def image_view(pixels: torch.Tensor) -> np.ndarray:
+    """``[1, 3, H, W]`` pixels in [0, 1] -> the uint8 ``[H, W, 3]`` picture the maps refer to (Result.image)."""
+    return (pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def check_abilities(adapter: ModelAdapter, methods: Sequence[str]) -> None:
-    """Refuse methods the model cannot serve (gradient methods on a model without gradients)."""
-    if not adapter.gradients:
-        needing = [get_method(name).title for name in methods if not get_method(name).black_box]
-        if needing:
-            black_box = ", ".join(name for name, m in METHODS.items() if m.black_box)
-            raise UserError(
-                f"{' and '.join(needing)} need{'s' if len(needing) == 1 else ''} the model's gradients, which "
-                f"{adapter.name} does not give; choose from {black_box}"
-            )
+    """Refuse methods the model cannot serve (gradient methods on a model that declares no gradients)."""
+    needs_gradients = [get_method(name).title for name in methods if not get_method(name).black_box]
+    if needs_gradients and not adapter.gradients:
+        which = " and ".join(needs_gradients)
+        black_box = ", ".join(name for name, m in METHODS.items() if m.black_box)
+        raise UserError(
+            f"{which} {'needs' if len(needs_gradients) == 1 else 'need'} the model's gradients, which "
+            f"{adapter.name!r} does not offer; choose methods that only ask for scores ({black_box})"
+        )
 
 
 def assemble(
     request: Request,
     prepared: Prepared,
     maps: dict[str, SaliencyMap],
-    curves: dict[str, Curves],
-    reference: RandomReference,
+    curves: dict[str, dict[str, Curves]],
+    references: dict[str, RandomReference],
     seconds: float,
     sanity: SanityCheck | None = None,
 ) -> Result:
-    """The Result of one request: maps, curves, the reference, every parameter, the notes (and the
-    sanity check, where one ran)."""
-    image_view = (prepared.pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    """The Result of one request: maps, their curves and the random reference on each scoring
+    substrate (``score_curves``' pair; the first substrate is the headline), every parameter, the
+    notes (and the sanity check, where one ran)."""
+    first = next(iter(references))
     return Result(
         model=prepared.adapter.name,
         target=prepared.target,
         score=prepared.score,
         prompt_probabilities=prepared.prompt_probabilities,
-        image=image_view,
-        methods={n: MethodResult(maps[n], curves[n]) for n in request.methods},
-        random=reference,
+        image=image_view(prepared.pixels),
+        methods={
+            n: MethodResult(maps[n], curves[first][n], {s: by_method[n] for s, by_method in curves.items()})
+            for n in request.methods
+        },
+        random=references[first],
         params={"methods": list(request.methods), **request.params, **request.options},
         seconds=seconds,
         notes=request.notes + prepared.notes,
         sanity=sanity,
         probability=prepared.probability,
-        meaning=prepared.meaning,
+        score_meaning=prepared.score_meaning,
+        random_by_substrate=dict(references),
     )
 
 
 def describe_prompt(model: str | ModelAdapter, prompt: str) -> list[tuple[str, float]] | None:
     """What a prompt means to ``model`` where the model can say: a classifier's matched classes
     with their weights (best 3); None for models that score text directly (CLIP)."""
-    adapter = resolve_model(model)
-    matched = getattr(adapter, "matched_classes", None)
-    if matched is None:
-        return None
     target, _ = clean_prompts(prompt, None)
-    return matched(target.prompt)
+    return resolve_model(model).matched_classes(target.prompt)

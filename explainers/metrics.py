@@ -7,15 +7,24 @@ normalised AUC follow SMDL (Chen et al., ICLR 2024) and LIMA. The protocol (ARCH
 2. deletion replaces the top fraction of pixels with the substrate, insertion reveals the top
    fraction on the substrate, at ``steps`` equal fractions (``steps + 1`` points from 0 to 1);
 3. the curve is the target's score; its AUC (trapezoid over 0..1) is taken on the curve
-   normalised so that the substrate scores 0 and the full image 1; raw scores are kept;
+   normalised so that the substrate scores 0 and the full image 1, then clipped pointwise to
+   [0, 1] (``types.clipped_auc``); the raw scores, the target's probability at each point, the
+   unclipped AUCs, the insertion curve's peak and overshoot and the deletion curve's floor are
+   kept beside it (``types.Curve``);
 4. the random reference is the mean curve over ``n_random`` seeded random orderings of the
    pixels (or of the regions region search uses);
 5. the headline is SRG = AUC(insertion) - AUC(deletion) (``Curves.srg``; Bluecher et al. 2024),
    and a map is more faithful than random order when its SRG is above the reference's and
    above every random ordering's (``types.beats_random``).
 
-This module imports no method. All curves of one call are scored in shared batches, and the two
-end points (full image, substrate) are scored once for all of them.
+The maps are made with one substrate; their curves can be drawn on several
+(``faithfulness_by_substrate``), so that a map is also judged on substrates it was not made
+with. With ``curve_ranking="regions"`` each map is averaged over each region before ranking
+(Bluecher et al.'s region granularity), and the random reference shuffles the same regions.
+
+This module imports no method. All curves of one call are scored in shared batches (the score
+and the probability from one forward pass), and the two end points (full image, substrate) are
+scored once for all of them, per substrate.
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ import numpy as np
 import torch
 
 from .models.base import Metered, ModelAdapter
+from .normalize import score_span
 from .substrates import SUBSTRATES, make_substrate, substrate_image  # noqa: F401 - re-exported
-from .types import Curve, Curves, ProgressFn, RandomReference, Target, no_progress
+from .types import Curve, Curves, ProgressFn, RandomReference, Target, clipped_auc, no_progress
 
 
 def pixel_order(saliency: np.ndarray) -> np.ndarray:
@@ -39,6 +49,21 @@ def pixel_order(saliency: np.ndarray) -> np.ndarray:
 
 RANDOM_BLOCK = 1  # pixels per side of the squares a random ordering shuffles (1 = pixels)
 RANDOM_RANKINGS = ("pixels", "regions")
+CURVE_RANKINGS = ("pixels", "regions")
+
+
+def region_means(saliency: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``[H, W]``: each pixel takes the mean of the map over its region (``labels``, ``[H, W]``
+    ids), so that ranking it flips whole regions (Bluecher et al., TMLR 2024, region granularity).
+    Non-finite values count as the lowest (as ``pixel_order`` ranks them)."""
+    values = np.asarray(saliency, dtype=np.float64).ravel()
+    ids = np.asarray(labels).ravel()
+    finite = np.isfinite(values)
+    sums = np.bincount(ids, weights=np.where(finite, values, 0.0))
+    counts = np.bincount(ids, weights=finite.astype(np.float64))
+    lowest = float(values[finite].min()) - 1.0 if finite.any() else 0.0
+    means = np.where(counts > 0, sums / np.maximum(counts, 1.0), lowest)
+    return means[ids].reshape(np.shape(saliency))
 
 
 def shuffled_orders(groups: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
@@ -66,24 +91,35 @@ def random_orders(height: int, width: int, count: int, seed: int, block: int = R
 
 
 def _normalise(scores: np.ndarray, full: float, substrate: float) -> np.ndarray:
-    span = full - substrate
-    if abs(span) < 1e-6:  # the model cannot tell image from substrate: avoid dividing by ~0
-        span = 1e-6 if span >= 0 else -1e-6
-    return (scores - substrate) / span
+    return (scores - substrate) / score_span(full, substrate)
 
 
-def _make_curve(kind, fractions, scores, full, substrate, passes, seconds) -> Curve:
+def _make_curve(
+    kind: str,
+    fractions: np.ndarray,
+    scores: np.ndarray,
+    full: float,
+    substrate: float,
+    passes: int,
+    seconds: float,
+    probabilities: np.ndarray | None = None,
+    substrate_name: str = "black",
+) -> Curve:
     normalized = _normalise(scores, full, substrate)
+    if probabilities is not None and not np.isfinite(probabilities).any():
+        probabilities = None  # the adapter gives no probability
     return Curve(
         kind=kind,
         fractions=fractions,
         scores=scores,
         normalized=normalized,
-        auc=float(np.trapezoid(normalized, fractions)),
+        auc=clipped_auc(normalized, fractions),
         full_score=full,
         substrate_score=substrate,
         forward_passes=passes,
         seconds=seconds,
+        probabilities=probabilities,
+        substrate=substrate_name,
     )
 
 
@@ -113,7 +149,7 @@ def curve_images(
 
 
 def curves_for_orders(
-    adapter: ModelAdapter,
+    adapter: ModelAdapter | Metered,
     pixels: torch.Tensor,
     target: Target,
     orders: list[np.ndarray],
@@ -122,23 +158,63 @@ def curves_for_orders(
     progress: ProgressFn = no_progress,
     seed: int = 0,
 ) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
-    """Raw (deletion scores, insertion scores, full score, substrate score) per pixel ordering.
+    """Raw (deletion scores, insertion scores, full score, substrate score) per pixel ordering
+    (``scored_orders`` without the probabilities)."""
+    scored = scored_orders(adapter, pixels, target, orders, steps, substrate, progress, seed)
+    return [(s.deletion, s.insertion, s.full, s.empty) for s in scored]
+
+
+class ScoredOrder:
+    """One ordering's raw curves on one substrate: scores and probabilities of the deletion and
+    insertion images (``steps + 1`` points each) and the two end points' scores."""
+
+    def __init__(
+        self,
+        deletion: np.ndarray,
+        insertion: np.ndarray,
+        deletion_probabilities: np.ndarray,
+        insertion_probabilities: np.ndarray,
+        full: float,
+        empty: float,
+    ) -> None:
+        self.deletion, self.insertion = deletion, insertion
+        self.deletion_probabilities, self.insertion_probabilities = deletion_probabilities, insertion_probabilities
+        self.full, self.empty = full, empty
+
+
+def scored_orders(
+    adapter: ModelAdapter | Metered,
+    pixels: torch.Tensor,
+    target: Target,
+    orders: list[np.ndarray],
+    steps: int = 50,
+    substrate: str = "black",
+    progress: ProgressFn = no_progress,
+    seed: int = 0,
+) -> list[ScoredOrder]:
+    """The raw curves (scores and probabilities) of every pixel ordering on one substrate.
 
     Every interior point of every curve is one image; they are built lazily and scored in
-    batches of ``adapter.max_batch``.
+    batches of ``adapter.max_batch``, each image's score and probability from one forward pass
+    (``ModelAdapter.scores_many``).
     """
     _, _, height, width = pixels.shape
     n_pixels = height * width
     fill = make_substrate(pixels, substrate, seed).fill
     counts = [step_count(k, steps, n_pixels) for k in range(steps + 1)]
-    ends = adapter.score_many(torch.cat([pixels, fill(torch.zeros_like(pixels[:, :1]))]), target)
-    full, empty = float(ends[0]), float(ends[1])
+    end_scores, end_probabilities = adapter.scores_many(
+        torch.cat([pixels, fill(torch.zeros_like(pixels[:, :1]))]), target
+    )
+    full, empty = float(end_scores[0]), float(end_scores[1])
+    full_p, empty_p = float(end_probabilities[0]), float(end_probabilities[1])
 
     # One job per interior point: (ordering, deletion?, step).
     jobs = [(o, kind, k) for o in range(len(orders)) for kind in (0, 1) for k in range(1, steps)]
     scores = np.zeros((len(orders), 2, steps + 1))
-    scores[:, 0, 0], scores[:, 0, steps] = full, empty  # deletion: full image -> substrate
-    scores[:, 1, 0], scores[:, 1, steps] = empty, full  # insertion: substrate -> full image
+    probabilities = np.zeros((len(orders), 2, steps + 1))
+    for values, whole, blank in ((scores, full, empty), (probabilities, full_p, empty_p)):
+        values[:, 0, 0], values[:, 0, steps] = whole, blank  # deletion: full image -> substrate
+        values[:, 1, 0], values[:, 1, steps] = blank, whole  # insertion: substrate -> full image
     ranks_t = [pixel_ranks(order, height, width).to(pixels.device) for order in orders]
     batch = adapter.max_batch
     for start in range(0, len(jobs), batch):
@@ -147,11 +223,17 @@ def curves_for_orders(
         deleting = torch.tensor([kind == 0 for _, kind, _ in chunk], device=pixels.device).view(-1, 1, 1, 1)
         # deletion (kind 0): chosen pixels become substrate; insertion (kind 1): only they show.
         images = fill(torch.where(deleting, 1.0 - masks, masks))
-        batch_scores = adapter.score_many(images, target).cpu().numpy()
-        for (o, kind, k), value in zip(chunk, batch_scores):
+        batch_scores, batch_probabilities = adapter.scores_many(images, target)
+        for (o, kind, k), value, probability in zip(
+            chunk, batch_scores.cpu().numpy(), batch_probabilities.cpu().numpy()
+        ):
             scores[o, kind, k] = value
+            probabilities[o, kind, k] = probability
         progress(min(1.0, (start + len(chunk)) / len(jobs)), "deletion and insertion curves")
-    return [(scores[o, 0], scores[o, 1], full, empty) for o in range(len(orders))]
+    return [
+        ScoredOrder(scores[o, 0], scores[o, 1], probabilities[o, 0], probabilities[o, 1], full, empty)
+        for o in range(len(orders))
+    ]
 
 
 def faithfulness(
@@ -166,45 +248,167 @@ def faithfulness(
     progress: ProgressFn = no_progress,
     random_ranking: str = "pixels",
     region_labels: np.ndarray | None = None,
+    curve_ranking: str = "pixels",
 ) -> tuple[dict[str, Curves], RandomReference]:
-    """Deletion and insertion curves for every map, plus the random-order reference.
+    """Deletion and insertion curves for every map on one substrate, plus the random-order
+    reference (``faithfulness_by_substrate`` with one substrate).
 
     ``random_ranking="regions"`` shuffles the regions given by ``region_labels`` (``[H, W]``
     ids) instead of single pixels. Returns ``({name: Curves}, random_reference)``.
     """
+    curves, references = faithfulness_by_substrate(
+        adapter,
+        pixels,
+        target,
+        saliency_maps,
+        (substrate,),
+        steps=steps,
+        n_random=n_random,
+        seed=seed,
+        progress=progress,
+        random_ranking=random_ranking,
+        region_labels=region_labels,
+        curve_ranking=curve_ranking,
+    )
+    return curves[substrate], references[substrate]
+
+
+def ranking_orders(
+    saliency_maps: dict[str, np.ndarray],
+    height: int,
+    width: int,
+    n_random: int,
+    seed: int,
+    random_ranking: str = "pixels",
+    region_labels: np.ndarray | None = None,
+    curve_ranking: str = "pixels",
+) -> list[np.ndarray]:
+    """The pixel orderings the curves flip: one per map (by its values, or by its mean per
+    region with ``curve_ranking="regions"``), then the ``n_random`` random ones (of pixels, or of
+    regions when either ranking asks for regions)."""
+    if random_ranking not in RANDOM_RANKINGS:
+        raise ValueError(f"unknown random ranking {random_ranking!r}; use one of {RANDOM_RANKINGS}")
+    if curve_ranking not in CURVE_RANKINGS:
+        raise ValueError(f"unknown curve ranking {curve_ranking!r}; use one of {CURVE_RANKINGS}")
+    regions = "regions" in (random_ranking, curve_ranking)
+    if regions and region_labels is None:
+        raise ValueError("a ranking by regions needs region_labels")
+    if curve_ranking == "regions":
+        assert region_labels is not None
+        orders = [pixel_order(region_means(saliency_maps[n], region_labels)) for n in saliency_maps]
+    else:
+        orders = [pixel_order(saliency_maps[n]) for n in saliency_maps]
+    if regions:
+        assert region_labels is not None
+        return orders + shuffled_orders(region_labels, n_random, seed)
+    return orders + random_orders(height, width, n_random, seed)
+
+
+def faithfulness_by_substrate(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    target: Target,
+    saliency_maps: dict[str, np.ndarray],
+    substrates: tuple[str, ...] | list[str] = ("black",),
+    steps: int = 50,
+    n_random: int = 3,
+    seed: int = 0,
+    progress: ProgressFn = no_progress,
+    random_ranking: str = "pixels",
+    region_labels: np.ndarray | None = None,
+    curve_ranking: str = "pixels",
+) -> tuple[dict[str, dict[str, Curves]], dict[str, RandomReference]]:
+    """Every map's curves and the random reference on each scoring substrate, the same orderings
+    on each: ``({substrate: {name: Curves}}, {substrate: RandomReference})``, in the order of
+    ``substrates`` (the first is the headline). Each substrate's curves are scored exactly as a
+    run on that substrate alone would score them (the same batches), so the numbers agree.
+
+    ``random_ranking="regions"`` shuffles the regions given by ``region_labels`` (``[H, W]`` ids)
+    instead of single pixels; ``curve_ranking="regions"`` ranks each map by its mean over each of
+    those regions (and then the random reference shuffles them too).
+    """
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
-    meter, started = Metered(adapter), time.perf_counter()
+    substrates = list(dict.fromkeys(substrates))
+    if not substrates:
+        raise ValueError("score on at least one substrate")
     names = list(saliency_maps)
-    orders = [pixel_order(saliency_maps[n]) for n in names]
-    if random_ranking == "pixels":
-        orders += random_orders(pixels.shape[2], pixels.shape[3], n_random, seed)
-    elif random_ranking == "regions":
-        if region_labels is None:
-            raise ValueError("random_ranking='regions' needs region_labels")
-        orders += shuffled_orders(region_labels, n_random, seed)
-    else:
-        raise ValueError(f"unknown random ranking {random_ranking!r}; use one of {RANDOM_RANKINGS}")
-    raw = curves_for_orders(meter, pixels, target, orders, steps, substrate, progress, seed=seed)
-    fractions = np.linspace(0.0, 1.0, steps + 1)
-    seconds = (time.perf_counter() - started) / len(orders) / 2
-    passes = meter.forward_passes // len(orders) // 2
-
-    def curves(deletion, insertion, full, empty, share=1) -> Curves:
-        return Curves(
-            _make_curve("deletion", fractions, deletion, full, empty, passes * share, seconds * share),
-            _make_curve("insertion", fractions, insertion, full, empty, passes * share, seconds * share),
-        )
-
-    out = {name: curves(*r) for name, r in zip(names, raw)}
-    random_raw = raw[len(names) :]
-    srgs = tuple(curves(*r).srg for r in random_raw)
-    full, empty = random_raw[0][2], random_raw[0][3]
-    mean = curves(
-        np.mean([r[0] for r in random_raw], axis=0),
-        np.mean([r[1] for r in random_raw], axis=0),
-        full,
-        empty,
-        share=n_random,
+    orders = ranking_orders(
+        saliency_maps, pixels.shape[2], pixels.shape[3], n_random, seed, random_ranking, region_labels, curve_ranking
     )
-    return out, RandomReference(mean, srgs, random_ranking, seed)
+    ranking = "regions" if "regions" in (random_ranking, curve_ranking) else "pixels"
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    all_curves: dict[str, dict[str, Curves]] = {}
+    references: dict[str, RandomReference] = {}
+    for index, substrate in enumerate(substrates):
+        meter, started = Metered(adapter), time.perf_counter()
+        scored = scored_orders(
+            meter,
+            pixels,
+            target,
+            orders,
+            steps,
+            substrate,
+            _share(progress, index, len(substrates), substrate),
+            seed=seed,
+        )
+        seconds = (time.perf_counter() - started) / len(orders) / 2
+        passes = meter.forward_passes // len(orders) // 2
+
+        all_curves[substrate] = {
+            name: _curves(raw, fractions, passes, seconds, substrate) for name, raw in zip(names, scored)
+        }
+        random_scored = scored[len(names) :]
+        each = [_curves(raw, fractions, passes, seconds, substrate) for raw in random_scored]
+        deletion, insertion, deletion_p, insertion_p = (
+            np.mean([getattr(raw, a) for raw in random_scored], axis=0) for a in _RAW
+        )
+        mean = ScoredOrder(deletion, insertion, deletion_p, insertion_p, random_scored[0].full, random_scored[0].empty)
+        references[substrate] = RandomReference(
+            _curves(mean, fractions, passes * n_random, seconds * n_random, substrate),
+            tuple(c.srg for c in each),
+            ranking,
+            seed,
+            tuple(c.srg_unclipped for c in each),
+        )
+    return all_curves, references
+
+
+_RAW = ("deletion", "insertion", "deletion_probabilities", "insertion_probabilities")
+
+
+def _curves(raw: ScoredOrder, fractions: np.ndarray, passes: int, seconds: float, substrate: str) -> Curves:
+    """One ordering's Curves on one substrate from its raw scores and probabilities."""
+    return Curves(
+        _make_curve(
+            "deletion",
+            fractions,
+            raw.deletion,
+            raw.full,
+            raw.empty,
+            passes,
+            seconds,
+            raw.deletion_probabilities,
+            substrate,
+        ),
+        _make_curve(
+            "insertion",
+            fractions,
+            raw.insertion,
+            raw.full,
+            raw.empty,
+            passes,
+            seconds,
+            raw.insertion_probabilities,
+            substrate,
+        ),
+    )
+
+
+def _share(progress: ProgressFn, index: int, count: int, substrate: str) -> ProgressFn:
+    """The progress of one substrate's curves, as its share of all of them."""
+    if count == 1:
+        return progress
+    return lambda fraction, _text, **details: progress(
+        (index + fraction) / count, f"deletion and insertion curves on the {substrate} substrate", **details
+    )

@@ -29,10 +29,13 @@ class Param:
 
     ``name`` is the API keyword (unique across the protocol and every method, e.g. ``ig_steps``);
     ``arg`` the keyword the method's ``explain`` takes (``steps``). A parameter has either a
-    numeric range (``low``..``high``, inclusive; ``kind`` int or float), ``choices`` (text), or is
-    free text (``kind`` str, at most ``high`` characters), or is read by its own ``parse`` (which
-    raises ValueError on a bad value; ``allowed`` says in words what it takes). A default of None
-    means "the model decides" (e.g. a VLM's own answer).
+    numeric range (``low``..``high``, inclusive; ``kind`` int or float), or ``kind`` str with
+    ``choices`` (one of them) or without (free text, at most ``high`` characters), or ``kind=list``
+    with ``choices`` (a list of distinct choices, in the order given: a list, or text with commas,
+    the CLI's ``--flag a,b``; the app shows a checkbox per choice; an empty list means the
+    default), or is read by its own ``parse`` (which raises ValueError on a bad value; ``allowed``
+    says in words what it takes). A default of None means "the model decides" (e.g. a VLM's own
+    answer); such a parameter is left out of a call that does not give it.
     """
 
     name: str
@@ -59,8 +62,15 @@ class Param:
     def cli_flag(self) -> str:
         return self.flag or "--" + self.name.replace("_", "-")
 
+    @property
+    def many(self) -> bool:
+        """A list of choices (``kind=list``) rather than one value."""
+        return self.kind is list
+
     def describe(self) -> str:
         """The allowed values in words, for messages and --help."""
+        if self.many:
+            return "a comma-separated list from " + ", ".join(self.choices)
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.parse is not None:
@@ -84,6 +94,8 @@ class Param:
                 raise
             except (TypeError, ValueError):
                 raise UserError(f"{allowed}, not {shown(value)}") from None
+        if self.many:
+            return self._check_many(value, allowed)
         if self.choices:
             text = value.strip().lower() if isinstance(value, str) else value
             if not isinstance(text, str) or text not in self.choices:
@@ -108,3 +120,20 @@ class Param:
         if not self.low <= number <= self.high:
             raise UserError(f"{allowed}, not {shown(number)}")
         return int(number) if self.kind is int else number
+
+    def _check_many(self, value: Any, allowed: str) -> tuple[str, ...]:
+        """A list parameter's value: the distinct choices in the order given (lower case)."""
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{allowed}, not {shown(value)}")
+        chosen: list[str] = []
+        for item in value:
+            text = item.strip().lower() if isinstance(item, str) else item
+            if text == "":
+                continue
+            if not isinstance(text, str) or text not in self.choices:
+                raise UserError(f"{allowed}, not {shown(item)}")
+            if text not in chosen:
+                chosen.append(text)
+        return tuple(chosen) or tuple(self.default)

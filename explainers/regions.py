@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+DEFAULT_REGIONS = 49  # sub-regions per photo, as SMDL; also the random reference's regions by default
+
 
 def superpixels(image: np.ndarray, n_regions: int) -> np.ndarray:
     """SLIC (Achanta et al. 2012, via scikit-image) -> ``[H, W]`` int labels 0..n-1.

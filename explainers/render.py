@@ -3,14 +3,16 @@ pictures, CSV and the export bundle (and back: ``load_bundle``).
 
 Takes only ``Result`` values (numpy), so the app and the CLI render the same way. Nothing here
 calls a model: the scrubber's and the step-through's pictures are rebuilt from the maps
-(``metrics.curve_images``, the substrate's ``fill``), never scored.
+(``metrics.curve_images``, the substrate's ``fill``), never scored. Nothing here reads the method
+registry either: what a map's picture needs travels with the map (``SaliencyMap.regions``,
+``title``, ``colour``) and the caller says what the registry decides (``smooth``, which map the
+step-through replays).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import io
 import json
 import zipfile
@@ -21,24 +23,49 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .methods import METHODS
-from .report import RANDOM_TITLE, title  # noqa: F401 - re-exported: render.title and render.RANDOM_TITLE name things as before
-from .types import Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, SanityCheck, SanityStage, Target
+from .types import (
+    RANDOM_TITLE,
+    Curve,
+    Curves,
+    MethodResult,
+    RandomReference,
+    Result,
+    SaliencyMap,
+    SanityCheck,
+    SanityStage,
+    ScoreMeaning,
+    Target,
+    clipped_auc,
+)
 
 RANDOM_COLOUR = "#7f7f7f"
+DEFAULT_COLOUR = "#000000"  # a map whose colour was never set (made without run_method)
 # Perceptually uniform first (equal steps in value look equal; they read in black and white);
 # jet and turbo for comparison with older papers.
 COLOUR_MAPS = ("inferno", "viridis", "magma", "cividis", "turbo", "jet")
 DEFAULT_COLOUR_MAP = "inferno"
-# How integrated gradients is drawn: as computed, or smoothed as most papers show it.
+# How a smoothable map (the registry says which: integrated gradients) is drawn: as computed, or
+# smoothed as most papers show it.
 IG_DISPLAYS = {"raw": "as computed", "smoothed": "smoothed (blur + 99th-percentile clip)"}
 SMOOTH_SIGMA = 0.015  # of the picture's longer side: the Gaussian blur of the "smoothed" display
 CLIP_PERCENTILE = 99  # display: values above this percentile of the positive part share the top colour
 OUTLINED_REGIONS = 5  # region search: the first regions chosen are outlined and numbered
 
 
-def colour(name: str) -> str:
-    return RANDOM_COLOUR if name == "random" else METHODS[name].colour if name in METHODS else "#000000"
+def colour(result: Result, name: str) -> str:
+    """The line colour of a method of ``result`` (or of "random", the reference)."""
+    if name == "random":
+        return RANDOM_COLOUR
+    saliency = result.methods[name].saliency if name in result.methods else None
+    return (saliency.colour if saliency is not None else "") or DEFAULT_COLOUR
+
+
+def title(result: Result, name: str) -> str:
+    """What a method of ``result`` (or "random", the reference) is called in plots and tables."""
+    if name == "random":
+        return RANDOM_TITLE
+    saliency = result.methods[name].saliency if name in result.methods else None
+    return (saliency.title if saliency is not None else "") or name
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -83,6 +110,16 @@ def overlay(
     if heat_image.size != size:
         heat_image = heat_image.resize(size, Image.BILINEAR)
     return Image.blend(base, heat_image, float(alpha))
+
+
+def region_ranking(values: np.ndarray, labels: np.ndarray) -> list[int]:
+    """The regions, brightest first: ranked by the map's mean value in each (ties: lower label
+    first). A map painted by rank (region search's) gives back its order."""
+    n = int(labels.max()) + 1
+    flat = labels.ravel()
+    sums = np.bincount(flat, weights=np.nan_to_num(np.asarray(values, dtype=np.float64)).ravel(), minlength=n)
+    means = sums / np.maximum(np.bincount(flat, minlength=n), 1)
+    return [int(r) for r in np.argsort(-means, kind="stable")]
 
 
 def region_overlay(
@@ -143,33 +180,22 @@ def colour_stops(cmap: str = DEFAULT_COLOUR_MAP, count: int = 11) -> list[str]:
     return ["#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb)) for rgb in colours]
 
 
-# --- region labels (recomputed: SLIC and the grid are deterministic) -------------------------
-
-
-def _pixels(result: Result):
-    """The model's pixels, exactly: Result.image / 255 as float32, ``[1, 3, H, W]``."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(result.image)).permute(2, 0, 1)[None].float() / 255
-
-
-@functools.lru_cache(maxsize=16)
-def _labels_cached(key: str, image_bytes: bytes, shape: tuple, n_regions: int, kind: str) -> np.ndarray:  # noqa: ARG001 - key: the cache key
-    from .regions import make_regions
-
-    return make_regions(np.frombuffer(image_bytes, dtype=np.uint8).reshape(shape), n_regions, kind)
-
-
-def region_labels_of(result: Result) -> np.ndarray | None:
-    """The regions region search cut this result's photo into (None when it did not run)."""
-    if "region" not in result.methods:
-        return None
-    image = np.ascontiguousarray(result.image)
-    key = hashlib.sha1(image.tobytes()).hexdigest()
-    labels = _labels_cached(
-        key, image.tobytes(), image.shape, int(result.params["n_regions"]), str(result.params["region_kind"])
-    )
-    return labels
+def map_picture(
+    image: np.ndarray,
+    saliency: SaliencyMap,
+    cmap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = 0.5,
+    size: tuple[int, int] | None = None,
+    smooth: bool = False,
+) -> Image.Image:
+    """A map over ``image`` (the model-input view) as the page shows it: a map that carries its
+    regions region by region in its ranks' colours with the first ones outlined and numbered,
+    any other as a heat overlay (``smooth``: blurred first, as most papers show integrated
+    gradients)."""
+    regions = saliency.regions
+    if regions is not None and regions.shape == saliency.values.shape:
+        return region_overlay(image, regions, region_ranking(saliency.values, regions), cmap, alpha, size)
+    return overlay(image, saliency.values, cmap, alpha, size, SMOOTH_SIGMA if smooth else 0.0)
 
 
 def method_picture(
@@ -178,17 +204,17 @@ def method_picture(
     cmap: str = DEFAULT_COLOUR_MAP,
     alpha: float = 0.5,
     size: tuple[int, int] | None = None,
-    ig_display: str = "raw",
+    smooth: bool = False,
 ) -> Image.Image:
-    """A method's map as the page shows it: region search by rank with its first regions outlined,
-    integrated gradients optionally smoothed, every other map as a heat overlay."""
-    r = result.methods[name]
-    if name == "region" and "order" in r.saliency.meta:
-        labels = region_labels_of(result)
-        if labels is not None and int(labels.max()) + 1 == int(r.saliency.meta.get("n_regions", -1)):
-            return region_overlay(result.image, labels, r.saliency.meta["order"], cmap, alpha, size)
-    smooth = SMOOTH_SIGMA if name == "ig" and ig_display == "smoothed" else 0.0
-    return overlay(result.image, r.saliency.values, cmap, alpha, size, smooth)
+    """A method's map of ``result`` as the page shows it (``map_picture``)."""
+    return map_picture(result.image, result.methods[name].saliency, cmap, alpha, size, smooth)
+
+
+def _pixels(result: Result):
+    """The model's pixels, exactly: Result.image / 255 as float32, ``[1, 3, H, W]``."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(result.image)).permute(2, 0, 1)[None].float() / 255
 
 
 # --- curves ----------------------------------------------------------------------------------
@@ -233,13 +259,16 @@ def curves_figure(
             axis.plot(
                 curve.fractions,
                 curve.normalized,
-                color=colour(name),
+                color=colour(result, name),
                 linestyle="--" if name == "random" else "-",
                 linewidth=2.5,
-                label=f"{title(name)} (AUC {curve.auc:.3f})",
+                label=f"{title(result, name)} (AUC {curve.auc:.3f})",
             )
         better = "higher is better" if getattr(result.random, kind).higher_is_better else "lower is better"
-        axis.set_title(f"{kind.capitalize()} curve ({better})", fontsize=13)
+        # The AUCs count the curves clipped to this band (what lies outside is reported apart).
+        for level in (0.0, 1.0):
+            axis.axhline(level, color="#999999", linewidth=0.8, linestyle=":")
+        axis.set_title(f"{kind.capitalize()} curve ({better}), {result.substrates[0]} substrate", fontsize=13)
         axis.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "revealed"), fontsize=11)
         axis.set_ylabel("score (blank picture 0, full photo 1)", fontsize=11)
         axis.set_xlim(0, 1)
@@ -324,7 +353,7 @@ def curve_plot(
     plot.vertical_line(draw, 0, float(getattr(result.random, kind).fractions[step]))
     for name, r in _named_curves(result):
         curve = getattr(r, kind)
-        plot.dot(draw, 0, float(curve.fractions[step]), float(curve.normalized[step]), colour(name))
+        plot.dot(draw, 0, float(curve.fractions[step]), float(curve.normalized[step]), colour(result, name))
     return picture
 
 
@@ -349,12 +378,18 @@ def curve_step_images(result: Result, name: str, step: int) -> tuple[Image.Image
     (rebuilt from the map and the substrate: no forward pass)."""
     from . import metrics
 
+    values = result.methods[name].saliency.values
+    if result.params.get("curve_ranking") == "regions":  # the curves flipped whole regions
+        from .regions import region_labels
+
+        labels = region_labels(_pixels(result), int(result.params["n_regions"]), str(result.params["region_kind"]))
+        values = metrics.region_means(values, labels)
     deleted, revealed = metrics.curve_images(
         _pixels(result),
-        result.methods[name].saliency.values,
+        values,
         int(step),
         int(result.params["curve_steps"]),
-        str(result.params["substrate"]),
+        result.substrates[0],  # the headline curves' substrate
         int(result.params["seed"]),
     )
     return _to_image(deleted), _to_image(revealed)
@@ -381,8 +416,8 @@ def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None
     for i, name in enumerate(names):
         x = pad + (i % per_row) * (block_w + pad)
         y = pad + (i // per_row) * (head + th + foot + pad)
-        draw.rectangle([x - 4, y + 4, x + 2, y + head - 6], fill=colour(name))
-        draw.text((x + 8, y + 2), title(name), fill="black", font=title_font)
+        draw.rectangle([x - 4, y + 4, x + 2, y + head - 6], fill=colour(result, name))
+        draw.text((x + 8, y + 2), title(result, name), fill="black", font=title_font)
         deleted, revealed = curve_step_images(result, name, step)
         r = result.methods[name]
         for j, (picture, what, value) in enumerate(
@@ -397,15 +432,23 @@ def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None
 # --- the region search's steps ---------------------------------------------------------------
 
 
-def region_step_images(result: Result, chosen: int) -> tuple[Image.Image, Image.Image]:
-    """The pictures region search scored after ``chosen`` steps: only the chosen regions kept,
-    and only they removed (on the run's substrate; no forward pass)."""
+def search_path(result: Result, name: str) -> list[dict]:
+    """The steps of the search that made map ``name`` (``meta["path"]``: region, gain, the kept
+    and the removed part's scores), [] for a map made otherwise."""
+    return list(result.methods[name].saliency.meta.get("path") or []) if name in result.methods else []
+
+
+def region_step_images(result: Result, name: str, chosen: int) -> tuple[Image.Image, Image.Image]:
+    """The pictures the search behind map ``name`` (region search) scored after ``chosen`` steps:
+    only the chosen regions kept, and only they removed (on the run's substrate; no forward pass)."""
     import torch
 
     from .substrates import make_substrate
 
-    labels = region_labels_of(result)
-    order = result.methods["region"].saliency.meta["order"]
+    labels = result.methods[name].saliency.regions
+    if labels is None:
+        raise ValueError(f"the map {name!r} carries no regions to step through")
+    order = [step["region"] for step in search_path(result, name)]
     keep = torch.from_numpy(np.isin(labels, order[: int(chosen)]).astype(np.float32))[None, None]
     substrate = make_substrate(_pixels(result), str(result.params["substrate"]), int(result.params["seed"]))
     kept, removed = substrate.fill(torch.cat([keep, 1.0 - keep])).split(1)
@@ -416,7 +459,7 @@ def _path_column(path: list[dict], key: str) -> np.ndarray:
     return np.array([np.nan if p.get(key) is None else p[key] for p in path], dtype=np.float64)
 
 
-def _path_figure(result: Result):
+def _path_figure(result: Result, name: str):
     """The region search's path: the gain of each step (grey; light where the fast search only
     estimated it) and the scores of the kept and the removed part."""
     import matplotlib
@@ -424,7 +467,7 @@ def _path_figure(result: Result):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    path = result.methods["region"].saliency.meta["path"]
+    path = search_path(result, name)
     n = len(path)
     steps = np.arange(1, n + 1)
     figure = Figure(figsize=(6.4, 3.4), dpi=100)
@@ -448,13 +491,15 @@ def _path_figure(result: Result):
     return figure, [axis]
 
 
-def step_picture(result: Result, chosen: int, size: tuple[int, int] | None = None, thumb: int = 300) -> Image.Image:
-    """The step-through at ``chosen`` regions: the kept picture (only the chosen regions) and the
-    removed one (all but them), as region search scored them, beside the search's path with a
-    marker at this step."""
-    path = result.methods["region"].saliency.meta["path"]
+def step_picture(
+    result: Result, name: str, chosen: int, size: tuple[int, int] | None = None, thumb: int = 300
+) -> Image.Image:
+    """The step-through of map ``name`` at ``chosen`` regions: the kept picture (only the chosen
+    regions) and the removed one (all but them), as region search scored them, beside the
+    search's path with a marker at this step."""
+    path = search_path(result, name)
     chosen = max(0, min(int(chosen), len(path)))
-    plot = _cached_plot(result, "path", lambda: _path_figure(result))
+    plot = _cached_plot(result, f"path:{name}", lambda: _path_figure(result, name))
     graph = plot.image.copy()
     draw = ImageDraw.Draw(graph)
     if chosen:
@@ -466,7 +511,7 @@ def step_picture(result: Result, chosen: int, size: tuple[int, int] | None = Non
     width, height = size or result.image.shape[1::-1]
     scale = thumb / max(width, height)
     tw, th = max(1, round(width * scale)), max(1, round(height * scale))
-    kept, removed = region_step_images(result, chosen)
+    kept, removed = region_step_images(result, name, chosen)
     pad, head = 12, 28
     canvas = Image.new("RGB", (2 * tw + 3 * pad + graph.width, max(head + th + pad, graph.height)), "white")
     text = ImageDraw.Draw(canvas)
@@ -517,8 +562,8 @@ def sanity_strip(
             draw.text((left + j * (tw + pad), 2 + 13 * k), line, fill="black", font=small)
     for i, name in enumerate(names):
         top = head + i * (th + foot + pad)
-        draw.rectangle([pad, top + 2, pad + 5, top + 20], fill=colour(name))
-        for k, line in enumerate(_wrap(title(name), 16)[:2]):
+        draw.rectangle([pad, top + 2, pad + 5, top + 20], fill=colour(result, name))
+        for k, line in enumerate(_wrap(title(result, name), 16)[:2]):
             draw.text((pad + 10, top + 18 * k), line, fill="black", font=bold)
         maps = [result.methods[name].saliency.values, *(stage.values for stage in check.methods[name])]
         for j, values in enumerate(maps):
@@ -527,8 +572,11 @@ def sanity_strip(
             canvas.paste(heat.resize((tw, th), Image.BILINEAR), (x, top))
             if j:
                 stage = check.methods[name][j - 1]
-                draw.text((x, top + th + 3), f"rho {stage.spearman:.2f}", fill="black", font=small)
-                draw.text((x, top + th + 17), f"SSIM {stage.ssim:.2f}", fill="black", font=small)
+                draw.text(
+                    (x, top + th + 3), "blank" if stage.blank else f"rho {stage.spearman:.2f}", fill="black", font=small
+                )
+                if not stage.blank:
+                    draw.text((x, top + th + 17), f"SSIM {stage.ssim:.2f}", fill="black", font=small)
     return canvas
 
 
@@ -539,12 +587,20 @@ def curves_csv(result: Result) -> str:
     """Long-format CSV: method, curve, fraction, raw score, normalised score."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["method", "curve", "fraction", "score", "normalized"])
-    for name, r in _named_curves(result):
-        for curve in r:
-            for f, s, n in zip(curve.fractions, curve.scores, curve.normalized):
-                writer.writerow([name, curve.kind, f"{f:.6g}", f"{s:.6g}", f"{n:.6g}"])
+    writer.writerow(["method", "curve", "fraction", "score", "normalized", "substrate", "probability"])
+    named = [*((n, r.by_substrate) for n, r in result.methods.items()), ("random", _random_curves(result))]
+    for name, by_substrate in named:
+        for substrate, curves in by_substrate.items():
+            for curve in curves:
+                probabilities = curve.probabilities if curve.probabilities is not None else [None] * len(curve.scores)
+                for f, s, n, p in zip(curve.fractions, curve.scores, curve.normalized, probabilities):
+                    probability = "" if p is None else f"{p:.6g}"
+                    writer.writerow([name, curve.kind, f"{f:.6g}", f"{s:.6g}", f"{n:.6g}", substrate, probability])
     return out.getvalue()
+
+
+def _random_curves(result: Result) -> dict[str, Curves]:
+    return {substrate: reference.curves for substrate, reference in result.random_by_substrate.items()}
 
 
 AUC_HEADERS = [
@@ -553,37 +609,55 @@ AUC_HEADERS = [
     "More faithful than random order?",
     "Insertion AUC (higher is better)",
     "Deletion AUC (lower is better)",
+    "SRG unclipped",
+    "Insertion peak (1 = the whole photo)",
     "Seconds",
     "Forward passes",
+    "Scored on",
 ]
 
 
+def _round(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
 def auc_table(result: Result) -> list[list]:
-    """Rows (AUC_HEADERS): method, SRG, verdict, insertion AUC, deletion AUC, seconds, forward passes;
-    the random reference last."""
-    rows = [
-        [
-            title(n),
-            round(r.srg, 4),
-            "yes" if result.more_faithful_than_random(n) else "no",
-            round(r.insertion.auc, 4),
-            round(r.deletion.auc, 4),
-            round(r.saliency.seconds, 2),
-            r.saliency.forward_passes,
-        ]
-        for n, r in result.methods.items()
-    ]
-    rows.append(
-        [
-            title("random"),
-            round(result.random.srg, 4),
-            f"(max of {result.random.orderings} orderings: {max(result.random.srgs):.4f})",
-            round(result.random.insertion.auc, 4),
-            round(result.random.deletion.auc, 4),
-            None,
-            None,
-        ]
-    )
+    """Rows (AUC_HEADERS) per scoring substrate, the headline first: per method its SRG (on the
+    curves clipped to [0, 1]), verdict, insertion and deletion AUC, unclipped SRG, insertion peak,
+    seconds and forward passes; the random reference last."""
+    rows = []
+    for substrate in result.substrates:
+        reference = result.random_by_substrate[substrate]
+        for n, r in result.methods.items():
+            curves = r.by_substrate[substrate]
+            rows.append(
+                [
+                    title(result, n),
+                    round(curves.srg, 4),
+                    "yes" if result.more_faithful_than_random(n, substrate) else "no",
+                    round(curves.insertion.auc, 4),
+                    round(curves.deletion.auc, 4),
+                    _round(curves.srg_unclipped, 4),
+                    _round(curves.insertion.peak, 3),
+                    round(r.saliency.seconds, 2),
+                    r.saliency.forward_passes,
+                    substrate,
+                ]
+            )
+        rows.append(
+            [
+                title(result, "random"),
+                round(reference.srg, 4),
+                f"(max of {reference.orderings} orderings: {max(reference.srgs):.4f})",
+                round(reference.insertion.auc, 4),
+                round(reference.deletion.auc, 4),
+                _round(reference.curves.srg_unclipped, 4),
+                _round(reference.insertion.peak, 3),
+                None,
+                None,
+                substrate,
+            ]
+        )
     return rows
 
 
@@ -598,7 +672,8 @@ def save_bundle(
     original_size: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Write ``<method>.png``, ``curves.png``, ``curves.csv``, ``result.json`` and ``maps.npz``
-    (the model-input image and every map as numpy arrays) into ``out_dir``. ``load_bundle``
+    (the model-input image, every map and the regions of maps painted per region, as numpy
+    arrays) into ``out_dir``. ``load_bundle``
     reads them back into a Result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -620,6 +695,10 @@ def save_bundle(
             "colour_map": cmap,
             "opacity": float(alpha),
             "overlay_size": list(original_size or result.image.shape[1::-1]),
+            # what the maps' pictures need besides their values (maps.npz keeps their regions)
+            "maps": {
+                name: {"title": r.saliency.title, "colour": r.saliency.colour} for name, r in result.methods.items()
+            },
         },
     }
     if result.sanity is not None:  # what load_bundle needs besides the summary's correlations
@@ -640,10 +719,16 @@ def save_bundle(
             for k, stage in enumerate(stages)
         }
     )
+    regions = {
+        f"regions_{name}": r.saliency.regions.astype(np.int32)
+        for name, r in result.methods.items()
+        if r.saliency.regions is not None
+    }
     np.savez_compressed(
         path,
         image=result.image,
         **sanity_maps,
+        **regions,
         **{f"map_{name}": r.saliency.values.astype(np.float32) for name, r in result.methods.items()},
     )
     written.append(path)
@@ -663,25 +748,44 @@ def _array(values: Any) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _curves_from(summary_curves: dict, aucs: dict, passes: int = 0, seconds: float = 0.0) -> Curves:
+def _curves_from(
+    summary_curves: dict, aucs: dict, passes: int = 0, seconds: float = 0.0, substrate: str = "black"
+) -> Curves:
     def curve(kind: str) -> Curve:
         c = summary_curves[kind]
         normalized = _array(c["normalized"])
         fractions = _array(c["fractions"])
         auc = aucs.get(f"{kind}_auc")
+        probabilities = c.get("probabilities")
         return Curve(
             kind,
             fractions,
             _array(c["scores"]),
             normalized,
-            float(np.trapezoid(normalized, fractions)) if auc is None else float(auc),
+            clipped_auc(normalized, fractions) if auc is None else float(auc),
             float(c["full_score"] if c["full_score"] is not None else np.nan),
             float(c["substrate_score"] if c["substrate_score"] is not None else np.nan),
             passes // 2,
             seconds / 2,
+            None if probabilities is None else _array(probabilities),
+            str(c.get("substrate") or substrate),
         )
 
     return Curves(curve("deletion"), curve("insertion"))
+
+
+def _substrates_from(entry: dict, default: Curves) -> dict[str, Curves]:
+    """A result.json entry's curves on each scoring substrate (a bundle from before them: the one)."""
+    return {
+        substrate: _curves_from(
+            block["curves"],
+            block,
+            block.get("curve_forward_passes") or 0,
+            block.get("curve_seconds") or 0.0,
+            substrate,
+        )
+        for substrate, block in entry.get("substrates", {}).items()
+    } or {default.substrate: default}
 
 
 def bundle_from_zip(zip_path: str | Path) -> tuple[Result, dict]:
@@ -699,8 +803,11 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
         with np.load(io.BytesIO(archive.read(MAPS_FILE)), allow_pickle=False) as arrays:
             image = arrays["image"]
             maps = {name[4:]: arrays[name] for name in arrays.files if name.startswith("map_")}
+            regions = {name[8:]: arrays[name].astype(np.int64) for name in arrays.files if name.startswith("regions_")}
             sanity_maps = {name: arrays[name] for name in arrays.files if name.startswith("sanity_")}
     methods = {}
+    looks = summary.get("render", {}).get("maps", {})
+    made_on = str(summary["params"].get("substrate", "black"))  # a bundle from before scoring substrates
     for name, m in summary["methods"].items():
         saliency = SaliencyMap(
             name,
@@ -709,17 +816,31 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
             forward_passes=int(m["forward_passes"] or 0),
             backward_passes=int(m["backward_passes"] or 0),
             meta=m["meta"],
+            regions=regions.get(name),
+            title=looks.get(name, {}).get("title", ""),
+            colour=looks.get(name, {}).get("colour", ""),
         )
-        methods[name] = MethodResult(
-            saliency, _curves_from(m["curves"], m, m.get("curve_forward_passes") or 0, m.get("curve_seconds") or 0.0)
+        headline = _curves_from(
+            m["curves"], m, m.get("curve_forward_passes") or 0, m.get("curve_seconds") or 0.0, made_on
         )
+        by_substrate = _substrates_from(m, headline)
+        methods[name] = MethodResult(saliency, by_substrate[next(iter(by_substrate))], by_substrate)
     random = summary["random"]
-    reference = RandomReference(
-        _curves_from(random["curves"], random),
-        tuple(np.nan if s is None else float(s) for s in random["srg_orderings"]),
-        random["ranking"],
-        int(random["seed"]),
-    )
+
+    def reference_from(entry: dict, curves: Curves) -> RandomReference:
+        return RandomReference(
+            curves,
+            tuple(np.nan if s is None else float(s) for s in entry["srg_orderings"]),
+            random["ranking"],
+            int(random["seed"]),
+            tuple(np.nan if s is None else float(s) for s in entry.get("srg_unclipped_orderings", [])),
+        )
+
+    references = {
+        substrate: reference_from(entry, _curves_from(entry["curves"], entry, substrate=substrate))
+        for substrate, entry in random.get("substrates", {}).items()
+    } or {made_on: reference_from(random, _curves_from(random["curves"], random, substrate=made_on))}
+    meaning = summary.get("score_meaning")
     result = Result(
         model=summary["model"],
         target=Target(summary["prompt"], tuple(summary["contrast"])),
@@ -727,12 +848,14 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
         prompt_probabilities=summary["prompt_probabilities"],
         image=image,
         methods=methods,
-        random=reference,
+        random=references[next(iter(references))],
         params=summary["params"],
         seconds=float(summary["seconds"]),
         notes=tuple(summary["notes"]),
         sanity=_sanity_from(summary, sanity_maps),
         probability=summary.get("probability"),
+        score_meaning=None if meaning is None else ScoreMeaning(meaning["name"], meaning["words"], meaning["min_span"]),
+        random_by_substrate=references,
     )
     return result, summary.get("render", {})
 
@@ -748,6 +871,7 @@ def _sanity_from(summary: dict, maps: dict[str, np.ndarray]) -> SanityCheck | No
                 np.nan if s["spearman"] is None else float(s["spearman"]),
                 np.nan if s["ssim"] is None else float(s["ssim"]),
                 maps[f"sanity_{name}_{k}"],
+                blank=bool(s.get("blank", False)),
             )
             for k, s in enumerate(stages)
         )
@@ -758,4 +882,8 @@ def _sanity_from(summary: dict, maps: dict[str, np.ndarray]) -> SanityCheck | No
         methods,
         int(detail["seed"]),
         float(detail["seconds"]),
+        references={
+            name: {k: np.nan if v is None else float(v) for k, v in values.items()}
+            for name, values in summary.get("sanity_references", {}).items()
+        },
     )

@@ -6,19 +6,20 @@ tests and any other front end say the same thing. No gradio, no torch import of 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 from .methods import METHODS
 from .sanity import SANITY_NOTE
-from .types import Result
+from .types import RANDOM_TITLE, Result, SaliencyMap
 
-RANDOM_TITLE = "Random order"
 # Below this probability of the prompt the page warns, before the curves, that the model is unsure.
 UNSURE_PROBABILITY = 0.2
 # A normalised curve this far outside 0..1 means partial pictures score above the whole photo
 # (or below the blank one): the AUCs then compare with caution.
 BAND_MARGIN = 0.25
+# Above this normalised height the insertion curve's peak gets its own sentence: a part of the photo
+# alone scores clearly higher than the whole (SMDL's "highest confidence" above the photo's).
+PEAK_MARGIN = 0.02
 # The sanity check's words: a map whose rank correlation with the original stays above this once the
 # whole model is randomised "still looks like the original" (the map shows the photo, not the model).
 SANITY_STILL_ALIKE = 0.5
@@ -38,34 +39,24 @@ def sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def _exp(value: float) -> float:
-    try:
-        return math.exp(value)
-    except OverflowError:
-        return float("inf")
-
-
 def prompt_probability(result: Result) -> float | None:
-    """The probability the model gives the prompt, where its score is one: with contrast prompts
-    the score is the prompt's softmax probability among them; a classifier's score (the bundled
-    model) is a log-probability; CLIP's is a scaled cosine, which is no probability (None). A
-    model that gives its target's probability (``Result.probability``) is taken at its word."""
-    if result.probability is not None:
-        return float(result.probability)
-    if result.target.contrast:
-        return float(result.score)
-    if result.model.startswith("clip"):
-        return None
-    return _exp(result.score)
+    """The probability the model gives the target, as the model declares it (``Result.probability``:
+    a classifier's mass on the matched classes, CLIP's softmax against its vocabulary or among the
+    prompts); None where it gives none."""
+    probability = result.probability
+    return None if probability is None or probability != probability else float(probability)
 
 
 def score_markdown(result: Result, classes: Sequence[tuple[str, float]] | None = None) -> str:
-    """The headline: the prompt's score in words, what it means for this model, the matched classes."""
+    """The headline: the prompt's score in words, what it means for this model (the model's own
+    words: ``Result.score_meaning``), the matched classes."""
     prompt = result.target.prompt
+    probability = prompt_probability(result)
+    meaning = result.score_meaning
     lines = []
-    if result.target.kind != "prompt" and result.meaning is not None and result.probability is not None:
-        lines.append(f"### Probability of {result.target.describe()}: {result.probability:.1%}")
-        lines.append(sentence(f"the score is {result.meaning.words}"))
+    if result.target.kind != "prompt" and meaning is not None and probability is not None:
+        lines.append(f"### Probability of {result.target.describe()}: {probability:.1%}")
+        lines.append(sentence(f"the score is {meaning.words}"))
     elif result.target.contrast:
         others = ", ".join(f"“{c}”" for c in result.target.contrast)
         lines.append(f"### Probability of “{prompt}” rather than {others}: {result.score:.1%}")
@@ -73,18 +64,11 @@ def score_markdown(result: Result, classes: Sequence[tuple[str, float]] | None =
             "The model compares the prompts with each other; the bars show each one's share. "
             "The maps explain this probability: what tells the prompt apart from the others."
         )
-    elif prompt_probability(result) is not None:
-        lines.append(f"### Score of “{prompt}”: {result.score:.3f} (probability {prompt_probability(result):.1%})")
-        lines.append(
-            "The model is an image classifier. It matches the prompt to some of its classes and "
-            "gives the probability of those classes; the score is the log of that probability "
-            "(0 would be 100 %)."
-        )
     else:
-        lines.append(f"### Score of “{prompt}”: {result.score:.3f}")
-        lines.append(
-            "CLIP's score: how closely the photo and the prompt match (scaled cosine similarity; higher is closer)."
-        )
+        shown = f" (probability {probability:.1%})" if probability is not None else ""
+        lines.append(f"### Score of “{prompt}”: {result.score:.3f}{shown}")
+        if meaning is not None:
+            lines.append(sentence(f"the score is {meaning.words}"))
     if classes:
         matched = ", ".join(f"{name} ({weight:.0%})" for name, weight in classes if weight >= 0.01)
         if matched:
@@ -109,18 +93,44 @@ def verdict(result: Result, name: str) -> str:
     )
 
 
-def caption(result: Result, name: str) -> str:
-    """Under a method's map: cost, the verdict in words, both AUCs."""
-    r = result.methods[name]
-    passes = r.saliency.forward_passes
-    extra = ""
-    if name == "ig" and "completeness_error" in r.saliency.meta:
-        extra = f" · completeness error {r.saliency.meta['completeness_error']:.1%}"
+def cost(name: str, saliency: SaliencyMap) -> str:
+    """A map's cost line: its method, seconds and forward passes, and what its registry entry
+    adds (``Method.facts``, e.g. IG's completeness error)."""
+    passes = saliency.forward_passes
+    facts = METHODS[name].facts if name in METHODS else None
+    extra = facts(saliency) if facts is not None else ""
+    return f"**{title(name)}** · {saliency.seconds:.1f} s · {passes} forward pass{'es' if passes != 1 else ''}" + (
+        f" · {extra}" if extra else ""
+    )
+
+
+def pending_caption(name: str, saliency: SaliencyMap) -> str:
+    """Under a map that has just arrived, before the curves: its cost, and that its verdict follows."""
+    return f"{cost(name, saliency)}<br>The deletion and insertion curves, and the verdict, follow when every map is in."
+
+
+def peak_sentence(result: Result, name: str) -> str:
+    """Where the insertion curve climbs above the whole photo: "the best 20 % alone scores higher
+    than the whole photo" (its height is not in the clipped AUC); empty otherwise."""
+    insertion = result.methods[name].insertion
+    peak = insertion.peak
+    if not peak > 1.0 + PEAK_MARGIN:
+        return ""
     return (
-        f"**{title(name)}** · {r.saliency.seconds:.1f} s · {passes} forward pass{'es' if passes != 1 else ''}"
-        f"{extra}<br>{verdict(result, name)}<br>"
+        f"The best {insertion.peak_fraction:.0%} of the pixels alone scores higher than the whole photo "
+        f"(peak {peak:.2f}, the photo being 1); the AUCs count the curves up to 1."
+    )
+
+
+def caption(result: Result, name: str) -> str:
+    """Under a method's map: cost, the verdict in words, both AUCs (and the insertion peak where
+    it rises above the photo)."""
+    r = result.methods[name]
+    peak = peak_sentence(result, name)
+    return (
+        f"{cost(name, r.saliency)}<br>{verdict(result, name)}<br>"
         f"insertion AUC **{r.insertion.auc:.3f}** (higher is better) · "
-        f"deletion AUC **{r.deletion.auc:.3f}** (lower is better)"
+        f"deletion AUC **{r.deletion.auc:.3f}** (lower is better)" + (f"<br>{peak}" if peak else "")
     )
 
 
@@ -134,7 +144,10 @@ def warnings(result: Result) -> list[str]:
     leave the band from 0 to 1."""
     found = []
     probability = prompt_probability(result)
-    if probability is not None and probability < UNSURE_PROBABILITY:
+    # A logit's probability is taken against a fixed vocabulary, where other names of the same thing
+    # share the mass (CLIP: "a cat" against "a photo of a tabby"): no sign that the model is unsure.
+    against_vocabulary = result.score_meaning is not None and result.score_meaning.name == "logit"
+    if probability is not None and probability < UNSURE_PROBABILITY and not against_vocabulary:
         what = (
             f"finds “{result.target.prompt}” less likely than the other prompts"
             if result.target.contrast and probability < 1 / len(result.target.prompts)
@@ -151,7 +164,8 @@ def warnings(result: Result) -> list[str]:
         found.append(
             f"Some curves leave the band from 0 to 1 ({', '.join(wild)}): some partly covered "
             "pictures score higher than the whole photo, or lower than the blank one. This happens "
-            "when the model is unsure about the photo; compare the AUCs with caution."
+            "when the model is unsure about the photo. The AUCs and SRG count each curve only "
+            "within the band (clipped), so what lies outside adds nothing; compare them with caution."
         )
     return found
 
@@ -200,7 +214,16 @@ SRG_NOTE = (
     "On one substrate the insertion curve is the deletion curve of the *least* important pixels first, so "
     "subtracting the two cancels the damage the substrate itself does, and a random order scores about 0. "
     "A map is **more faithful than random order** when its SRG is above the random reference's and above "
-    "every one of the random orderings (so it is not luck). Both AUCs stay in the table."
+    "every one of the random orderings (so it is not luck). Both AUCs stay in the table.\n\n"
+    "**Clipped to the band.** The AUCs count each curve only between 0 (the blank picture) and 1 (the whole "
+    "photo): a few regions that alone score *higher* than the photo, or a deletion that leaves a picture "
+    "scoring *below* the blank one, add nothing. Without this, a map can win by finding pictures the model "
+    "likes better than the photo, which is not what it was asked. The table keeps the unclipped SRG and the "
+    "insertion curve's peak beside it.\n\n"
+    "**Judged on other substrates.** Region search and RISE choose their order by scoring the same kind of "
+    "pictures the curves score (on the substrate the maps are made with), so on that substrate the curves "
+    "partly grade them on their own objective. Under Advanced, *Curves: also scored on* draws every curve on "
+    "other substrates too; a claim that one map is the most faithful should hold there."
 )
 
 STEPS_NOTE = (
@@ -250,7 +273,7 @@ def scrub_markdown(result: Result, step: int) -> str:
     step = max(0, min(int(step), steps))
     fraction = step / steps
     lines = [
-        f"**{fraction:.0%} of the pixels** (step {step} of {steps}) on the {result.params['substrate']} "
+        f"**{fraction:.0%} of the pixels** (step {step} of {steps}) on the {result.substrates[0]} "
         "substrate. Scores: 0 = blank picture, 1 = whole photo."
     ]
     for name, r in [*result.methods.items(), ("random", result.random)]:
@@ -261,23 +284,17 @@ def scrub_markdown(result: Result, step: int) -> str:
     return "\n".join(lines)
 
 
-def step_markdown(result: Result, chosen: int) -> str:
-    """What the step-through shows after ``chosen`` regions: the last region's gain and the scores
-    of the kept and removed parts."""
-    if "region" not in result.methods:
-        return "Region search was not part of this run: tick it under Methods, or press **Refine with plain greedy**."
-    meta = result.methods["region"].saliency.meta
+def step_markdown(result: Result, name: str, chosen: int) -> str:
+    """What the step-through of map ``name`` (a method whose entry is ``stepped``: region search)
+    shows after ``chosen`` regions: the last region's gain and the scores of the kept and removed
+    parts."""
+    if name not in result.methods:
+        return f"{title(name)} was not part of this run: tick it under Methods."
+    meta = result.methods[name].saliency.meta
     path = meta.get("path") or []
     n = len(path)
     chosen = max(0, min(int(chosen), n))
-    names = {
-        "two-ended": "two-ended search",
-        "fast": "fast search",
-        "lazy": "lazy greedy",
-        "lima": "LIMA-style search",
-        "greedy": "plain greedy",
-    }
-    search = names.get(meta.get("search"), meta.get("search", ""))
+    search = meta.get("search_label") or meta.get("search", "")
     if chosen == 0:
         return (
             f"**Step 0 of {n}** ({search}): nothing chosen yet. The kept picture is blank (score 0), "
@@ -295,9 +312,11 @@ def step_markdown(result: Result, chosen: int) -> str:
         f"**{_score(entry.get('kept'))}**. Removed part (the rest): score **{_score(entry.get('removed'))}**.",
     ]
     if not scored:
+        reference = METHODS[name].reference if name in METHODS else None
         lines.append(
             f"The {search} did not ask the model about both parts of this set: it placed this region "
-            "by its estimates from earlier scores (“Refine with plain greedy” scores every step)."
+            "by its estimates from earlier scores"
+            + (f" (“Refine with {reference.label}” scores every step)." if reference is not None else ".")
         )
     return "\n\n".join(lines)
 
@@ -313,15 +332,30 @@ def sanity_markdown(result: Result) -> str:
         if not stages:
             continue
         first, last = stages[0], stages[-1]
-        words = (
-            "it changes with the model"
-            if abs(last.spearman) < SANITY_STILL_ALIKE
-            else "it still looks much like the original: this map shows the photo more than what the model learnt"
+        if last.blank:
+            words = (
+                "the map of the fully randomised model is blank (every value equal), so there is nothing to "
+                "compare: a blank map is no pass"
+            )
+            at_end = "blank with the whole model randomised"
+        else:
+            words = (
+                "it changes with the model"
+                if abs(last.spearman) < SANITY_STILL_ALIKE
+                else "it still looks much like the original: this map shows the photo more than what the model learnt"
+            )
+            at_end = f"{last.spearman:.2f} with the whole model randomised (SSIM {last.ssim:.2f})"
+        at_first = "blank" if first.blank else f"{first.spearman:.2f}"
+        references = check.references.get(name, {})
+        known = (
+            f" For scale, the original map's correlation with a centred blob is {references['centre']:.2f} and "
+            f"with the photo's edges {references['edges']:.2f}."
+            if {"centre", "edges"} <= set(references)
+            else ""
         )
         lines.append(
-            f"- **{title(name)}**: rank correlation with the original map {first.spearman:.2f} with "
-            f"{first.stage} randomised, {last.spearman:.2f} with the whole model randomised "
-            f"(SSIM {last.ssim:.2f}): {words}."
+            f"- **{title(name)}**: rank correlation with the original map {at_first} with "
+            f"{first.stage} randomised, {at_end}: {words}.{known}"
         )
     return "\n".join(lines[:1]) + "\n\n" + "\n".join(lines[1:])
 
@@ -338,3 +372,15 @@ def colour_bar_html(stops: Sequence[str], low: str = "not important", high: str 
 
 def done_status(result: Result) -> str:
     return f"Done: {result.seconds:.1f} s on `{result.model}`."
+
+
+def sanity_running_status(result: Result) -> str:
+    """The status once the curves are in while the sanity check still runs."""
+    return f"Curves done in {result.seconds:.1f} s on `{result.model}`; the sanity check is running…"
+
+
+def refined_status(result: Result, method: str, seconds: float) -> str:
+    """The status after a method was re-run with its reference setting (``Method.reference``)."""
+    reference = METHODS[method].reference
+    how = f" with {reference.label}" if reference is not None else ""
+    return f"Done: {title(method)[:1].lower() + title(method)[1:]} refined{how} in {seconds:.1f} s on `{result.model}`."

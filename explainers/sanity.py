@@ -12,6 +12,12 @@ The randomisation works on a copy (``ModelAdapter.randomizable_copy``): the shar
 adapter is never touched. Each parameter is re-drawn from its own seeded generator, so a stage's
 weights depend only on the seed and the parameter's name.
 
+A blank map (every value equal, e.g. Grad-CAM's ReLU zeroing the whole map of a randomised
+network) is no pass: it is reported as blank, its correlations NaN, never as a low correlation.
+Two reference maps that know nothing of the model say what a correlation means: a centred
+Gaussian blob (centre bias) and the photo's edge magnitude (image structure); the trained map's
+correlation with each is reported beside the cascade (``reference_correlations``).
+
 The test is a floor, not a ranking (Binder et al., "Shortcomings of Top-Down Randomization-Based
 Sanity Checks for Evaluations of Deep Neural Network Explanations", CVPR 2023): a map of pure
 noise changes most and so "passes" best.
@@ -106,19 +112,55 @@ def _unit(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
+def _absolute(values: np.ndarray) -> np.ndarray:
+    return np.abs(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0))
+
+
+def is_blank(values: np.ndarray) -> bool:
+    """Whether a map is blank: every absolute value equal (non-finite ones counting as 0)."""
+    a = _absolute(values)
+    return bool(a.size == 0 or a.max() == a.min())
+
+
 def compare_maps(original: np.ndarray, randomized: np.ndarray) -> tuple[float, float]:
     """(Spearman's rho of |original| and |randomized|, SSIM of the two absolute maps each scaled
     to [0, 1], so data_range = 1), as Adebayo et al. compare maps. Non-finite values count as 0.
 
-    A blank map (every value equal; e.g. Grad-CAM's ReLU zeroes the whole map of a randomised
-    network) shares no ordering with any map: the covariance of its ranks with the other's is
-    exactly 0, and rho is reported as 0 where scipy's 0/0 would give NaN.
+    Where either map is blank (``is_blank``; e.g. Grad-CAM's ReLU zeroes the whole map of a
+    randomised network) there is no ordering to compare: both figures are NaN, and the caller
+    reports the map as blank, never as a pass.
     """
-    a = np.abs(np.nan_to_num(np.asarray(original, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0))
-    b = np.abs(np.nan_to_num(np.asarray(randomized, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0))
-    blank = a.max() == a.min() or b.max() == b.min()
-    rho = 0.0 if blank else float(spearmanr(a.ravel(), b.ravel()).statistic)
+    if is_blank(original) or is_blank(randomized):
+        return float("nan"), float("nan")
+    a, b = _absolute(original), _absolute(randomized)
+    rho = float(spearmanr(a.ravel(), b.ravel()).statistic)
     return rho, float(structural_similarity(_unit(a), _unit(b), data_range=1.0))
+
+
+REFERENCE_BLOB_SIGMA = 0.25  # of the picture's side: the centred Gaussian blob's standard deviation
+REFERENCES = ("centre", "edges")
+
+
+def reference_maps(pixels: torch.Tensor) -> dict[str, np.ndarray]:
+    """Two maps that know nothing of the model, ``[H, W]`` each: ``"centre"``, a centred Gaussian
+    blob (sigma REFERENCE_BLOB_SIGMA of each side: the centre bias of photos and of maps), and
+    ``"edges"``, the photo's edge magnitude (Sobel of its grey levels: the image structure that
+    gradient maps are known to echo, Adebayo et al. 2018)."""
+    from skimage.color import rgb2gray
+    from skimage.filters import sobel
+
+    image = pixels[0].permute(1, 2, 0).detach().cpu().numpy().astype(np.float64)
+    height, width = image.shape[:2]
+    rows = (np.arange(height) - (height - 1) / 2) / (REFERENCE_BLOB_SIGMA * height)
+    cols = (np.arange(width) - (width - 1) / 2) / (REFERENCE_BLOB_SIGMA * width)
+    blob = np.exp(-0.5 * (rows[:, None] ** 2 + cols[None, :] ** 2))
+    return {"centre": blob, "edges": sobel(rgb2gray(image))}
+
+
+def reference_correlations(original: np.ndarray, references: dict[str, np.ndarray]) -> dict[str, float]:
+    """The trained map's Spearman correlation with each reference map (``reference_maps``): what a
+    correlation of the cascade is worth (NaN where the map is blank)."""
+    return {name: compare_maps(original, values)[0] for name, values in references.items()}
 
 
 def cascading_randomization(
@@ -133,8 +175,8 @@ def cascading_randomization(
 ) -> SanityCheck:
     """Adebayo et al.'s cascading randomisation test for every map in ``originals`` (method name ->
     the method's map on the trained model). ``method_kwargs[name]`` are the keywords the map was
-    made with (run_method's), so each randomised map uses the same method parameters; ``seed``
-    seeds the randomisation and, as in explain(), each method's run. ``stages`` default to the
+    made with (run_method's: the same parameters and seed, and each method draws from its own
+    generators seeded by it, so only the weights differ); ``seed`` also seeds the randomisation. ``stages`` default to the
     adapter's. ``progress`` goes from 0 to 1 over stages x methods.
     """
     started = time.perf_counter()
@@ -151,7 +193,6 @@ def cascading_randomization(
         for j, name in enumerate(names):
             done = k * len(names) + j
             text = f"sanity check: {name} with {label} randomised ({k + 1} of {len(stages)})"
-            torch.manual_seed(seed)  # as run_methods does, so only the weights differ
 
             def method_progress(fraction: float, _text: str, done: int = done, text: str = text, **_details) -> None:
                 # A method's details (e.g. region search's preview map) are dropped: they would show
@@ -169,13 +210,16 @@ def cascading_randomization(
                     saliency.seconds,
                     saliency.forward_passes,
                     saliency.backward_passes,
+                    blank=is_blank(saliency.values) or is_blank(originals[name]),
                 )
             )
     progress(1.0, "sanity check")
+    references = reference_maps(pixels)
     return SanityCheck(
         stages=tuple((label, tuple(modules)) for label, modules in stages),
         methods={name: tuple(entries) for name, entries in results.items()},
         seed=seed,
         seconds=time.perf_counter() - started,
         randomize_seconds=tuple(randomize_seconds),
+        references={name: reference_correlations(originals[name], references) for name in names},
     )

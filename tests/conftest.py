@@ -18,44 +18,16 @@ TINYCLIP = ROOT / "tests" / "fixtures" / "tinyclip-config"
 
 
 def tiny_clip_adapter(seed: int = 0):
-    import torch
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+    from explainers.testing import tiny_clip
 
-    from explainers.models.clip import ClipAdapter
-
-    torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig.from_pretrained(TINYCLIP))
-    tokenizer = AutoTokenizer.from_pretrained(TINYCLIP)
-    return ClipAdapter(model, tokenizer, name="clip:tiny-random")
+    return tiny_clip(seed, TINYCLIP)
 
 
 def vit_b32_clip_adapter(seed: int = 0):
     """A randomly initialised CLIP of the real ViT-B/32 shape (same cost as openai/clip-vit-base-patch32)."""
-    import torch
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+    from explainers.testing import random_clip_b32
 
-    from explainers.models.clip import ClipAdapter
-
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 512,
-            "intermediate_size": 2048,
-            "num_attention_heads": 8,
-            "num_hidden_layers": 12,
-            "max_position_embeddings": 77,
-        },
-        vision_config={
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_attention_heads": 12,
-            "num_hidden_layers": 12,
-            "image_size": 224,
-            "patch_size": 32,
-        },
-        projection_dim=512,
-    )
-    return ClipAdapter(CLIPModel(config), AutoTokenizer.from_pretrained(TINYCLIP), name="clip:random-vit-b32")
+    return random_clip_b32(seed, TINYCLIP)
 
 
 @pytest.fixture(scope="session")
@@ -75,12 +47,26 @@ def adapters(bundled, tiny_clip):
     return {"bundled": bundled, "tiny_clip": tiny_clip}
 
 
-@pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    """``app.py`` on a free port of 127.0.0.1, started once for the app and browser tests."""
-    from _app_server import app_log, running_app
+SERVERS: dict[str, object] = {}  # base URL -> the AppServer behind it
 
-    workdir = tmp_path_factory.mktemp("app")
-    with running_app(workdir) as url:
-        yield url
-    print(app_log(workdir)[-3000:])
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """``app.py`` on a free port of 127.0.0.1, started once for the app and browser tests, with the
+    forward-pass counter (``forward_passes``)."""
+    from explainers.testing import AppServer
+
+    with AppServer(tmp_path_factory.mktemp("app"), count_passes=True) as server:
+        SERVERS[server.url] = server
+        yield server
+        print(server.log()[-3000:])
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server.url
+
+
+def forward_passes(url: str) -> int:
+    """Images scored by any model in the test server at ``url`` so far."""
+    return SERVERS[url].forward_passes()

@@ -19,7 +19,7 @@ from explainers.api import PARAMS
 from explainers.methods import METHODS, default_methods
 
 gradio_client = pytest.importorskip("gradio_client")
-from _app_server import forward_passes  # noqa: E402
+from conftest import forward_passes  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -167,7 +167,7 @@ def test_example_comes_back_with_overlays_verdicts_curves_and_table(chelsea_run,
     assert summary["params"]["seed"] == 0 and summary["params"]["ig_steps"] == 32
     assert summary["params"]["methods"] == list(DEFAULT_METHODS)
     assert summary["render"]["colour_map"] == "inferno"
-    assert csv_text.splitlines()[0] == "method,curve,fraction,score,normalized"
+    assert csv_text.splitlines()[0] == "method,curve,fraction,score,normalized,substrate,probability"
     assert {*DEFAULT_METHODS, "random"} <= {line.split(",")[0] for line in csv_text.splitlines()[1:]}
 
 

@@ -78,8 +78,12 @@ def test_every_parameter_has_its_widget_with_range_default_and_label(page):
     for name, spec in PARAMS.items():
         widget = components[f"param-{name}"]
         props = widget["props"]
-        assert props["label"] == (spec.label or spec.help) and props["value"] == spec.default, name
-        if spec.choices:
+        default = list(spec.default) if spec.many else spec.default
+        assert props["label"] == (spec.label or spec.help) and props["value"] == default, name
+        if spec.many:  # a list of choices: a checkbox per choice, none ticked by default
+            assert widget["type"] == "checkboxgroup"
+            assert [value for _, value in props["choices"]] == list(spec.choices)
+        elif spec.choices:
             assert widget["type"] == "radio"
             assert [value for _, value in props["choices"]] == list(spec.choices)
             assert [label for label, _ in props["choices"]] == [spec.labels.get(c, c) for c in spec.choices]
@@ -96,7 +100,8 @@ def test_explain_takes_every_parameter_with_its_default(page):
     endpoint = app.demo.get_api_info()["named_endpoints"]["/explain"]
     parameters = {p["parameter_name"]: p for p in endpoint["parameters"]}
     for name, spec in PARAMS.items():
-        assert parameters[name]["parameter_has_default"] and parameters[name]["parameter_default"] == spec.default
+        default = list(spec.default) if spec.many else spec.default  # a list travels as JSON's list
+        assert parameters[name]["parameter_has_default"] and parameters[name]["parameter_default"] == default
 
 
 def test_a_float_parameter_gets_a_slider_with_its_step():

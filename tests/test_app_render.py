@@ -41,7 +41,7 @@ def result() -> Result:
     ]
     methods = {
         "gradcam": MethodResult(
-            SaliencyMap("gradcam", rng.random((SIDE, SIDE)).astype(np.float32), 0.5, 1, 1),
+            SaliencyMap("gradcam", rng.random((SIDE, SIDE)).astype(np.float32), 0.5, 1, 1, colour="#d62728"),
             curves([1, 0.5, 0.25, 0.1, 0], [0, 0.6, 0.8, 0.9, 1]),
         ),
         "region": MethodResult(
@@ -51,6 +51,9 @@ def result() -> Result:
                 2.0,
                 40,
                 meta={"order": ORDER, "path": path, "n_regions": 16, "search": "fast"},
+                regions=labels,
+                title="Region search",
+                colour="#2ca02c",
             ),
             curves([1, 0.3, 0.2, 0.1, 0], [0, 0.7, 0.9, 1.1, 1]),
         ),
@@ -112,6 +115,11 @@ def test_bundle_reads_back_the_result_it_was_written_from(result, bundle):
             np.testing.assert_array_equal(mine_curve.normalized, curve_.normalized)
             np.testing.assert_array_equal(mine_curve.scores, curve_.scores)
     assert loaded.methods["region"].saliency.meta["path"] == result.methods["region"].saliency.meta["path"]
+    np.testing.assert_array_equal(loaded.methods["region"].saliency.regions, result.methods["region"].saliency.regions)
+    assert loaded.methods["gradcam"].saliency.regions is None
+    assert [(m.saliency.title, m.saliency.colour) for m in loaded.methods.values()] == [
+        (m.saliency.title, m.saliency.colour) for m in result.methods.values()
+    ]
     assert render.bundle_from_zip(bundle)[0] is loaded  # read once, then kept
 
 
@@ -139,13 +147,15 @@ def test_scrub_picture_changes_with_the_step(result):
 def test_step_through_pictures_keep_and_remove_the_chosen_regions(result):
     labels = grid(SIDE, SIDE, 16)
     for chosen in (0, 3, 16):
-        kept, removed = (as_array(p) for p in render.region_step_images(result, chosen))
+        kept, removed = (as_array(p) for p in render.region_step_images(result, "region", chosen))
         inside = np.isin(labels, ORDER[:chosen])
         np.testing.assert_array_equal(kept[inside], result.image[inside])
         assert kept[~inside].max(initial=0) == 0
         np.testing.assert_array_equal(removed[~inside], result.image[~inside])
         assert removed[inside].max(initial=0) == 0
-    assert not np.array_equal(as_array(render.step_picture(result, 2)), as_array(render.step_picture(result, 3)))
+    assert not np.array_equal(
+        as_array(render.step_picture(result, "region", 2)), as_array(render.step_picture(result, "region", 3))
+    )
 
 
 def test_markers_land_on_the_curves(result):
@@ -155,7 +165,7 @@ def test_markers_land_on_the_curves(result):
     plot = render._cached_plot(result, f"curve:deletion:{render.shared_ylim(result)}", None)
     x, y = plot.pixel(0, 0.25, 0.5)  # Grad-CAM's deletion curve at step 1
     centre = as_array(marked)[round(y), round(x)]
-    assert tuple(centre) == tuple(int(render.colour("gradcam")[i : i + 2], 16) for i in (1, 3, 5))
+    assert tuple(centre) == tuple(int(render.colour(result, "gradcam")[i : i + 2], 16) for i in (1, 3, 5))
     assert np.array_equal(as_array(render.curve_plot(result, "deletion")), plain)  # the cached figure is untouched
 
 
@@ -179,3 +189,22 @@ def test_smoothing_spreads_a_single_bright_pixel():
 def test_colour_stops_follow_the_colour_map():
     stops = render.colour_stops("inferno", 5)
     assert len(stops) == 5 and stops[0] == "#000003" and stops[-1] == "#fcfea4"
+
+
+def test_the_auc_table_has_a_row_per_method_and_substrate_with_the_clipped_and_unclipped_srg(result):
+    rows = render.auc_table(result)
+    assert len(rows) == len(result.substrates) * (len(result.methods) + 1)
+    assert all(len(row) == len(render.AUC_HEADERS) for row in rows)
+    gradcam = rows[0]
+    column = {name: i for i, name in enumerate(render.AUC_HEADERS)}
+    assert gradcam[column["Scored on"]] == "black"
+    assert gradcam[column["SRG (higher is better)"]] == round(result.methods["gradcam"].srg, 4)
+    assert gradcam[column["SRG unclipped"]] == round(result.methods["gradcam"].curves.srg_unclipped, 4)
+    region = rows[1]
+    assert region[column["Insertion peak (1 = the whole photo)"]] == pytest.approx(1.1)
+
+
+def test_curves_csv_has_the_substrate_and_probability_of_every_point(result):
+    lines = render.curves_csv(result).splitlines()
+    assert lines[0] == "method,curve,fraction,score,normalized,substrate,probability"
+    assert len(lines) == 1 + 3 * 2 * (STEPS + 1) and all(line.split(",")[5] == "black" for line in lines[1:])

@@ -45,11 +45,9 @@ def test_layers_import_one_way():
         assert not any(n.split(".")[0] == "gradio" for n in found), f"{path.name} imports gradio"
         if path.parent.name == "methods" and path.name not in ("__init__.py", "base.py"):
             own = f"explainers.methods.{path.stem}"
-            others = {n for n in found if n.startswith("explainers.methods.")} - {
-                own,
-                "explainers.methods.base",
-                "explainers.methods.base.Method",
-            }
+            others = {
+                n for n in found if n.startswith("explainers.methods.") and not n.startswith("explainers.methods.base")
+            } - {own}
             assert not others, f"method {path.name} imports another method: {others}"
             assert not any(n.startswith("explainers.metrics") for n in found), f"{path.name} imports metrics"
         if path.name == "metrics.py":
@@ -58,6 +56,38 @@ def test_layers_import_one_way():
             assert not any(n.startswith(("explainers.methods", "explainers.metrics")) for n in found), path.name
     app = imports(ROOT / "app.py")
     assert not any(n.split(".")[0] == "torch" for n in app), "app.py imports torch"
+    assert not any(n.split(".")[0] in ("threading", "concurrent") for n in app), "app.py runs threads of its own"
+    render = imports(ENGINE / "render.py")
+    assert not any(n.startswith(("explainers.methods", "explainers.report")) for n in render), (
+        "render.py reads the method registry: what a picture needs travels with the map"
+    )
+
+
+def method_switches(path: Path) -> list[str]:
+    """Where a file switches on a registered method's name: compares with it (``name == "region"``,
+    ``"region" in result.methods``) or picks it out of the methods (``result.methods["region"]``,
+    ``METHODS["ig"]``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            names = [o.value for o in operands if isinstance(o, ast.Constant) and o.value in METHODS]
+        elif isinstance(node, ast.Subscript) and (
+            (isinstance(node.value, ast.Attribute) and node.value.attr == "methods")
+            or (isinstance(node.value, ast.Name) and node.value.id == "METHODS")
+        ):
+            names = [node.slice.value] if isinstance(node.slice, ast.Constant) and node.slice.value in METHODS else []
+        else:
+            continue
+        found += [f"{path.name}:{node.lineno} {name!r}" for name in names]
+    return found
+
+
+def test_no_method_is_named_outside_its_file_and_its_registry_entry():
+    """The page, the pictures and the words switch on no method name: the registry entry says how
+    a map is drawn and described."""
+    for path in (ROOT / "app.py", ENGINE / "render.py", ENGINE / "report.py", ENGINE / "app_runtime.py"):
+        assert not method_switches(path), method_switches(path)
 
 
 def test_every_parameter_comes_from_one_declaration():

@@ -1,12 +1,13 @@
 """The app in a real browser: headless Debian Chromium driven by Playwright for Python, on a
 laptop's 1366 x 768 screen.
 
-1. Upload a photo, type a prompt, click Run: the maps must be in view when the run ends (no
-   scrolling past the examples).
+1. Upload a photo, type a prompt, click Run: the Grad-CAM map is on the page before the run ends
+   (results as they come), and the maps are in view when the run ends (no scrolling past the
+   examples).
 2. Move the curve scrubber and the region search's step-through, play the search, and switch the
    IG display:
    the pictures change, and the model scores nothing meanwhile (the server counts every image any
-   model scores: tests/_app_server.py).
+   model scores: explainers.testing.AppServer).
 3. Click the contrast example ("why a cat and not a tiger?"): it runs once, then comes from the cache.
 
 Screenshots (tests/artifacts/, git-ignored) are taken at each stage to look at.
@@ -15,10 +16,11 @@ Skips only where /usr/bin/chromium (or Playwright) is missing.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
-from _app_server import forward_passes
+from conftest import forward_passes
 
 pytestmark = pytest.mark.slow  # the fast tier (-m 'not slow') leaves this module out
 
@@ -81,13 +83,34 @@ def test_run_shows_the_maps_in_view_on_a_laptop_screen(page):
     page.locator("#photo input[type=file]").set_input_files(str(PHOTO))
     page.locator("#photo img").first.wait_for(state="visible", timeout=30_000)
     page.locator("#prompt textarea, #prompt input").first.fill("a cup of coffee")  # not an example: uncached
+    started = time.monotonic()
     page.locator("#run").click()
+    # Results as they come: Grad-CAM's map (its method takes a fraction of a second) is drawn while
+    # the other methods and the curves still run: no download yet, no verdict in its caption.
+    state = page.wait_for_function(
+        """() => {
+            const img = document.querySelector('#overlay-gradcam img');
+            if (!img || !img.complete || img.naturalWidth <= 100) return false;
+            return {
+                download: (document.querySelector('#download')?.innerText || '').includes('saliency-lab-result'),
+                caption: document.querySelector('#caption-gradcam')?.innerText || '',
+                curves: !!document.querySelector('#deletion-plot img'),
+            };
+        }""",
+        timeout=RUN_TIMEOUT_MS,
+        polling="raf",
+    ).json_value()
+    first_map_s = time.monotonic() - started
+    shot(page, "gradcam-first-1366x768.png")
+    assert not state["download"] and not state["curves"], f"the Grad-CAM map came only with the end of the run: {state}"
+    assert "forward pass" in state["caption"] and "faithful than random" not in state["caption"], state
     for element in ("overlay-gradcam", "overlay-ig", "overlay-region", "deletion-plot", "insertion-plot"):
         page.locator(f"#{element} img").first.wait_for(state="visible", timeout=RUN_TIMEOUT_MS)
     page.locator("#auc-table").get_by_text("Random order", exact=True).first.wait_for(timeout=RUN_TIMEOUT_MS)
     page.wait_for_function(
         "() => document.querySelector('#download')?.innerText.includes('saliency-lab-result')", timeout=RUN_TIMEOUT_MS
     )  # the download comes with the last update
+    print(f"Run to the Grad-CAM map {first_map_s:.1f} s, to the download {time.monotonic() - started:.1f} s")
     page.wait_for_timeout(1000)  # let the last images finish painting
     for element in ("overlay-gradcam", "overlay-ig", "overlay-region"):
         picture = page.locator(f"#{element} img").first

@@ -32,9 +32,10 @@ from explainers.errors import UserError
 from explainers.evaluate import evaluate, read_rows, stats
 from explainers.evaluate.__main__ import build_parser, main
 from explainers.evaluate.manifest import Item
-from explainers.evaluate.rows import RANDOM
+from explainers.evaluate.rows import FLOAT_COLUMNS, RANDOM
 from explainers.images import open_image
 from explainers.models.base import CamLayer, ModelAdapter
+from explainers.types import ScoreMeaning
 
 SMALL = {"curve_steps": 4, "ig_steps": 4, "n_regions": 8, "rise_masks": 16}  # every method in milliseconds
 PHOTOS = [
@@ -42,7 +43,8 @@ PHOTOS = [
     ("coffee.jpg", "a cup of espresso", "a cat|a dog", "5"),
     ("rocket.jpg", "a rocket", "", "1"),
 ]
-FLOATS = ("insertion_auc", "deletion_auc", "srg", "score")
+FLOATS = FLOAT_COLUMNS  # AUCs, SRGs, peaks, scores, probabilities
+SUBSTRATES = ("black", "blur")  # evaluate's default scoring substrates (the maps are made on black)
 
 
 class ToyConv(ModelAdapter):
@@ -51,6 +53,7 @@ class ToyConv(ModelAdapter):
 
     name = "toy-conv"
     input_size = (32, 32)
+    classifies = True  # it has classes of its own: a manifest's class column can be checked
 
     def __init__(self) -> None:
         generator = torch.Generator().manual_seed(0)
@@ -64,6 +67,10 @@ class ToyConv(ModelAdapter):
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.conv(pixels)).mean(dim=(2, 3)))
 
+    def top_class(self, pixels: torch.Tensor) -> int:
+        with torch.no_grad():
+            return int(self.logits(pixels).argmax(dim=1)[0])
+
     def prompt_scores(self, pixels, prompts):
         self.images += pixels.shape[0]
         log_probs = torch.log_softmax(self.logits(pixels), dim=1)
@@ -71,6 +78,12 @@ class ToyConv(ModelAdapter):
 
     def cam_layer(self):
         return CamLayer(self.conv, "output", lambda a: a)
+
+    def score_meaning(self, target):
+        # A random network's classes: photos often score below the black image. Keeping every photo
+        # (no margin) lets these tests see every row in the statistics; the ill-conditioned rule has
+        # its own tests (on fake rows, and test_a_photo_that_does_not_beat_its_substrate_is_listed_apart).
+        return ScoreMeaning("log-probability", "the toy's log-probability of a random class", float("-inf"))
 
 
 def write_manifest(folder: Path, photos=PHOTOS, header=("image", "prompt", "contrast", "label")) -> Path:
@@ -92,7 +105,7 @@ def rows_of(out: Path) -> list[dict[str, str]]:
 
 
 def by_key(rows):
-    return {(r["image"], r["prompt"], r["contrast"], r["method"]): r for r in rows}
+    return {(r["image"], r["prompt"], r["contrast"], r["method"], r["substrate"]): r for r in rows}
 
 
 def same_rows(a, b, tolerance=0.0):
@@ -116,15 +129,28 @@ def test_rows_equal_the_one_photo_api_and_summary_has_the_schema(tmp_path):
     toy = ToyConv()
     summary = evaluate(manifest, tmp_path / "out", model=toy, methods="gradcam,ig,region,rise", progress=False, **SMALL)
     rows = rows_of(tmp_path / "out")
-    assert len(rows) == 3 * 5 and len(by_key(rows)) == 15
+    assert len(rows) == 3 * 5 * 2 and len(by_key(rows)) == 30  # image x (4 methods + random) x 2 substrates
     assert rows[0].keys() >= {
         "image",
         "prompt",
         "method",
+        "substrate",
         "insertion_auc",
         "deletion_auc",
         "srg",
+        "srg_unclipped",
+        "insertion_auc_unclipped",
+        "deletion_auc_unclipped",
+        "insertion_peak",
+        "overshoot_area",
+        "deletion_floor",
+        "insertion_auc_probability",
+        "deletion_auc_probability",
         "score",
+        "probability",
+        "full_score",
+        "substrate_score",
+        "min_span",
         "seconds",
         "forward_passes",
         "error",
@@ -137,34 +163,49 @@ def test_rows_equal_the_one_photo_api_and_summary_has_the_schema(tmp_path):
             contrast=contrast.split("|") if contrast else None,
             model=toy,
             methods=["gradcam", "ig", "region", "rise"],
+            score_substrates=SUBSTRATES,
             **SMALL,
         )
         for method in ("gradcam", "ig", "region", "rise", RANDOM):
-            row = by_key(rows)[(image, prompt, contrast, method)]
-            expected = result.random if method == RANDOM else result.methods[method]
-            assert float(row["insertion_auc"]) == expected.insertion.auc
-            assert float(row["deletion_auc"]) == expected.deletion.auc
-            assert float(row["srg"]) == expected.srg
-            assert float(row["score"]) == result.score and row["label"] == label and row["error"] == ""
-            if method != RANDOM:
-                assert int(row["forward_passes"]) == expected.saliency.forward_passes
-                assert row["beats_random"] == str(int(result.more_faithful_than_random(method)))
+            for substrate in SUBSTRATES:
+                row = by_key(rows)[(image, prompt, contrast, method, substrate)]
+                reference = result.random_by_substrate[substrate]
+                expected = reference.curves if method == RANDOM else result.methods[method].by_substrate[substrate]
+                assert float(row["insertion_auc"]) == expected.insertion.auc
+                assert float(row["deletion_auc"]) == expected.deletion.auc
+                assert float(row["srg"]) == expected.srg
+                assert float(row["srg_unclipped"]) == expected.srg_unclipped
+                assert float(row["insertion_peak"]) == expected.insertion.peak
+                assert float(row["full_score"]) == expected.insertion.full_score
+                assert float(row["substrate_score"]) == expected.insertion.substrate_score
+                assert float(row["score"]) == result.score and row["label"] == label and row["error"] == ""
+                if method != RANDOM:
+                    assert int(row["forward_passes"]) == result.methods[method].saliency.forward_passes
+                    assert row["beats_random"] == str(int(result.more_faithful_than_random(method, substrate)))
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert data["n"] == summary.n == 3
-    for method in ("gradcam", "ig", "region", "rise"):
-        entry = data["methods"][method]
-        assert entry.keys() >= {
-            "srg_mean",
-            "srg_ci",
-            "insertion_mean",
-            "deletion_mean",
-            "beats_random",
-            "seconds_mean",
-            "forward_passes_mean",
-        }
-        srgs = [float(by_key(rows)[(i, p, c, method)]["srg"]) for i, p, c, _ in PHOTOS]
-        assert entry["srg_mean"] == pytest.approx(np.mean(srgs), abs=1e-12)
-        assert entry["srg_ci"][0] <= entry["srg_mean"] <= entry["srg_ci"][1]
+    assert data["n"] == summary.n == 3 and list(data["substrates"]) == list(SUBSTRATES)
+    assert data["params"]["score_substrates"] == list(SUBSTRATES)
+    for substrate in SUBSTRATES:
+        for method in ("gradcam", "ig", "region", "rise"):
+            entry = data["substrates"][substrate]["methods"][method]
+            assert entry.keys() >= {
+                "srg_mean",
+                "srg_ci",
+                "srg_unclipped_mean",
+                "insertion_peak_mean",
+                "insertion_mean",
+                "deletion_mean",
+                "beats_random",
+                "seconds_mean",
+                "forward_passes_mean",
+            }
+            srgs = [float(by_key(rows)[(i, p, c, method, substrate)]["srg"]) for i, p, c, _ in PHOTOS]
+            raw = [float(by_key(rows)[(i, p, c, method, substrate)]["srg_unclipped"]) for i, p, c, _ in PHOTOS]
+            assert entry["srg_mean"] == pytest.approx(np.mean(srgs), abs=1e-12)
+            assert entry["srg_unclipped_mean"] == pytest.approx(np.mean(raw), abs=1e-12)
+            assert entry["srg_ci"][0] <= entry["srg_mean"] <= entry["srg_ci"][1]
+    # The top level is the first scoring substrate's block.
+    assert data["methods"] == data["substrates"]["black"]["methods"] != data["substrates"]["blur"]["methods"]
     assert data["random"].keys() >= {"srg_mean", "srg_ci", "insertion_mean", "deletion_mean"}
     assert set(data["pairs"]) == {
         "gradcam vs ig",
@@ -177,7 +218,8 @@ def test_rows_equal_the_one_photo_api_and_summary_has_the_schema(tmp_path):
     assert data["pairs"]["gradcam vs ig"].keys() >= {"srg_diff_mean", "ci", "p_wilcoxon"}
     assert set(data["params"]) >= set(PARAMS) | {"model", "methods", "seed", "bootstrap_resamples"}
     assert data["params"]["curve_steps"] == 4 and data["params"]["model"] == "toy-conv"
-    assert "| Grad-CAM |" in (tmp_path / "out" / "summary.md").read_text()
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "| Grad-CAM |" in markdown and "## Scored on black" in markdown and "## Scored on blur" in markdown
     assert (tmp_path / "out" / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -190,7 +232,9 @@ def test_default_curve_steps_are_the_clis(tmp_path):
         progress=False,
     )
     assert summary.params["curve_steps"] == 50
-    assert all(v == PARAMS[k].default for k, v in summary.params.items() if k in PARAMS and k != "curve_steps")
+    assert summary.params["score_substrates"] == ("black", "blur")  # the maps' substrate and one other
+    skip = ("curve_steps", "score_substrates")
+    assert all(v == PARAMS[k].default for k, v in summary.params.items() if k in PARAMS and k not in skip)
 
 
 # --- resuming -------------------------------------------------------------------------------------
@@ -198,11 +242,11 @@ def test_a_rerun_computes_only_missing_rows_and_loads_no_model(tmp_path, monkeyp
     manifest, out, toy = write_manifest(tmp_path / "data"), tmp_path / "out", ToyConv()
     evaluate(manifest, out, model=toy, methods="gradcam,region", limit=2, progress=False, **SMALL)
     first_two = toy.images
-    assert len(rows_of(out)) == 2 * 3
+    assert len(rows_of(out)) == 2 * 3 * 2
     toy.images = 0
     evaluate(manifest, out, model=toy, methods="gradcam,region", progress=False, **SMALL)  # the third image only
     third = toy.images
-    assert 0 < third < first_two and len(rows_of(out)) == 3 * 3 and len(by_key(rows_of(out))) == 9
+    assert 0 < third < first_two and len(rows_of(out)) == 3 * 3 * 2 and len(by_key(rows_of(out))) == 18
     # Everything done: no forward pass, and with a model name the model is not even loaded.
     import explainers.evaluate.worker as worker
 
@@ -211,7 +255,7 @@ def test_a_rerun_computes_only_missing_rows_and_loads_no_model(tmp_path, monkeyp
     again = evaluate(manifest, out, model=toy, methods="gradcam,region", progress=False, **SMALL)
     assert toy.images == 0 and again.run["images_computed"] == 0 and again.run["images_skipped"] == 3
     named = evaluate(manifest, out, model="toy-conv", methods="gradcam,region", progress=False, **SMALL)
-    assert named.to_dict()["methods"] == again.to_dict()["methods"] and len(rows_of(out)) == 9
+    assert named.to_dict()["methods"] == again.to_dict()["methods"] and len(rows_of(out)) == 18
 
 
 def test_summary_only_computes_nothing_and_counts_what_is_left(tmp_path):
@@ -219,7 +263,7 @@ def test_summary_only_computes_nothing_and_counts_what_is_left(tmp_path):
     evaluate(manifest, out, model=toy, methods="gradcam", limit=1, progress=False, **SMALL)
     toy.images = 0
     summary = evaluate(manifest, out, model=toy, methods="gradcam", compute=False, progress=False, **SMALL)
-    assert toy.images == 0 and len(rows_of(out)) == 2
+    assert toy.images == 0 and len(rows_of(out)) == 2 * 2
     assert summary.n == 1 and summary.n_missing == 2 and summary.run["images_left"] == 2
     assert "2 not yet computed" in (out / "summary.md").read_text()
 
@@ -246,13 +290,15 @@ def test_adding_a_method_computes_only_that_method(tmp_path):
     toy.images = 0
     summary = evaluate(manifest, out, model=toy, methods="gradcam,region", progress=False, **SMALL)
     after = by_key(rows_of(out))
-    assert {k for k in after if k not in before} == {(i, p, c, "region") for i, p, c, _ in PHOTOS}
+    assert {k for k in after if k not in before} == {
+        (i, p, c, "region", s) for i, p, c, _ in PHOTOS for s in SUBSTRATES
+    }
     assert all(after[k] == before[k] for k in before)  # nothing recomputed or duplicated
-    region_passes = sum(int(after[(i, p, c, "region")]["forward_passes"]) for i, p, c, _ in PHOTOS)
-    # Per photo: prepare() scores it once (+1 for the contrast prompts' probabilities), region search,
-    # then the curves: both end points once, and every interior step of deletion and insertion for
-    # the region map and the 3 random orderings.
-    curves = 2 + (1 + 3) * 2 * (SMALL["curve_steps"] - 1)
+    region_passes = sum(int(after[(i, p, c, "region", "black")]["forward_passes"]) for i, p, c, _ in PHOTOS)
+    # Per photo: prepare() scores it once (+1 for the contrast prompts' probabilities), region search
+    # (its map made once), then on each of the 2 scoring substrates the curves: both end points once,
+    # and every interior step of deletion and insertion for the region map and the 3 random orderings.
+    curves = 2 * (2 + (1 + 3) * 2 * (SMALL["curve_steps"] - 1))
     assert toy.images == 3 + 1 + region_passes + 3 * curves
     assert set(summary.methods) == {"gradcam", "region"} and summary.n == 3
 
@@ -262,7 +308,7 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
     evaluate(manifest, out, model=ToyConv(), methods="gradcam", limit=1, progress=False, **SMALL)
     with pytest.raises(UserError, match=r"other settings \(curve_steps 4 there, 6 here\)"):
         evaluate(manifest, out, model=ToyConv(), methods="gradcam", progress=False, **{**SMALL, "curve_steps": 6})
-    assert len(rows_of(out)) == 2  # untouched
+    assert len(rows_of(out)) == 2 * 2  # untouched
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
@@ -274,7 +320,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
         evaluate(manifest, out, model=ToyConv(), methods="gradcam", progress=False, **SMALL)
     assert not (out / "rows.csv").exists()
     evaluate(manifest, out, model=ToyConv(), methods="gradcam", progress=False, **SMALL)  # free again
-    assert len(rows_of(out)) == 2
+    assert len(rows_of(out)) == 2 * 2
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -292,12 +338,16 @@ def test_failed_images_get_error_rows_and_the_run_goes_on(tmp_path):
     manifest, out, toy = write_manifest(folder, photos), tmp_path / "out", ToyConv()
     summary = evaluate(manifest, out, model=toy, methods="gradcam,ig", progress=False, **SMALL)
     rows = by_key(rows_of(out))
-    assert len(rows) == 5 * 3
-    errors = {image: rows[(image, prompt, "", "gradcam")]["error"] for image, prompt, *_ in photos[1:4]}
+    assert len(rows) == 5 * 3 * 2
+    errors = {image: rows[(image, prompt, "", "gradcam", "black")]["error"] for image, prompt, *_ in photos[1:4]}
     assert "no image file" in errors["missing.jpg"] and "not an image" in errors["notes.jpg"]
     assert "prompt is empty" in errors["rocket.jpg"]
     for image, prompt, *_ in photos[1:4]:
-        assert all(rows[(image, prompt, "", m)]["error"] == errors[image] for m in ("gradcam", "ig", RANDOM))
+        assert all(
+            rows[(image, prompt, "", m, s)]["error"] == errors[image]
+            for m in ("gradcam", "ig", RANDOM)
+            for s in SUBSTRATES
+        )
         assert "\n" not in errors[image] and "Traceback" not in errors[image]
     assert summary.n == 2 and summary.n_failed == 3 and len(summary.errors) == 3
     assert summary.methods["gradcam"]["n"] == 2
@@ -305,7 +355,7 @@ def test_failed_images_get_error_rows_and_the_run_goes_on(tmp_path):
     toy.images = 0
     assert evaluate(manifest, out, model=toy, methods="gradcam,ig", progress=False, **SMALL).run["images_computed"] == 0
     retried = evaluate(manifest, out, model=toy, methods="gradcam,ig", retry_errors=True, progress=False, **SMALL)
-    assert retried.run["images_computed"] == 3 and retried.n_failed == 3 and len(rows_of(out)) == 5 * 3 + 3 * 3
+    assert retried.run["images_computed"] == 3 and retried.n_failed == 3 and len(rows_of(out)) == (5 * 3 + 3 * 3) * 2
 
 
 @pytest.mark.parametrize(
@@ -371,17 +421,23 @@ def test_every_parameter_has_its_flag_and_the_default_is_the_clis():
 
 
 # --- statistics ------------------------------------------------------------------------------
-def fake_rows(srgs: dict[str, list[float]], beats: dict[str, list[int]] | None = None):
-    """Rows for items 0..n-1 with the given SRGs (insertion = SRG, deletion = 0)."""
+def fake_rows(srgs: dict[str, list[float]], beats: dict[str, list[int]] | None = None, substrate: str = "black"):
+    """Rows for items 0..n-1 on one substrate with the given SRGs (insertion = SRG, deletion = 0;
+    unclipped SRG = 2 SRG); the photo scores 0, the substrate -1 (a log-probability: well conditioned)."""
     n = len(next(iter(srgs.values())))
     items = [Item(f"{i}.jpg", f"{i}.jpg", "a cat") for i in range(n)]
     rows = {}
     for method, values in srgs.items():
         for i, (item, value) in enumerate(zip(items, values)):
-            rows[item.key + (method,)] = {
+            rows[item.key + (method, substrate)] = {
                 "srg": value,
+                "srg_unclipped": 2 * value,
                 "insertion_auc": value,
                 "deletion_auc": 0.0,
+                "insertion_peak": 1.0 + value,
+                "full_score": 0.0,
+                "substrate_score": -1.0,
+                "min_span": float(np.log(2)),
                 "error": "",
                 "beats_random": (beats or {}).get(method, [1] * n)[i],
                 "seconds": 1.0,
@@ -402,6 +458,9 @@ def test_summary_statistics_match_scipy():
     out = stats.summarize(rows, items, ["gradcam", "region"], seed=0)
     assert out["n"] == 40 and out["methods"]["gradcam"]["beats_random"] == 0.75
     assert out["methods"]["gradcam"]["srg_mean"] == pytest.approx(a.mean(), abs=1e-12)
+    assert out["methods"]["gradcam"]["srg_unclipped_mean"] == pytest.approx(2 * a.mean(), abs=1e-12)
+    assert out["methods"]["gradcam"]["insertion_peak_mean"] == pytest.approx(1 + a.mean(), abs=1e-12)
+    assert out["methods"]["gradcam"]["peak_above_photo"] == pytest.approx(np.mean(a > 0.02))
     reference = scipy_stats.bootstrap((a,), np.mean, method="percentile", n_resamples=10_000, random_state=5)
     # Two independent 10,000-resample estimates of the same 2.5 % and 97.5 % quantiles of the mean
     # (standard error 0.016) differ by about 0.0006; a 90 % interval would be 0.005 narrower.
@@ -427,50 +486,68 @@ def test_summary_edge_cases():
     assert out["vs_random"]["gradcam"]["p_wilcoxon"] == 1.0  # every difference is 0
     one, items1 = fake_rows({"gradcam": [0.2], RANDOM: [0.0]})
     assert stats.summarize(one, items1, ["gradcam"], seed=0)["vs_random"]["gradcam"]["p_wilcoxon"] is None
-    rows[items[1].key + ("gradcam",)] = {**rows[items[1].key + ("gradcam",)], "error": "broken"}
+    rows[items[1].key + ("gradcam", "black")] = {**rows[items[1].key + ("gradcam", "black")], "error": "broken"}
     out = stats.summarize(rows, items, ["gradcam"], seed=0)
     assert out["n"] == 2 and out["n_failed"] == 1 and out["random"]["n"] == 2  # paired: the same images
 
 
 def test_ill_conditioned_images_are_left_out_of_every_mean_and_listed():
-    """An image whose photo scores like the removed image has normalised AUCs of +-1000: it would
-    swamp every mean. Left out by its random reference's AUC (the same for every method), listed."""
+    """An image whose photo does not beat the fully removed image by the margin its score declares
+    (min_span: ln 2 for a log-probability) has normalised curves that divide by noise: it is left out
+    of every mean on that substrate (the same for every method, by the photo's own scores), and listed."""
     rows, items = fake_rows(
-        {"gradcam": [0.5, 0.7, 900.0, 0.6], "region": [0.6, 0.8, 1200.0, 0.7], RANDOM: [0.0, 0.1, -500.0, 0.05]}
+        {"gradcam": [0.5, 0.7, 0.9, 0.6], "region": [0.6, 0.8, 0.1, 0.7], RANDOM: [0.0, 0.1, 0.0, 0.05]}
     )
+    for method in ("gradcam", "region", RANDOM):  # photo 2 scores -6.328, its black substrate -6.332
+        rows[items[2].key + (method, "black")].update(full_score=-6.328, substrate_score=-6.332)
     out = stats.summarize(rows, items, ["gradcam", "region"], seed=0)
     assert out["n"] == 3 and out["random"]["n"] == 3
     assert out["methods"]["gradcam"]["srg_mean"] == pytest.approx(0.6)
     assert out["pairs"]["gradcam vs region"]["srg_diff_mean"] == pytest.approx(-0.1)
     assert out["n_ill_conditioned"] == 1 and out["ill_conditioned"][0]["image"] == "2.jpg"
     assert out["n_failed"] == 0
-    # at the threshold itself the image counts
-    rows[items[2].key + (RANDOM,)] = {**rows[items[2].key + (RANDOM,)], "insertion_auc": -stats.ILL_CONDITIONED_AUC}
-    assert stats.summarize(rows, items, ["gradcam"], seed=0)["n"] == 4
+    # exactly at the margin the photo counts; a hair below it does not; a photo below its substrate never
+    for full, counted in ((-6.332 + np.log(2), True), (-6.332 + np.log(2) - 1e-9, False), (-7.0, False)):
+        rows[items[2].key + (RANDOM, "black")]["full_score"] = full
+        assert stats.summarize(rows, items, ["gradcam"], seed=0)["n"] == (4 if counted else 3)
+
+
+def test_each_substrate_is_summarised_apart_and_the_first_is_the_top_level():
+    black, items = fake_rows({"gradcam": [0.5, 0.7, 0.6], RANDOM: [0.0, 0.1, 0.0]}, substrate="black")
+    blur, _ = fake_rows({"gradcam": [0.1, 0.2, 0.3], RANDOM: [0.0, 0.0, 0.0]}, substrate="blur")
+    blur[items[0].key + (RANDOM, "blur")]["substrate_score"] = -0.1  # ill-conditioned on blur only
+    out = stats.summarize({**black, **blur}, items, ["gradcam"], seed=0, substrates=("blur", "black"))
+    assert list(out["substrates"]) == ["blur", "black"] and out["methods"] == out["substrates"]["blur"]["methods"]
+    assert out["substrates"]["blur"]["n"] == 2 and out["substrates"]["black"]["n"] == 3
+    assert out["substrates"]["blur"]["methods"]["gradcam"]["srg_mean"] == pytest.approx(0.25)
+    assert out["substrates"]["black"]["methods"]["gradcam"]["srg_mean"] == pytest.approx(0.6)
+    assert out["substrates"]["blur"]["ill_conditioned"] == [{"image": "0.jpg", "prompt": "a cat"}]
 
 
 def test_class_column_marks_correct_images_and_groups_them(tmp_path):
     toy = ToyConv()
     manifest = write_manifest(tmp_path / "data")
     summary = evaluate(
-        manifest,
-        tmp_path / "out",
-        model=toy,
-        methods="gradcam",
-        class_column="label",
-        group_by=["correct"],
-        progress=False,
-        **SMALL,
+        manifest, tmp_path / "out", model=toy, methods="gradcam", class_column="label", progress=False, **SMALL
     )
     rows = by_key(rows_of(tmp_path / "out"))
     for image, prompt, contrast, label in PHOTOS:
         pixels = toy.load_image(open_image(tmp_path / "data" / image))
         top1 = int(toy.logits(pixels).argmax())
-        row = rows[(image, prompt, contrast, "gradcam")]
-        assert row["top1"] == str(top1) and row["correct"] == str(int(top1 == int(label)))
-    groups = summary.groups["correct"]
-    assert sum(block["n_images"] for block in groups.values()) == 3
-    assert set(groups) == {rows[(i, p, c, "gradcam")]["correct"] for i, p, c, _ in PHOTOS}
+        for substrate in SUBSTRATES:
+            row = rows[(image, prompt, contrast, "gradcam", substrate)]
+            assert row["top1"] == str(top1) and row["correct"] == str(int(top1 == int(label)))
+    # With a class column the correct ("1") and wrong ("0") photos are always apart, on every substrate,
+    # without --group-by; a group no photo falls in is there with n 0.
+    for substrate in SUBSTRATES:
+        groups = summary.substrates[substrate]["groups"]["correct"]
+        assert list(groups) == ["1", "0"] and sum(block["n_images"] for block in groups.values()) == 3
+    assert summary.groups == summary.substrates["black"]["groups"]
+    correct = {rows[(i, p, c, "gradcam", "black")]["correct"] for i, p, c, _ in PHOTOS}
+    for value in ("1", "0"):
+        assert (summary.groups["correct"][value]["n_images"] > 0) == (value in correct)
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert markdown.index("Correctly classified photos (the headline)") < markdown.index("Misclassified photos")
 
 
 # --- other processes: worker processes, Ray, a killed command --------------------------------------
@@ -590,7 +667,7 @@ def test_ray_with_two_actors_gives_the_rows_of_one_worker(one_worker_rows, tiny_
         progress=False,
         **SMALL,
     )
-    assert again.run["images_computed"] == 0 and again.run["ray"] is None and len(rows_of(out)) == 9
+    assert again.run["images_computed"] == 0 and again.run["ray"] is None and len(rows_of(out)) == 9 * 2
 
 
 def test_a_killed_command_leaves_valid_rows_and_the_rerun_completes(tiny_clip_folder, tmp_path):
@@ -638,4 +715,4 @@ def test_a_killed_command_leaves_valid_rows_and_the_rerun_completes(tiny_clip_fo
         **{k: SMALL[k] for k in ("curve_steps", "n_regions")},
     )
     assert resumed.run["images_computed"] <= 9 - len(done) + 1 and resumed.n + len(resumed.ill_conditioned) == 9
-    assert len(rows_of(out)) == 27 and len(by_key(rows_of(out))) == 27
+    assert len(rows_of(out)) == 27 * 2 and len(by_key(rows_of(out))) == 27 * 2  # 2 scoring substrates

@@ -13,7 +13,7 @@ import pytest
 from explainers.errors import UserError
 from explainers.evaluate import evaluate
 from explainers.evaluate.manifest import read_manifest
-from explainers.evaluate.rows import latest, read_rows, row_key
+from explainers.evaluate.rows import KEY, latest, read_rows, row_key
 from explainers.models.clip import ALLOW_LOCAL_ENV
 from explainers.testing import save_tiny_owlv2, save_tiny_qwen2_vl
 
@@ -63,13 +63,26 @@ def test_target_columns_are_part_of_the_key(photos):
     assert plain.items[0].options == {} and len(plain.items) == 1
 
 
-def test_rows_without_a_target_column_key_as_before(tmp_path):
-    path = write(
-        tmp_path / "rows.csv", [["image", "prompt", "contrast", "method", "params_hash"], ["a.jpg", "x", "", "ig", "h"]]
-    )
+def test_a_row_key_holds_the_manifest_rows_target(tmp_path):
+    path = write(tmp_path / "rows.csv", [[*KEY, "params_hash"], ["a.jpg", "x", "", "box=1,2,3,4", "ig", "black", "h"]])
     (row,) = read_rows(path)[1]
-    assert row_key(row) == ("a.jpg", "x", "", "", "ig")
-    assert list(latest([row], "h")) == [("a.jpg", "x", "", "", "ig")]
+    assert row_key(row) == ("a.jpg", "x", "", "box=1,2,3,4", "ig", "black")
+    assert list(latest([row], "h")) == [row_key(row)] and list(latest([row], "other")) == []
+
+
+@pytest.mark.parametrize("what", ["rows", "params"])
+def test_a_folder_of_rows_format_2_without_a_target_column_is_refused(photos, tmp_path, what):
+    manifest = write(photos / "one.csv", [["image", "prompt"], ["cat.jpg", "a cat"]])
+    out = tmp_path / "old"
+    out.mkdir()
+    if what == "rows":  # format 2: a substrate per row, no target in the key
+        header = ["image", "prompt", "contrast", "method", "substrate", "srg", "params_hash"]
+        write(out / "rows.csv", [header, ["cat.jpg", "a cat", "", "gradcam", "black", "0.3", "abc"]])
+    else:
+        (out / "params.json").write_text(json.dumps({"model": "bundled", "params": {}, "rows_format": 2}))
+    with pytest.raises(UserError, match=r"older format \(no target column in the rows' key\)") as caught:
+        evaluate(manifest, out, model="bundled", **FAST)  # refused before the model loads
+    assert "another --out folder" in str(caught.value) and "\n" not in str(caught.value)
 
 
 @pytest.mark.slow

@@ -27,12 +27,14 @@ from explainers.api import (
 )
 from explainers.errors import UserError
 from explainers.methods import METHODS
+from explainers.models import ModelAdapter
 from explainers.types import Target
 
 CHEAP = {"methods": ["gradcam"], "curve_steps": 4, "n_random": 1}
 # From the registry: every whole-number parameter, and every parameter with choices.
 NUMERIC = {name: p for name, p in PARAMS.items() if not p.choices and p.kind is int}
-CHOICES = {name: p.choices for name, p in PARAMS.items() if p.choices}
+CHOICES = {name: p.choices for name, p in PARAMS.items() if p.choices and not p.many}
+LISTS = {name: p for name, p in PARAMS.items() if p.many}
 
 
 def one_sentence(error: UserError) -> str:
@@ -130,7 +132,7 @@ def test_any_text_is_cleaned_or_refused(prompt, contrast):
     assert all(isinstance(n, str) and "\n" not in n for n in notes)
 
 
-class FakeAdapter:
+class FakeAdapter(ModelAdapter):
     """Counts one token per word plus two, like a BERT tokenizer on plain words."""
 
     max_prompt_tokens = 10
@@ -148,7 +150,7 @@ def test_token_notes_name_the_limit():
     assert _token_notes(FakeAdapter(), Target("w " * 8)) == []  # exactly at the limit
     assert len(_token_notes(FakeAdapter(), Target("w " * 9))) == 1
 
-    class NoCount:
+    class NoCount(ModelAdapter):
         max_prompt_tokens = None
 
     assert _token_notes(NoCount(), Target("w " * 500)) == []
@@ -243,6 +245,22 @@ def test_bad_choices_name_the_parameter_and_the_choices(name, value):
     with pytest.raises(UserError) as caught:
         validate_params({name: value})
     assert one_sentence(caught.value).startswith(f"{name} must be one of {', '.join(CHOICES[name])}, not ")
+
+
+@pytest.mark.parametrize("name", sorted(LISTS))
+@pytest.mark.parametrize("value", ["foo", "black,foo", 5, ["black", 5], 1.5, True, {"black": 1}])
+def test_bad_lists_name_the_parameter_and_the_choices(name, value):
+    with pytest.raises(UserError) as caught:
+        validate_params({name: value})
+    choices = ", ".join(LISTS[name].choices)
+    assert one_sentence(caught.value).startswith(f"{name} must be a comma-separated list from {choices}, not ")
+
+
+def test_lists_keep_the_order_given_drop_repeats_and_blanks_and_empty_means_the_default():
+    assert validate_params({"score_substrates": " Blur, black ,blur,"})["score_substrates"] == ("blur", "black")
+    assert validate_params({"score_substrates": ["road", "BLACK"]})["score_substrates"] == ("road", "black")
+    assert validate_params({"score_substrates": ""})["score_substrates"] == ()
+    assert validate_params({"score_substrates": []})["score_substrates"] == ()
 
 
 def test_choices_are_forgiving_about_case_and_spaces():

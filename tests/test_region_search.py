@@ -9,6 +9,7 @@ from toys import linear, signed_linear
 
 from explainers.methods.region_search import (
     SEARCH_FUNCTIONS,
+    PartsObjective,
     greedy_images,
     greedy_order,
     lazy_greedy_order,
@@ -112,7 +113,7 @@ def test_region_search_previews_its_map_as_regions_are_chosen():
 def saturating_objective(seed: int, n: int = 14):
     """F(S) = s(S) + 1 - s(I minus S) with s a sigmoid of summed region evidence (redundant
     evidence: one region alone or removed alone changes little), with the objective's optional
-    ``kept_scores``, as SmdlObjective offers it. Counts the rows it scores."""
+    ``kept_scores``, as SmdlObjective offers it (a PartsObjective). Counts the rows it scores."""
     rng = np.random.default_rng(seed)
     weight = rng.gamma(0.5, 1.0, n)
     weight /= weight.sum()
@@ -121,7 +122,7 @@ def saturating_objective(seed: int, n: int = 14):
         raw = lambda e: 1 / (1 + np.exp(-12 * (e - 0.3)))  # noqa: E731
         return (raw(kept.astype(float) @ weight) - raw(0.0)) / (raw(1.0) - raw(0.0))
 
-    class Objective:
+    class Objective(PartsObjective):
         rows = 0
 
         def kept_scores(self, sets):

@@ -11,6 +11,9 @@ from conftest import ROOT
 
 from explainers import report
 from explainers.methods import METHODS
+from explainers.models.base import CONTRAST_MEANING
+from explainers.models.classifier import LOG_PROBABILITY_MEANING
+from explainers.models.clip import LOGIT_MEANING
 from explainers.types import Curve, Curves, MethodResult, RandomReference, Result, SaliencyMap, Target
 
 
@@ -49,7 +52,11 @@ def make_result(
     random_srgs=(0.0, 0.05, -0.02),
     random_curves=RANDOM,
     steps=2,
+    probability=None,
 ) -> Result:
+    """A result as the model ``model`` would give it: its score's meaning and probability as that
+    adapter declares them (bundled: a log-probability, its exp; CLIP: a logit, with ``probability``
+    its softmax against the vocabulary; with contrast prompts: the probability among them)."""
     methods = methods if methods is not None else {"gradcam": FAITHFUL}
     built = {}
     for name, method_curves in methods.items():
@@ -69,6 +76,12 @@ def make_result(
         random=RandomReference(random_curves, tuple(random_srgs), "pixels", 0),
         params={"curve_steps": steps, "substrate": "black", "seed": 0},
         seconds=3.5,
+        probability=score if contrast else probability if model.startswith("clip") else math.exp(score),
+        score_meaning=CONTRAST_MEANING
+        if contrast
+        else LOGIT_MEANING
+        if model.startswith("clip")
+        else LOG_PROBABILITY_MEANING,
     )
 
 
@@ -97,15 +110,17 @@ def test_caption_has_cost_verdict_and_both_aucs():
 def test_prompt_probability_by_kind_of_score():
     assert report.prompt_probability(make_result(score=math.log(0.25))) == pytest.approx(0.25)
     assert report.prompt_probability(make_result(score=0.7, contrast=("a dog",))) == pytest.approx(0.7)
-    assert report.prompt_probability(make_result(model="clip:openai/clip-vit-base-patch32", score=25.0)) is None
+    clip = "clip:openai/clip-vit-base-patch32"
+    assert report.prompt_probability(make_result(model=clip, score=25.0, probability=0.3)) == pytest.approx(0.3)
+    assert report.prompt_probability(make_result(model=clip, score=25.0)) is None  # none given: none said
 
 
 def test_unsure_model_is_warned_before_the_curves():
     unsure = report.warnings(make_result(score=math.log(0.05)))
     assert len(unsure) == 1 and "unsure" in unsure[0] and "5.0%" in unsure[0] and "20%" in unsure[0]
     assert report.warnings(make_result(score=math.log(0.5))) == []
-    # CLIP's scaled cosine is no probability: nothing to say, however low.
-    assert report.warnings(make_result(model="clip:x", score=-3.0)) == []
+    # CLIP's probability is against a fixed vocabulary (other names of the same thing share it): no warning.
+    assert report.warnings(make_result(model="clip:x", score=-3.0, probability=0.01)) == []
     beaten = report.warnings(make_result(score=0.1, contrast=("a tiger", "a lynx")))
     assert "less likely than the other prompts" in beaten[0]
     assert report.warnings_markdown(make_result(score=math.log(0.05))).startswith("**Careful.**")
@@ -122,7 +137,9 @@ def test_score_sentence_for_each_kind_of_model():
     text = report.score_markdown(make_result(), [("Egyptian cat", 0.8), ("lynx", 0.001)])
     assert "Egyptian cat (80%)" in text and "lynx" not in text  # classes under 1 % are left out
     assert "rather than “a dog”: 70.0%" in report.score_markdown(make_result(score=0.7, contrast=("a dog",)))
-    assert "CLIP's score" in report.score_markdown(make_result(model="clip:x", score=25.0))
+    clip = report.score_markdown(make_result(model="clip:x", score=25.0, probability=0.42))
+    assert "CLIP's logit" in clip and "probability 42.0%" in clip and "1000 class names" in clip
+    assert "log of the probability" in report.score_markdown(make_result())  # the model's own words
 
 
 def test_how_to_read_takes_every_note_from_the_registry():
@@ -154,13 +171,13 @@ def test_scrubber_text_reads_the_curves_at_the_step():
 
 def test_step_text_shows_gain_scores_and_estimated_steps():
     result = make_result({"region": FAITHFUL})
-    assert "Step 0 of 4" in report.step_markdown(result, 0)
-    second = report.step_markdown(result, 2)
+    assert "Step 0 of 4" in report.step_markdown(result, "region", 0)
+    second = report.step_markdown(result, "region", 2)
     assert "Step 2 of 4" in second and "region 3 added" in second and "gain in F +0.300" in second
     assert "score **0.50**" in second and "(estimated)" not in second
-    fourth = report.step_markdown(result, 4)
+    fourth = report.step_markdown(result, "region", 4)
     assert "not scored" in fourth and "(estimated)" in fourth and "did not ask the model" in fourth
-    assert "was not part of this run" in report.step_markdown(make_result(), 3)
+    assert "was not part of this run" in report.step_markdown(make_result(), "region", 3)
 
 
 def test_colour_bar_holds_every_stop_in_order():
@@ -186,3 +203,18 @@ def test_report_imports_neither_gradio_nor_torch_of_its_own():
         if isinstance(node, ast.ImportFrom) and node.module and not node.level
     }
     assert not names & {"gradio", "torch"}, names
+
+
+def test_a_peak_above_the_photo_gets_its_own_sentence_and_the_srg_stays_clipped():
+    # The left half alone scores 1.5 times the photo: the caption says so; the verdict's SRG is the
+    # clipped one (the curve counts up to 1 in the AUC).
+    over = curves([1.0, 0.2, 0.0], [0.0, 1.5, 1.0])
+    over = Curves(
+        over.deletion,
+        Curve("insertion", over.insertion.fractions, over.insertion.scores, over.insertion.normalized, 0.5, 1.0, 0.0),
+    )
+    result = make_result({"gradcam": over})
+    caption = report.caption(result, "gradcam")
+    assert "The best 50% of the pixels alone scores higher than the whole photo (peak 1.50" in caption
+    assert over.insertion.auc_unclipped == pytest.approx(1.0) and over.insertion.overshoot_area == pytest.approx(0.25)
+    assert report.peak_sentence(make_result(), "gradcam") == ""  # FAITHFUL peaks at the photo itself

@@ -12,7 +12,7 @@ from toys import linear
 from explainers import explain
 from explainers.api import candidate_targets, split_options, target_params
 from explainers.errors import UserError
-from explainers.models import MODEL_KINDS, model_kind
+from explainers.models import MODEL_KINDS, MODEL_MODULES, model_kind
 from explainers.params import Param
 from explainers.types import Target
 
@@ -26,8 +26,9 @@ def test_a_prompt_target_says_what_it_is():
 
 def test_the_model_kinds_declare_their_target_parameters_once():
     assert {"vlm", "detector"} <= set(MODEL_KINDS)
-    assert model_kind("vlm:org/name").name == "vlm" and model_kind(" detector:./x").name == "detector"
-    assert model_kind("bundled") is None and model_kind("clip:openai/x") is None and model_kind(5) is None
+    assert model_kind("vlm:org/name").name == "vlm" and model_kind("detector:./x").name == "detector"
+    assert model_kind("bundled").params == () and model_kind("clip:openai/x").params == ()
+    assert MODEL_MODULES[-2:] == ("vlm", "detector")  # one line per kind in the registry
     assert list(target_params("vlm:org/name")) == ["answer", "answer_token", "max_new_tokens"]
     assert list(target_params("detector:org/name")) == ["box", "box_threshold"]
     assert target_params("bundled") == {}
@@ -53,14 +54,14 @@ def test_result_json_says_the_target_its_probability_and_what_the_score_is(bundl
     result = explain(ASSETS / "chelsea.jpg", "a cat", model=bundled, methods=["gradcam"], curve_steps=2, n_random=1)
     summary = result.summary()
     assert summary["target"] == {"kind": "prompt", "prompt": "a cat", "contrast": []}
-    assert summary["score_meaning"] == "log-probability"
+    assert summary["score_meaning"]["name"] == "log-probability"
     assert summary["probability"] == pytest.approx(math.exp(summary["score"]), rel=1e-6)
     clip = explain(ASSETS / "chelsea.jpg", "a cat", model=tiny_clip, methods=["gradcam"], curve_steps=2, n_random=1)
-    assert clip.summary()["probability"] is None and clip.summary()["score_meaning"] == "logit"
+    assert 0 <= clip.summary()["probability"] <= 1 and clip.summary()["score_meaning"]["name"] == "logit"
     versus = explain(
         ASSETS / "chelsea.jpg", "a cat", ["a dog"], model=tiny_clip, methods=["gradcam"], curve_steps=2, n_random=1
     )
-    assert versus.probability == pytest.approx(versus.score) and versus.meaning.name == "probability"
+    assert versus.probability == pytest.approx(versus.score) and versus.score_meaning.name == "probability"
 
 
 def test_a_prompt_model_offers_its_prompt(tiny_clip):
@@ -74,4 +75,4 @@ def test_gradient_methods_are_refused_where_the_model_gives_no_gradients():
     adapter.gradients = False
     with pytest.raises(UserError, match=r"Grad-CAM and Integrated gradients need the model's gradients") as caught:
         explain(np.zeros((8, 8, 3), np.uint8), "x", model=adapter, methods=["gradcam", "ig", "rise"])
-    assert "choose from region, rise" in str(caught.value)
+    assert "choose methods that only ask for scores (region, rise)" in str(caught.value)

@@ -296,7 +296,7 @@ def test_explain_writes_the_answer_a_probability_and_every_methods_curves(folder
     assert summary["target"]["kind"] == "answer" and summary["target"]["question"] == QUESTION
     assert summary["target"]["tokens"] and summary["target"]["answer_source"] == "model"
     assert 0.0 <= summary["probability"] <= 1.0 and summary["probability"] == pytest.approx(summary["score"])
-    assert summary["score_meaning"] == "probability"
+    assert summary["score_meaning"]["name"] == "probability"
     assert set(summary["methods"]) == {"gradcam", "ig", "region", "rise"}
     for method in summary["methods"].values():
         assert len(method["curves"]["insertion"]["scores"]) == 5

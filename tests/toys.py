@@ -3,6 +3,7 @@ whose every score, gradient and curve point can be computed by hand."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -77,3 +78,19 @@ class OneConv(ModelAdapter):
 
     def cam_layer(self):
         return CamLayer(self.conv, "output", lambda t: t)
+
+
+class RandomizableConv(OneConv):
+    """The one-conv toy with a one-stage cascade, so the sanity check can run on it (at 8 x 8: SSIM
+    needs 7 x 7)."""
+
+    name = "randomizable-conv"
+    input_size = (8, 8)
+
+    def randomization_stages(self):
+        return [("conv", ["weight", "bias"])]
+
+    def randomizable_copy(self):
+        clone = copy.copy(self)
+        clone.conv = copy.deepcopy(self.conv)
+        return clone, clone.conv

@@ -1,8 +1,8 @@
 """Command line: ``python -m explainers.evaluate MANIFEST.csv --out DIR [options]``.
 
 Evaluates every method on every photo of the manifest and writes DIR/rows.csv (one row per
-image x method, plus the random reference), DIR/summary.json, DIR/summary.md and
-DIR/summary.png. Rerunning with the same DIR resumes. Every parameter flag of
+image x method x scoring substrate, plus the random reference's), DIR/summary.json, DIR/summary.md
+and DIR/summary.png (with --sanity also DIR/sanity.csv). Rerunning with the same DIR resumes. Every parameter flag of
 ``python -m explainers`` is here too, generated from the same specs with the same defaults
 (curve steps 50). Bad input exits with code 2 and one line ``error: ...``; Ctrl-C exits with
 code 130, keeping every finished row.
@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COLUMNS",
         help="comma-separated columns (manifest ones, or correct) whose values get their own tables in the summary",
     )
+    parser.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also the sanity check (model-parameter randomisation, Adebayo et al. 2018) on every photo: per "
+        "method and stage the correlation means with CIs and the share of blank maps, beside two reference "
+        "rows (the trained map against a centred blob and against the photo's edges); DIR/sanity.csv "
+        "(every method again per stage: several times the cost)",
+    )
     parser.add_argument("--retry-errors", action="store_true", help="compute again the images that failed before")
     parser.add_argument(
         "--summary-only",
@@ -99,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap resamples for the confidence intervals (default 10000)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_param_flags(parser)
+    add_param_flags(
+        parser,
+        {
+            "score_substrates": "the --substrate, then blur (black where --substrate is blur): a substrate "
+            "the maps were not made with, at the cost of the curves once more"
+        },
+    )
     return parser
 
 
@@ -140,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             compute=not args.summary_only,
             resamples=args.bootstrap or RESAMPLES,
             progress=False if args.no_progress else None,
+            sanity=args.sanity,
             **params,
             **options,
         )

@@ -1,10 +1,18 @@
-"""rows.csv: one row per image x method (and one for the random reference), appended as each
-image finishes, so that an interrupted run leaves a valid file and a rerun skips what is done.
+"""rows.csv: one row per image x method x scoring substrate (and per image x scoring substrate
+for the random reference), appended as each image finishes, so that an interrupted run leaves a
+valid file and a rerun skips what is done. Each map is made once and its curves are drawn on
+every scoring substrate. sanity.csv (``evaluate --sanity``): one row per image x method x stage
+of the model-randomisation cascade, and per image x method x reference map.
 
-A row's key is (image, prompt, contrast, target, method) -- ``target`` is the manifest row's
-target parameters (a VLM's answer, a detector's box), a column only for those model kinds; every row also carries the hash of the run's
-model and parameters, and a folder holds the rows of one configuration only (``check_config``
-refuses another), so results of different parameters never mix.
+A row's key is (image, prompt, contrast, target, method, substrate) -- ``target`` is the manifest
+row's own target parameters (a VLM's answer, a detector's box; "" where it gives none), so one
+photo can be evaluated on several answers or boxes; ``explained`` is the target the model
+explained (its JSON: the model's own answer, its box), for the kinds that resolve one. Every row
+also carries the hash of the run's model and parameters, and a folder holds the rows of one
+configuration only (``check_config`` refuses another), so results of different parameters never
+mix. The methods and the scoring substrates are not part of the configuration: adding some
+computes only their rows. A folder written by an older format (``ROWS_FORMAT``: no substrate or no
+target column) is refused, saying how to rerun.
 """
 
 from __future__ import annotations
@@ -21,13 +29,35 @@ from typing import Any
 from ..errors import UserError
 
 RANDOM = "random"  # the method name of the random reference's row
-KEY = ("image", "prompt", "contrast", "target", "method")
-RESULT_COLUMNS = (
+# 2: a row per scoring substrate, clipped AUCs with the unclipped beside them; 3: the row's target in the key
+ROWS_FORMAT = 3
+ITEM_KEY = ("image", "prompt", "contrast", "target")  # manifest.Item.key
+ITEM = len(ITEM_KEY)  # a row key's first ITEM fields are its manifest row's
+KEY = (*ITEM_KEY, "method", "substrate")
+CURVE_COLUMNS = (  # types.Curves.figures(), on the row's scoring substrate
     "insertion_auc",
     "deletion_auc",
     "srg",
+    "srg_unclipped",
+    "insertion_auc_unclipped",
+    "deletion_auc_unclipped",
+    "insertion_peak",
+    "insertion_peak_fraction",
+    "overshoot_area",
+    "deletion_floor",
+    "insertion_auc_probability",
+    "deletion_auc_probability",
+)
+RESULT_COLUMNS = (
+    *CURVE_COLUMNS,
     "beats_random",
-    "score",
+    "explained",  # the target the model explained (its JSON: its own answer, its box); blank for a prompt
+    "score",  # the photo's score of the target
+    "probability",  # the target's probability on the photo, in [0, 1] (blank: the model gives none)
+    "full_score",  # the photo's score as the curves saw it (the curves' 1)
+    "substrate_score",  # the fully removed image's score on this substrate (the curves' 0)
+    "score_meaning",  # what the score is (log-probability, logit, probability): the model's word
+    "min_span",  # full_score - substrate_score below this: the photo is ill-conditioned on this substrate
     "seconds",
     "forward_passes",
     "backward_passes",
@@ -36,15 +66,29 @@ RESULT_COLUMNS = (
     "error",
 )
 CLASS_COLUMNS = ("top1", "correct")  # with a class column: the model's top-1 class and whether it is right
-BASE_COLUMNS = ("image", "prompt", "contrast", "method") + RESULT_COLUMNS + ("params_hash",)
-# With a model kind that resolves its target: the manifest's target parameters (part of the key),
-# the target explained (its JSON: the model's answer, its box) and its probability.
-TARGET_COLUMNS = ("target", "explained", "probability")
-RESERVED = BASE_COLUMNS + CLASS_COLUMNS + TARGET_COLUMNS
-FLOAT_COLUMNS = ("insertion_auc", "deletion_auc", "srg", "score", "probability", "seconds", "curve_seconds")
+BASE_COLUMNS = KEY + RESULT_COLUMNS + ("params_hash",)
+RESERVED = BASE_COLUMNS + CLASS_COLUMNS
+FLOAT_COLUMNS = (
+    *CURVE_COLUMNS,
+    "score",
+    "probability",
+    "full_score",
+    "substrate_score",
+    "min_span",
+    "seconds",
+    "curve_seconds",
+)
 INT_COLUMNS = ("beats_random", "forward_passes", "backward_passes", "curve_forward_passes", "top1", "correct")
+# sanity.csv (evaluate --sanity): kind "stage" (a stage of the cascade: stage_index from the top, 0 first)
+# or "reference" (stage "centre" or "edges": the trained map against a map that knows nothing of the model).
+SANITY_KEY = (*ITEM_KEY, "method", "kind", "stage")
+SANITY_COLUMNS = SANITY_KEY + ("stage_index", "spearman", "ssim", "blank", "error", "params_hash")
+SANITY_FLOAT_COLUMNS = ("spearman", "ssim")
+SANITY_INT_COLUMNS = ("stage_index", "blank")
 CONFIG_FILE = "params.json"
 LOCK_FILE = ".lock"
+# Parameters that are not part of a folder's configuration: more of them only adds rows.
+UNHASHED = ("score_substrates",)
 
 
 @contextlib.contextmanager
@@ -76,9 +120,33 @@ def params_hash(model: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def check_format(folder: Path, rows_file: str) -> None:
+    """Refuse (UserError, one sentence saying how to rerun) a folder written by an older version
+    of the rows: format 1 (one substrate per row, AUCs of the unclipped curves, no substrate
+    column) or format 2 (no target column: every row's key lacks the manifest row's target)."""
+    path, rows = folder / CONFIG_FILE, folder / rows_file
+    header = read_rows(rows)[0]
+    try:
+        written = json.loads(path.read_text()).get("rows_format") if path.is_file() else ROWS_FORMAT
+    except ValueError:
+        written = ROWS_FORMAT  # check_config names the broken file
+    if (header and "substrate" not in header) or written in (None, 1):
+        what = "one substrate per row, unclipped AUCs"
+    elif (header and "target" not in header) or written != ROWS_FORMAT:
+        what = "no target column in the rows' key"
+    else:
+        return
+    raise UserError(
+        f"{folder} holds rows of an older format ({what}), which cannot be upgraded without the curves; rerun "
+        f"the same command with another --out folder (or delete {rows} and {path} to compute them again here)"
+    )
+
+
 def check_config(folder: Path, model: str, params: dict[str, Any]) -> str:
     """Record the run's configuration in ``folder/params.json``, or refuse (UserError) when the
-    folder already holds results of another model or other parameters. Returns the hash."""
+    folder already holds results of another model or other parameters. Returns the hash.
+    The parameters in UNHASHED (the scoring substrates) are left out of it."""
+    params = {k: v for k, v in params.items() if k not in UNHASHED}
     digest = params_hash(model, params)
     path = folder / CONFIG_FILE
     if path.is_file():
@@ -96,7 +164,13 @@ def check_config(folder: Path, model: str, params: dict[str, Any]) -> str:
             )
     else:
         path.write_text(
-            json.dumps({"model": model, "params": params, "params_hash": digest}, indent=1, sort_keys=True) + "\n"
+            json.dumps(
+                {"model": model, "params": params, "params_hash": digest, "rows_format": ROWS_FORMAT},
+                indent=1,
+                sort_keys=True,
+                default=list,
+            )
+            + "\n"
         )
     return digest
 
@@ -139,27 +213,30 @@ def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-def typed(row: dict[str, str]) -> dict[str, Any]:
+def typed(
+    row: dict[str, str], floats: tuple[str, ...] = FLOAT_COLUMNS, ints: tuple[str, ...] = INT_COLUMNS
+) -> dict[str, Any]:
     """A row read from the file with its numbers as numbers (blank -> None)."""
     out: dict[str, Any] = dict(row)
-    for column in FLOAT_COLUMNS:
+    for column in floats:
         if column in out:
             out[column] = float(out[column]) if out[column] not in ("", None) else None
-    for column in INT_COLUMNS:
+    for column in ints:
         if column in out:
             out[column] = int(float(out[column])) if out[column] not in ("", None) else None
     return out
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, ...]:
-    """The row's key; a file without a target column keys its rows with target "" (as their items)."""
-    return tuple(str(row.get(k) or "") for k in KEY)
+def row_key(row: dict[str, Any], key: tuple[str, ...] = KEY) -> tuple[str, ...]:
+    return tuple(str(row.get(k, "")) for k in key)
 
 
-def latest(rows: Iterable[dict[str, str]], digest: str) -> dict[tuple[str, ...], dict[str, str]]:
+def latest(
+    rows: Iterable[dict[str, str]], digest: str, key: tuple[str, ...] = KEY
+) -> dict[tuple[str, ...], dict[str, str]]:
     """The last row of each key among the rows of this configuration (a retried error is
     superseded by the row appended after it)."""
-    return {row_key(row): row for row in rows if row.get("params_hash") == digest}
+    return {row_key(row, key): row for row in rows if row.get("params_hash") == digest}
 
 
 class RowsFile:

@@ -18,29 +18,45 @@ from ..api import (
     Request,
     assemble,
     check_abilities,
+    check_sanity,
     clean_options,
     clean_prompts,
-    evaluate_maps,
     prepare,
     resolve_model,
     run_methods,
+    score_curves,
 )
+from ..api import scoring_substrates as config_substrates
 from ..errors import UserError
 from ..images import open_image
 from ..models import ModelAdapter
 from ..types import Result
 from .manifest import Item
-from .rows import RANDOM, error_text
+from .rows import ITEM_KEY, RANDOM, error_text
+
+SANITY_TABLE = "sanity"  # rows with {"table": SANITY_TABLE} go to sanity.csv, the others to rows.csv
 
 
 @dataclass(frozen=True)
 class Job:
-    """An image to evaluate: its manifest item, the methods whose rows are missing, and whether
-    the random reference's row is missing."""
+    """An image to evaluate: its manifest item, the (method, scoring substrate) rows missing (the
+    method being RANDOM for the random reference's), and the methods whose sanity rows are missing
+    (``evaluate --sanity``). Each map is made once, whatever the number of substrates."""
 
     item: Item
-    methods: tuple[str, ...]
-    random: bool
+    wanted: tuple[tuple[str, str], ...]
+    sanity: tuple[str, ...] = ()
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods whose maps the job makes: those with a row or a sanity row missing."""
+        names = [m for m, _ in self.wanted if m != RANDOM] + list(self.sanity)
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def substrates(self) -> tuple[str, ...]:
+        """The scoring substrates with a row missing, in the run's order."""
+        return tuple(dict.fromkeys(s for _, s in self.wanted))
 
 
 @dataclass(frozen=True)
@@ -70,9 +86,9 @@ class Worker:
             self.adapter = adapter if adapter is not None else resolve_model(config.model, config.device)
         except UserError as error:
             raise WorkerStartError(str(error)) from None
-        if config.class_column and not callable(getattr(self.adapter, "logits", None)):
+        if config.class_column and not self.adapter.classifies:
             raise WorkerStartError(
-                f"the model {self.adapter.name} has no class logits, so the class column "
+                f"the model {self.adapter.name} has no classes of its own, so the class column "
                 f"{config.class_column!r} cannot be checked; leave it out for this model"
             )
 
@@ -89,8 +105,9 @@ class Worker:
         }
 
     def run(self, job: Job) -> tuple[Job, list[dict[str, Any]]]:
-        """The job's rows: one per missing method and, if missing, the random reference's. An
-        image that fails (unreadable file, bad prompt, any error) gives error rows instead."""
+        """The job's rows: one per missing (method or random reference, scoring substrate), and
+        its sanity rows (marked ``table: sanity``). An image that fails (unreadable file, bad
+        prompt, any error) gives error rows instead."""
         try:
             result, top1 = self._explain(job)
         except UserError as error:
@@ -113,12 +130,22 @@ class Worker:
         prepared = prepare(open_image(job.item.path), target, self.adapter, options)
         top1 = None
         if self.config.class_column:
-            with torch.no_grad():
-                top1 = int(self.adapter.logits(prepared.pixels).argmax(dim=1)[0])  # int(): works on any device
-        request = Request(prepared.target, job.methods, params, tuple(notes), options)
+            top1 = self.adapter.top_class(prepared.pixels)
         maps = run_methods(prepared, job.methods, params)
-        curves, reference = evaluate_maps(prepared, {n: m.values for n, m in maps.items()}, params)
-        return assemble(request, prepared, maps, curves, reference, time.perf_counter() - started), top1
+        # Every missing substrate's curves from the same maps (the random reference's on each too);
+        # a job for sanity rows alone scores only the cheap random reference, which assemble needs.
+        scored = {m for m, _ in job.wanted}
+        curves, references = score_curves(
+            prepared,
+            {n: m for n, m in maps.items() if n in scored},
+            {**params, "score_substrates": job.substrates or config_substrates(params)[:1]},
+        )
+        sanity = None
+        if job.sanity:
+            sanity = check_sanity(prepared, {n: maps[n] for n in job.sanity}, params)
+        request = Request(prepared.target, tuple(n for n in job.methods if n in scored), params, tuple(notes), options)
+        result = assemble(request, prepared, maps, curves, references, time.perf_counter() - started, sanity=sanity)
+        return result, top1
 
     def _label(self, job: Job, top1: int | None) -> dict[str, Any]:
         if not self.config.class_column:
@@ -129,70 +156,108 @@ class Worker:
 
     def _rows(self, job: Job, result: Result, top1: int | None) -> list[dict[str, Any]]:
         item, label = job.item, self._label(job, top1)
-        key = {"image": item.image, "prompt": item.prompt, "contrast": item.contrast, "target": item.target}
-        if self.adapter.target_params:  # what was explained: the model's answer, its box
-            label = {
-                **label,
-                "explained": json.dumps(result.target.summary(), ensure_ascii=False),
-                "probability": result.probability,
-            }
+        key = dict(zip(ITEM_KEY, item.key))
+        meaning = result.score_meaning
+        photo = {
+            # What the model explained, where it resolves its target (its own answer, its box).
+            "explained": json.dumps(result.target.summary(), ensure_ascii=False) if self.adapter.target_params else "",
+            "score": result.score,
+            "probability": result.probability,
+            "score_meaning": meaning.name if meaning is not None else "",
+            "min_span": meaning.min_span if meaning is not None else None,
+        }
         rows = []
-        for name in job.methods:
-            m = result.methods[name]
-            rows.append(
-                {
-                    **key,
-                    "method": name,
-                    "insertion_auc": m.insertion.auc,
-                    "deletion_auc": m.deletion.auc,
-                    "srg": m.srg,
-                    "beats_random": result.more_faithful_than_random(name),
-                    "score": result.score,
-                    "seconds": m.saliency.seconds,
-                    "forward_passes": m.saliency.forward_passes,
-                    "backward_passes": m.saliency.backward_passes,
-                    "curve_seconds": m.insertion.seconds + m.deletion.seconds,
-                    "curve_forward_passes": m.insertion.forward_passes + m.deletion.forward_passes,
-                    "error": "",
-                    **label,
-                }
-            )
-        if job.random:
-            r = result.random
-            rows.append(
-                {
-                    **key,
-                    "method": RANDOM,
-                    "insertion_auc": r.insertion.auc,
-                    "deletion_auc": r.deletion.auc,
-                    "srg": r.srg,
+        for name, substrate in job.wanted:
+            if name == RANDOM:
+                r = result.random_by_substrate[substrate]
+                curves = r.curves
+                cost = {
                     "beats_random": None,
-                    "score": result.score,
                     "seconds": r.insertion.seconds + r.deletion.seconds,
                     "forward_passes": r.insertion.forward_passes + r.deletion.forward_passes,
                     "backward_passes": 0,
                     "curve_seconds": None,
                     "curve_forward_passes": None,
+                }
+            else:
+                m = result.methods[name]
+                curves = m.by_substrate[substrate]
+                cost = {
+                    "beats_random": result.more_faithful_than_random(name, substrate),
+                    "seconds": m.saliency.seconds,
+                    "forward_passes": m.saliency.forward_passes,
+                    "backward_passes": m.saliency.backward_passes,
+                    "curve_seconds": curves.insertion.seconds + curves.deletion.seconds,
+                    "curve_forward_passes": curves.insertion.forward_passes + curves.deletion.forward_passes,
+                }
+            rows.append(
+                {
+                    **key,
+                    "method": name,
+                    "substrate": substrate,
+                    **curves.figures(),
+                    **photo,
+                    "full_score": curves.insertion.full_score,
+                    "substrate_score": curves.insertion.substrate_score,
+                    **cost,
                     "error": "",
                     **label,
                 }
             )
+        if result.sanity is not None:
+            rows += self._sanity_rows(key, result)
+        return rows
+
+    @staticmethod
+    def _sanity_rows(key: dict[str, str], result: Result) -> list[dict[str, Any]]:
+        check = result.sanity
+        assert check is not None
+        rows = []
+        for name, stages in check.methods.items():
+            for index, stage in enumerate(stages):
+                rows.append(
+                    {
+                        "table": SANITY_TABLE,
+                        **key,
+                        "method": name,
+                        "kind": "stage",
+                        "stage": stage.stage,
+                        "stage_index": index,
+                        "spearman": stage.spearman,
+                        "ssim": stage.ssim,
+                        "blank": stage.blank,
+                        "error": "",
+                    }
+                )
+            for reference, rho in check.references.get(name, {}).items():
+                rows.append(
+                    {
+                        "table": SANITY_TABLE,
+                        **key,
+                        "method": name,
+                        "kind": "reference",
+                        "stage": reference,
+                        "stage_index": None,
+                        "spearman": rho,
+                        "ssim": None,
+                        "blank": rho != rho,  # NaN: the trained map itself is blank
+                        "error": "",
+                    }
+                )
         return rows
 
     def _error_rows(self, job: Job, error: BaseException) -> list[dict[str, Any]]:
         item = job.item
-        names = list(job.methods) + ([RANDOM] if job.random else [])
-        return [
-            {
-                "image": item.image,
-                "prompt": item.prompt,
-                "contrast": item.contrast,
-                "target": item.target,
-                "method": name,
-                "error": error_text(error) or type(error).__name__,
-            }
-            for name in names
+        key = dict(zip(ITEM_KEY, item.key))
+        text = error_text(error) or type(error).__name__
+        rows: list[dict[str, Any]] = [
+            {**key, "method": name, "substrate": substrate, "error": text} for name, substrate in job.wanted
         ]
+        rows += [
+            {"table": SANITY_TABLE, **key, "method": name, "kind": "stage", "stage": "", "error": text}
+            for name in job.sanity
+        ]
+        return rows
 
 
 def as_worker(model: str | ModelAdapter, config: WorkerConfig) -> Worker:

@@ -13,7 +13,7 @@ import torch
 from ..errors import UserError
 from ..models.base import Metered, ModelAdapter
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
-from .base import Method
+from .base import Method, Reference
 
 # One line per method: the module in this package that declares ``METHOD``.
 METHOD_MODULES = (
@@ -49,15 +49,20 @@ def run_method(
     ``kwargs`` are the method's own keywords (``Method.kwargs``) and the protocol's
     ``substrate`` and ``seed``.
     """
+    method = get_method(name)
     meter = Metered(adapter)
     started = time.perf_counter()
-    saliency = get_method(name).explain(meter, pixels, target, progress=progress, **kwargs)
+    saliency = method.explain(meter, pixels, target, progress=progress, **kwargs)
+    if method.display == "regions" and saliency.regions is None:
+        raise RuntimeError(f"method {name!r} is drawn by regions but its map carries none")
     return replace(
         saliency,
         seconds=time.perf_counter() - started,
         forward_passes=meter.forward_passes,
         backward_passes=meter.backward_passes,
+        title=method.title,
+        colour=method.colour,
     )
 
 
-__all__ = ["METHODS", "Method", "default_methods", "get_method", "list_methods", "run_method"]
+__all__ = ["METHODS", "Method", "Reference", "default_methods", "get_method", "list_methods", "run_method"]

@@ -105,6 +105,12 @@ def explain(
     )
 
 
+def facts(saliency: SaliencyMap) -> str:
+    """The caption's extra: how far the attributions' sum is from the score difference."""
+    error = saliency.meta.get("completeness_error")
+    return "" if error is None else f"completeness error {error:.1%}"
+
+
 METHOD = Method(
     name="ig",
     title="Integrated gradients",
@@ -136,4 +142,6 @@ METHOD = Method(
     ),
     progress_share=0.25,
     colour="#1f77b4",
+    smoothable=True,
+    facts=facts,
 )

@@ -31,13 +31,22 @@ import numpy as np
 import torch
 
 from ..models.base import ModelAdapter
+from ..normalize import score_span
 from ..params import Param
-from ..regions import label_masks, region_labels
+from ..regions import DEFAULT_REGIONS, label_masks, region_labels
 from ..substrates import Substrate, make_substrate
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
-from .base import Method
+from .base import Method, Reference
 
 SEARCHES = ("two-ended", "fast", "lazy", "lima", "greedy")
+# What the step-through calls each search (meta["search_label"]).
+SEARCH_LABELS = {
+    "two-ended": "two-ended search",
+    "fast": "fast search",
+    "lazy": "lazy greedy",
+    "lima": "LIMA-style search",
+    "greedy": "plain greedy",
+}
 # F of a batch of sets (bool rows over the n regions) -> values; the search algorithms see only this.
 SetFunction = Callable[[np.ndarray], np.ndarray]
 # The fast search's defaults (bench/region_search.py measures them against plain greedy).
@@ -274,16 +283,17 @@ def two_ended_order(
     kept image at >= SATURATED and within FLAT across the pool; back: the removed image),
     two otherwise. Pools are sized so that the search asks for at most ``budget`` images
     (default: a fifth of plain greedy's passes, the two end images included); when a chain's
-    share is spent it takes the best estimate unscored. The objective's ``kept_scores`` and
-    ``areas`` are used where it has them (``SmdlObjective`` does); a plain F scores two
-    images per candidate and balances the ends by region count.
+    share is spent it takes the best estimate unscored. A ``PartsObjective`` (``SmdlObjective``) lends
+    its ``kept_scores``, ``lambdas`` and ``areas``; a plain F scores two images per candidate and
+    balances the ends by region count.
 
     Ties -> lower index. Returns (order, gains in F along it (estimated where a prefix was never
     scored), images asked for).
     """
-    kept_scores = getattr(evaluate, "kept_scores", None)
-    lambdas = tuple(getattr(evaluate, "lambdas", (1.0, 1.0)))
-    areas = np.asarray(getattr(evaluate, "areas", np.ones(n)), dtype=np.float64)
+    parts = evaluate if isinstance(evaluate, PartsObjective) else None
+    kept_scores = parts.kept_scores if parts is not None else None
+    lambdas = parts.lambdas if parts is not None else (1.0, 1.0)
+    areas = np.asarray(parts.areas if parts is not None and parts.areas is not None else np.ones(n), dtype=np.float64)
     areas = areas / areas.sum()
     budget = greedy_images(n) // 5 - 2 if budget is None else budget
     asked: set[bytes] = {np.ones(n, bool).tobytes(), np.zeros(n, bool).tobytes()}  # the objective's own
@@ -438,7 +448,28 @@ def keep_regions(substrate: Substrate, flat_masks: torch.Tensor, kept_sets: torc
     return substrate.fill(keep.view(len(kept_sets), 1, height, width))
 
 
-class SmdlObjective:
+class PartsObjective:
+    """An objective over sets of regions that can score the two parts of a set on their own:
+    F(S) = l_c * s(S kept) + l_k * (1 - s(S removed)), from ``kept_scores`` (s of the images that
+    keep each set, normalised: the fully removed image 0, the photo 1). The regions partition the
+    image, so "S removed" is "the complement of S kept". What it declares (``lambdas``, ``areas``:
+    each region's share of the pixels, None for equal shares) is what the two-ended search reads.
+    """
+
+    lambdas: tuple[float, float] = (1.0, 1.0)
+    areas: np.ndarray | None = None
+
+    def kept_scores(self, sets: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, sets: np.ndarray) -> np.ndarray:
+        sets = np.asarray(sets, dtype=bool)
+        scores = self.kept_scores(np.concatenate([sets, ~sets]))
+        kept, removed = scores[: len(sets)], scores[len(sets) :]
+        return self.lambdas[0] * kept + self.lambdas[1] * (1.0 - removed)
+
+
+class SmdlObjective(PartsObjective):
     """F(S) = l_c * s(S kept) + l_k * (1 - s(S removed)) for batches of sets (bool rows over the
     n regions), s normalised so that the fully removed image scores 0 and the photo 1.
 
@@ -465,7 +496,7 @@ class SmdlObjective:
         self.bounded = bounded
         ends = adapter.score_many(torch.cat([substrate.pixels, substrate.empty]), target)
         self.full, self.empty = float(ends[0]), float(ends[1])
-        self.span = self.full - self.empty if abs(self.full - self.empty) > 1e-6 else 1e-6
+        self.span = score_span(self.full, self.empty)
         n = masks.shape[0]
         # kept set -> normalised score; keeping every region is the photo, keeping none the removed image
         self._seen: dict[bytes, float] = {np.ones(n, bool).tobytes(): 1.0, np.zeros(n, bool).tobytes(): 0.0}
@@ -482,12 +513,6 @@ class SmdlObjective:
             self._seen.update(zip(new, scores.astype(np.float64)))
         scores = np.array([self._seen[r.tobytes()] for r in sets], dtype=np.float64)
         return np.clip(scores, 0.0, 1.0) if self.bounded else scores
-
-    def __call__(self, sets: np.ndarray) -> np.ndarray:
-        sets = np.asarray(sets, dtype=bool)
-        scores = self.kept_scores(np.concatenate([sets, ~sets]))
-        kept, removed = scores[: len(sets)], scores[len(sets) :]
-        return self.lambdas[0] * kept + self.lambdas[1] * (1.0 - removed)
 
     def known(self, sets: np.ndarray) -> np.ndarray:
         """Normalised scores already paid for, NaN where a set was never scored (no forward pass)."""
@@ -544,7 +569,7 @@ def explain(
     adapter: ModelAdapter,
     pixels: torch.Tensor,
     target: Target,
-    n_regions: int = 49,
+    n_regions: int = DEFAULT_REGIONS,
     regions: str = "slic",
     search: str = "two-ended",
     lambda_consistency: float = 1.0,
@@ -586,8 +611,10 @@ def explain(
     return SaliencyMap(
         "region",
         order_map(order, labels),
+        regions=labels,
         meta={
             "search": search,
+            "search_label": SEARCH_LABELS[search],
             "regions": regions,
             "n_regions": n,
             "order": order,
@@ -619,7 +646,7 @@ METHOD = Method(
     params=(
         Param(
             "n_regions",
-            49,
+            DEFAULT_REGIONS,
             "number of regions for region search",
             low=4,
             high=196,
@@ -656,4 +683,8 @@ METHOD = Method(
     progress_share=0.4,
     colour="#2ca02c",
     black_box=True,
+    display="regions",
+    previews=True,
+    stepped=True,
+    reference=Reference("plain greedy", {"region_search": "greedy"}, "the paper's reference: slower"),
 )

@@ -1,63 +1,59 @@
-"""Model registry: ``bundled`` (offline default), ``clip:<hub id or folder>``, and the model kinds
-of MODEL_MODULES (``vlm:``, ``detector:``), each declared by its module's ``MODEL_KIND``; any other
+"""Model registry: a name's prefix -> its kind (``ModelKind``: loader, the app's choices, the
+target's parameters). ``bundled`` (offline default), ``clip:<hub id or folder>``,
+``vlm:<hub id or folder>`` (a VLM's answer) and ``detector:<hub id or folder>`` (an
+open-vocabulary detector's box); any other
 model comes as an adapter instance (``ClassifierAdapter`` wraps a torch image classifier).
 
+A kind is one module (which declares its ``MODEL_KIND``) plus one line in ``MODEL_MODULES``.
 Loaded adapters are cached per (name, device): weights and per-prompt text features are reused
 across calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import import_module
 
 import torch
 
 from ..errors import ModelLoadError, UserError
-from ..params import Param
-from .base import CamLayer, Metered, ModelAdapter
+from .base import CamLayer, Metered, ModelAdapter, ModelKind
 from .classifier import ClassifierAdapter
 
-
-@dataclass(frozen=True)
-class ModelKind:
-    """A kind of model, declared in its module as ``MODEL_KIND`` (the module imports its heavy
-    libraries lazily, inside ``load``)."""
-
-    name: str  # "vlm", "detector"
-    prefix: str  # "vlm:" (then a hub id or folder)
-    load: Callable[[str], ModelAdapter]  # the part after the prefix -> an adapter on the CPU
-    choices: tuple[tuple[str, str], ...] = ()  # the app's dropdown: (label, model name)
-    params: tuple[Param, ...] = ()  # the target's parameters (--answer, --box, ...)
-    description: str = ""
-
-
-# One line per model kind: the module in this package that declares ``MODEL_KIND``.
-# (bundled and clip are still the branches of _load_model below.)
-MODEL_MODULES: tuple[str, ...] = ("vlm", "detector")
+# One line per kind: the module in this package that declares ``MODEL_KIND``.
+MODEL_MODULES = (
+    "bundled",
+    "clip",
+    "vlm",
+    "detector",
+)
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind for kind in (import_module(f".{module}", __name__).MODEL_KIND for module in MODEL_MODULES)
 }
-
-
-def model_kind(name: object) -> ModelKind | None:
-    """The registered kind whose prefix ``name`` starts with (None: bundled, clip or unknown)."""
-    if not isinstance(name, str):
-        return None
-    text = name.strip()
-    return next((kind for kind in MODEL_KINDS.values() if text.startswith(kind.prefix)), None)
-
-
 DEFAULT_MODEL = "bundled"
-# What the app offers; the API and CLI accept any CLIP hub id or (opt-in) folder.
-CLIP_CHOICES = ("clip:openai/clip-vit-base-patch32", "clip:openai/clip-vit-base-patch16")
 MAX_NAME_CHARS = 1000
 
 
+def model_choices() -> list[tuple[str, str]]:
+    """What the app's model dropdown offers, kind by kind: (label, model name)."""
+    return [choice for kind in MODEL_KINDS.values() for choice in kind.choices]
+
+
 def list_models() -> list[str]:
-    return [DEFAULT_MODEL, *CLIP_CHOICES]
+    return [name for _, name in model_choices()]
+
+
+def _usage() -> str:
+    return " or ".join(kind.usage or repr(kind.prefix) for kind in MODEL_KINDS.values())
+
+
+def model_kind(name: str) -> ModelKind:
+    """The kind whose prefix ``name`` carries; ModelLoadError naming every kind otherwise."""
+    for kind in MODEL_KINDS.values():
+        if kind.source(name) is not None:
+            return kind
+    example = next((n for _, n in model_choices() if n != DEFAULT_MODEL), DEFAULT_MODEL)
+    raise ModelLoadError(f"unknown model {name!r}; use {_usage()} (e.g. {example!r})")
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -79,49 +75,35 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model(name: str, device: str | torch.device = "cpu") -> ModelAdapter:
-    """``"bundled"`` or ``"clip:<hub id or local folder>"`` on ``device`` -> a cached ModelAdapter."""
+    """A registered model name (``"bundled"``, ``"clip:<hub id or local folder>"``) on ``device``
+    -> a cached ModelAdapter."""
     return _load_model(name.strip() if isinstance(name, str) else name, resolve_device(device))
 
 
 @lru_cache(maxsize=4)
 def _load_model(name: str, device: torch.device) -> ModelAdapter:
     if not isinstance(name, str) or not name.strip():
-        raise ModelLoadError("the model name is empty; use 'bundled' or 'clip:<hub id>'")
+        raise ModelLoadError(f"the model name is empty; use {_usage()}")
     name = name.strip()
     if len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise ModelLoadError(
-            f"the model name is too long or holds control characters; use 'bundled' or "
-            f"'clip:<hub id or folder>' (at most {MAX_NAME_CHARS} characters)"
+            f"the model name is too long or holds control characters; use {_usage()} "
+            f"(at most {MAX_NAME_CHARS} characters)"
         )
-    if name == "bundled":
-        from .bundled import load_bundled
-
-        return load_bundled().to(device)
     kind = model_kind(name)
-    if kind is not None and name[len(kind.prefix) :].strip():
-        source = name[len(kind.prefix) :].strip()
-        try:
-            return kind.load(source).to(device)
-        except OSError as error:  # e.g. a folder name too long for the file system
-            raise ModelLoadError(f"could not load {source!r}: {error.strerror or error}") from None
-    if name.startswith("clip:") and name[5:].strip():
-        from .clip import load_clip
-
-        try:
-            return load_clip(name[5:]).to(device)
-        except OSError as error:  # e.g. a folder name too long for the file system
-            raise ModelLoadError(f"could not load CLIP from {name[5:]!r}: {error.strerror or error}") from None
-    kinds = "".join(f", '{kind.prefix}<hub id or folder>'" for kind in MODEL_KINDS.values())
-    raise ModelLoadError(
-        f"unknown model {name!r}; use 'bundled', 'clip:<hub id or folder>'{kinds} (e.g. {CLIP_CHOICES[0]!r})"
-    )
+    source = kind.source(name)
+    assert source is not None  # model_kind found the kind by it
+    try:
+        return kind.load(source).to(device)
+    except OSError as error:  # e.g. a folder name too long for the file system
+        raise ModelLoadError(f"could not load {source.strip()!r}: {error.strerror or error}") from None
 
 
 __all__ = [
-    "CLIP_CHOICES",
     "DEFAULT_MODEL",
     "DEVICES",
     "MODEL_KINDS",
+    "MODEL_MODULES",
     "CamLayer",
     "ClassifierAdapter",
     "Metered",
@@ -129,8 +111,9 @@ __all__ = [
     "ModelKind",
     "list_models",
     "load_model",
+    "model_choices",
     "model_kind",
     "resolve_device",
 ]
 
-load_model.cache_clear = _load_model.cache_clear  # type: ignore[attr-defined] - tests start fresh
+load_model.cache_clear = _load_model.cache_clear  # type: ignore[attr-defined]  # tests start fresh

@@ -6,17 +6,117 @@ Methods and metrics only ever see this interface, so a model adapts by what it d
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+import copy
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..params import Param
-from ..types import ScoreMeaning, Target
+from ..types import MIN_SPAN, ScoreMeaning, Target
+
+# What a contrast target's score is, for every adapter: the prompt's softmax probability among the prompts.
+CONTRAST_MEANING = ScoreMeaning(
+    "probability",
+    "the probability of the prompt rather than the contrast prompts: a softmax of the model's scores of them all",
+    MIN_SPAN["probability"],
+)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model in the registry (``explainers.models.MODEL_MODULES``): each kind's module
+    declares ``MODEL_KIND = ModelKind(...)`` and imports its heavy libraries lazily.
+
+    A model name is ``prefix`` itself (``"bundled"``) or, for a prefix ending in ``":"``, the
+    prefix and a source (``"clip:openai/clip-vit-base-patch32"``, a hub id or a folder), which
+    ``load`` receives ("" for a whole-name kind).
+    """
+
+    name: str  # "bundled", "clip", ...
+    prefix: str  # "bundled" (the whole name) or "clip:" (then a hub id or folder)
+    load: Callable[[str], ModelAdapter]  # the part after the prefix -> an adapter on the CPU
+    choices: tuple[tuple[str, str], ...] = ()  # the app's dropdown: (label, model name)
+    params: tuple[Param, ...] = ()  # the target's parameters (a VLM's answer, a detector's box, ...)
+    description: str = ""  # what it is, in a few words (the messages that name the kinds)
+    usage: str = ""  # how a name of this kind is written, e.g. "clip:<hub id or folder>"
+
+    def source(self, name: str) -> str | None:
+        """The part of ``name`` after this kind's prefix ("" for a whole-name kind), or None when
+        ``name`` is not of this kind (a prefix with nothing after it is not)."""
+        if not self.prefix.endswith(":"):
+            return "" if name == self.prefix else None
+        if name.startswith(self.prefix) and name[len(self.prefix) :].strip():
+            return name[len(self.prefix) :]
+        return None
+
+
+class PromptCache(Generic[K, V]):
+    """A bounded, thread-safe least-recently-used cache (an adapter's per-prompt text features or
+    class weights: a long-running app sees endless prompts, and several threads share one adapter).
+
+    Values are computed outside the lock, so two threads asking for the same new key at once may
+    both compute it (the same value); no thread waits for another's computation.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        found = self.get(key)
+        if found is None:
+            found = make()
+            self.put(key, found)
+        return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def copy(self) -> PromptCache[K, V]:
+        clone: PromptCache[K, V] = PromptCache(self.maxsize)
+        with self._lock:
+            clone._items = OrderedDict(self._items)
+        return clone
+
+    def __getitem__(self, key: K) -> V:
+        with self._lock:
+            self._items.move_to_end(key)  # KeyError when absent
+            return self._items[key]
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -33,17 +133,53 @@ class ModelAdapter:
 
     An adapter is shared (the registry caches it across calls and threads), so it keeps no
     per-call state: passes are counted by a ``Metered`` view made for each call.
+
+    What a model can do is declared here, with defaults, and overridden by the adapters that can
+    do more (nothing is found by probing for attributes): ``gradients``, ``classifies`` with
+    ``top_class``, ``max_prompt_tokens`` with ``prompt_tokens``, ``prompt_unknown``,
+    ``matched_classes``, ``randomization_stages`` / ``randomizable_copy``.
     """
 
     name: str = "model"
     input_size: tuple[int, int] = (224, 224)
     max_batch: int = 32  # images per forward pass when a caller scores many at once
     max_grad_batch: int = 16  # images per forward+backward pass: autograd keeps the activations
-    max_prompt_tokens: int | None = None
-    gradients: bool = True  # gradients reach the pixels (Grad-CAM and IG can run)
+    gradients: bool = True  # the score is differentiable in the pixels (Grad-CAM, IG need it)
+    classifies: bool = False  # the model has classes of its own (``top_class``)
+    max_prompt_tokens: int | None = None  # the text encoder's limit (None: no limit or unknown)
     # The model kind's own target parameters (a VLM's answer, a detector's box): the same Params
     # its ModelKind declares, so an adapter passed as an instance validates them too.
     target_params: tuple[Param, ...] = ()
+
+    # --- declared abilities -------------------------------------------------------------
+    def top_class(self, pixels: torch.Tensor) -> int:
+        """The index of the class the model ranks first for ``[1, 3, H, W]`` pixels (``classifies``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no classes of its own")
+
+    def prompt_tokens(self, prompt: str) -> int | None:  # noqa: ARG002 - the default knows nothing of it
+        """How many tokens the text encoder reads in ``prompt`` (None: unknown)."""
+        return None
+
+    def prompt_unknown(self, prompt: str) -> bool:  # noqa: ARG002 - the default knows nothing of it
+        """True when the text encoder knows none of the prompt's words (its score then means little)."""
+        return False
+
+    def matched_classes(self, prompt: str) -> list[tuple[str, float]] | None:  # noqa: ARG002 - the default knows nothing of it
+        """The classes a prompt is matched to, with their weights (a classifier scored through prompt
+        matching); None for models that score text directly."""
+        return None
+
+    def variant(self, **attributes: Any) -> ModelAdapter:
+        """A shallow copy with some declared settings changed (``max_batch=4``, a classifier's
+        ``cam_layer_name="blocks.10"``): the network, its weights and the caches are shared, and
+        this adapter (often the registry's cached one) is left as it is."""
+        for key in attributes:
+            if key.startswith("_") or not hasattr(self, key) or callable(getattr(self, key)):
+                raise AttributeError(f"{type(self).__name__} has no setting {key!r}")
+        clone = copy.copy(self)
+        for key, value in attributes.items():
+            setattr(clone, key, value)
+        return clone
 
     @property
     def device(self) -> torch.device:
@@ -73,10 +209,29 @@ class ModelAdapter:
 
     def score(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B]``: the target score (differentiable). See ``Target``."""
-        scores = self.prompt_scores(pixels, target.prompts)
+        return self._target_score(self.prompt_scores(pixels, target.prompts), target)
+
+    @staticmethod
+    def _target_score(prompt_scores: torch.Tensor, target: Target) -> torch.Tensor:
         if target.contrast:
-            return torch.softmax(scores, dim=1)[:, 0]
-        return scores[:, 0]
+            return torch.softmax(prompt_scores, dim=1)[:, 0]
+        return prompt_scores[:, 0]
+
+    def score_meaning(self, target: Target) -> ScoreMeaning:
+        """What this model's score of ``target`` is (the page's words, and the margin the photo
+        must beat the substrate by: ``ScoreMeaning``). With contrast prompts it is a probability;
+        an adapter says what its own score is by overriding this (the base knows nothing of it)."""
+        if target.contrast:
+            return CONTRAST_MEANING
+        return ScoreMeaning("score", "the model's own score of the prompt (its adapter does not say what it is)", 1e-6)
+
+    def scores(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, 3, H, W]`` -> (score ``[B]``, the target's probability ``[B]`` in [0, 1]), from ONE
+        forward pass. The probability follows from what the score is (``score_meaning``): a
+        probability is itself, a log-probability its exp, a logit its sigmoid; a score of no
+        declared meaning has none (NaN). Adapters whose probability is something else override it."""
+        score = self.score(pixels, target)
+        return score, probability_of(score, self.score_meaning(target).name)
 
     @torch.no_grad()
     def score_many(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
@@ -84,27 +239,10 @@ class ModelAdapter:
         out = [self.score(chunk, target) for chunk in pixels.split(self.max_batch)]
         return torch.cat(out) if out else torch.empty(0)
 
-    def score_meaning(self, target: Target) -> ScoreMeaning:
-        """What ``score`` is for this target (a model kind whose score is a probability says so)."""
-        if target.contrast:
-            return ScoreMeaning(
-                "probability", "the softmax probability of the prompt among it and the contrast prompts", 0.05
-            )
-        return ScoreMeaning("logit", "the model's own score of the prompt (higher is a closer match)")
-
-    def scores(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(score, probability)``, each ``[B]``, from one forward pass; the probability is NaN
-        where the score is no probability and the model gives none."""
-        score = self.score(pixels, target)
-        return score, as_probability(score, self.score_meaning(target).name)
-
     @torch.no_grad()
     def scores_many(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
         """``scores`` of many images, in batches of ``max_batch``, without gradients."""
-        out = [self.scores(chunk, target) for chunk in pixels.split(self.max_batch)]
-        if not out:
-            return torch.empty(0), torch.empty(0)
-        return torch.cat([s for s, _ in out]), torch.cat([p for _, p in out])
+        return _cat_pairs([self.scores(chunk, target) for chunk in pixels.split(self.max_batch)])
 
     # --- the target ---------------------------------------------------------------------
     def resolve_target(
@@ -159,13 +297,21 @@ class ModelAdapter:
         raise NotImplementedError(f"{type(self).__name__} cannot be copied for randomisation")
 
 
-def as_probability(score: torch.Tensor, meaning: str) -> torch.Tensor:
-    """A score as a probability, by what it means: itself, exp of a log-probability, else NaN."""
+def probability_of(score: torch.Tensor, meaning: str) -> torch.Tensor:
+    """A score -> the probability it stands for, by what the score is (``ScoreMeaning.name``)."""
     if meaning == "probability":
-        return score
+        return score.clamp(0.0, 1.0)
     if meaning == "log-probability":
-        return score.exp()
-    return torch.full_like(score, math.nan)
+        return score.exp().clamp(0.0, 1.0)
+    if meaning == "logit":
+        return torch.sigmoid(score)
+    return torch.full_like(score, float("nan"))
+
+
+def _cat_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not pairs:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
 
 
 def parameter_units(names: Sequence[str]) -> list[str]:
@@ -243,10 +389,10 @@ class Metered:
 
     @torch.no_grad()
     def scores_many(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-        out = [self.scores(chunk, target) for chunk in pixels.split(self.adapter.max_batch)]
-        if not out:
-            return torch.empty(0), torch.empty(0)
-        return torch.cat([s for s, _ in out]), torch.cat([p for _, p in out])
+        # The adapter's own batched call (where a compiled forward-only runtime may sit), counted here.
+        out = self.adapter.scores_many(pixels, target)
+        self.forward_passes += pixels.shape[0]
+        return out
 
     def prompt_probabilities(self, pixels: torch.Tensor, target: Target) -> dict[str, float]:
         probabilities = self.adapter.prompt_probabilities(pixels, target)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .base import ModelKind
 from .classifier import ClassifierAdapter
 
 CLASS_NAMES_FILE = Path(__file__).with_name("imagenet_classes.txt")
@@ -100,3 +101,13 @@ def load_bundled() -> ClassifierAdapter:
         max_batch=8,
         max_grad_batch=8,
     )
+
+
+MODEL_KIND = ModelKind(
+    name="bundled",
+    prefix="bundled",
+    load=lambda _source: load_bundled(),
+    choices=(("bundled (offline: EfficientNet-Lite0 + prompt matching)", "bundled"),),
+    description="EfficientNet-Lite0 with MiniLM prompt matching, offline",
+    usage="'bundled'",
+)

@@ -23,8 +23,14 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..types import ScoreMeaning, Target
-from .base import CamLayer, ModelAdapter, parameter_units, units_label
+from ..types import MIN_SPAN, ScoreMeaning, Target
+from .base import CamLayer, ModelAdapter, PromptCache, parameter_units, units_label
+
+LOG_PROBABILITY_MEANING = ScoreMeaning(
+    "log-probability",
+    "the log of the probability the classifier puts on the classes the prompt is matched to (0 would be 100 %)",
+    MIN_SPAN["log-probability"],
+)
 
 # Prompt -> classes: softmax(cos / temperature) over the best TOP_CLASSES classes.
 # 0.02 makes "a cheetah" put ~all weight on "cheetah" while "a dog" spreads over dog breeds.
@@ -35,6 +41,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The sanity check's cascade: the output layer, the unit below it, then the remaining blocks in
 # this many groups (6 stages in all, within the 4-6 that keep a sanity run affordable).
 RANDOMIZATION_BLOCK_GROUPS = 4
+PROMPTS_CACHED = 256  # prompts whose class weights an adapter keeps (least recently used dropped)
 
 
 @lru_cache(maxsize=1)
@@ -97,6 +104,7 @@ class ClassifierAdapter(ModelAdapter):
     """
 
     max_prompt_tokens = 256  # MiniLM's sequence limit; longer prompts are cut by the tokenizer
+    classifies = True
 
     def __init__(
         self,
@@ -126,7 +134,7 @@ class ClassifierAdapter(ModelAdapter):
         self.cam_layer_name = cam_layer or find_cam_layer(network, self.input_size)
         with torch.no_grad():
             self.class_embeddings = self._embed(self.class_names)
-        self._class_weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._class_weights: PromptCache[str, tuple[torch.Tensor, torch.Tensor]] = PromptCache(PROMPTS_CACHED)
 
     @property
     def device(self) -> torch.device:
@@ -154,14 +162,21 @@ class ClassifierAdapter(ModelAdapter):
         )
 
     def class_weights(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class indices, weights summing to 1) that the prompt names. Cached per prompt."""
-        if prompt not in self._class_weights:
+        """(class indices, weights summing to 1) that the prompt names. Cached per prompt (LRU)."""
+
+        def match() -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
                 similarity = self.class_embeddings @ self._embed([prompt])[0]
             best = similarity.topk(min(TOP_CLASSES, len(self.class_names)))
             weights = torch.softmax(best.values / MATCH_TEMPERATURE, dim=0)
-            self._class_weights[prompt] = (best.indices.to(self.device), weights.to(self.device))
-        return self._class_weights[prompt]
+            return best.indices.to(self.device), weights.to(self.device)
+
+        return self._class_weights.get_or_make(prompt, match)
+
+    def top_class(self, pixels: torch.Tensor) -> int:
+        """The class index with the largest logit (int(): works on any device)."""
+        with torch.no_grad():
+            return int(self.logits(pixels).argmax(dim=1)[0])
 
     def prompt_tokens(self, prompt: str) -> int:
         """MiniLM tokens in ``prompt`` ([CLS] and [SEP] included), to compare with max_prompt_tokens."""
@@ -179,7 +194,13 @@ class ClassifierAdapter(ModelAdapter):
         return [(self.class_names[int(i)], float(w)) for i, w in list(zip(indices, weights))[:top]]
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The network's forward pass: every score, probability and class goes through here."""
         return self.network(self.preprocess(pixels))
+
+    def score_meaning(self, target: Target) -> ScoreMeaning:
+        """A log-probability (its probability: the mass on the matched classes, ``exp(score)``);
+        with contrast prompts, the prompt's probability among them."""
+        return super().score_meaning(target) if target.contrast else LOG_PROBABILITY_MEANING
 
     def prompt_scores(self, pixels: torch.Tensor, prompts: tuple[str, ...]) -> torch.Tensor:
         log_probs = torch.log_softmax(self.logits(pixels), dim=1)
@@ -188,12 +209,6 @@ class ClassifierAdapter(ModelAdapter):
             indices, weights = self.class_weights(prompt)
             columns.append(torch.logsumexp(log_probs[:, indices] + weights.log(), dim=1))
         return torch.stack(columns, dim=1)
-
-    def score_meaning(self, target: Target) -> ScoreMeaning:
-        """Without contrast prompts: the log of the probability the classifier puts on the prompt's classes."""
-        if target.contrast:
-            return super().score_meaning(target)
-        return ScoreMeaning("log-probability", "the log of the probability the classifier gives the prompt's classes")
 
     def cam_layer(self) -> CamLayer:
         return CamLayer(self.network.get_submodule(self.cam_layer_name), "output", lambda a: a)
@@ -219,5 +234,5 @@ class ClassifierAdapter(ModelAdapter):
         (the randomisation never touches them) and the per-prompt class weights are copied."""
         clone = copy.copy(self)
         clone.network = copy.deepcopy(self.network)
-        clone._class_weights = dict(self._class_weights)
+        clone._class_weights = self._class_weights.copy()
         return clone, clone.network

@@ -1,7 +1,11 @@
 """Any transformers ``CLIPModel`` (hub id or local folder) as a ModelAdapter.
 
 Score = logit-scaled cosine between image and prompt embeddings (CLIP, Radford et al. 2021).
-Text features are computed once per prompt and cached; the model runs in fp32 for gradients.
+Its probability: the softmax of the prompt's logit against the prompts of a fixed vocabulary,
+ImageNet's 1000 class names as "a photo of a {name}" (as SMDL scores CLIP; ``VOCABULARY_FILE``);
+with contrast prompts, the softmax among the prompts (the score itself). Text features are
+computed once per prompt (the vocabulary's once per model) and cached; the model runs in fp32
+for gradients.
 """
 
 from __future__ import annotations
@@ -16,7 +20,19 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
-from .base import CamLayer, ModelAdapter
+from ..types import MIN_SPAN, ScoreMeaning, Target
+from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
+
+# The fixed vocabulary CLIP's probability is taken against (SMDL's choice for CLIP on ImageNet).
+VOCABULARY_FILE = Path(__file__).with_name("imagenet_classes.txt")
+VOCABULARY_TEMPLATE = "a photo of a {}"
+LOGIT_MEANING = ScoreMeaning(
+    "logit",
+    "CLIP's logit: how closely the photo and the prompt match (scaled cosine similarity; higher is closer). "
+    "Its probability is the softmax of this logit against ImageNet's 1000 class names "
+    '("a photo of a …")',
+    MIN_SPAN["logit"],
+)
 
 # Local folders are a way to read arbitrary files from the server, so they are opt-in.
 ALLOW_LOCAL_ENV = "SALIENCY_LAB_ALLOW_LOCAL_MODELS"
@@ -26,6 +42,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 # The sanity check's cascade: the projection, then the vision transformer's blocks in this many
 # groups from the top (5 stages in all).
 RANDOMIZATION_BLOCK_GROUPS = 4
+PROMPTS_CACHED = 256  # prompts whose text features an adapter keeps (least recently used dropped)
 
 
 class ClipAdapter(ModelAdapter):
@@ -45,7 +62,9 @@ class ClipAdapter(ModelAdapter):
         self.max_prompt_tokens = model.config.text_config.max_position_embeddings
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._text_features: dict[str, torch.Tensor] = {}
+        self._text_features: PromptCache[str, torch.Tensor] = PromptCache(PROMPTS_CACHED)
+        self.vocabulary = tuple(VOCABULARY_TEMPLATE.format(name) for name in VOCABULARY_FILE.read_text().splitlines())
+        self._vocabulary_features: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -55,32 +74,48 @@ class ClipAdapter(ModelAdapter):
         self.model.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         self._text_features.clear()
+        self._vocabulary_features = None
         return self
 
     def prompt_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt)["input_ids"])
 
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        """``[P, D]`` unit-norm text embeddings of ``texts`` (no cache)."""
+        tokens = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_prompt_tokens,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.no_grad():
+            pooled = self.model.text_model(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).pooler_output
+            features = self.model.text_projection(pooled)
+        return features / features.norm(dim=-1, keepdim=True)
+
     def text_features(self, prompts: tuple[str, ...]) -> torch.Tensor:
-        """``[P, D]`` unit-norm text embeddings; each prompt is encoded once and cached."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_features]
+        """``[P, D]`` unit-norm text embeddings; each prompt is encoded once and cached (LRU)."""
+        cached = {p: self._text_features.get(p) for p in dict.fromkeys(prompts)}
+        found = {p: features for p, features in cached.items() if features is not None}
+        missing = [p for p in cached if p not in found]
         if missing:
-            tokens = self.tokenizer(
-                missing,
-                padding=True,
-                truncation=True,
-                max_length=self.max_prompt_tokens,
-                return_tensors="pt",
-            ).to(self.device)
-            with torch.no_grad():
-                pooled = self.model.text_model(
-                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-                ).pooler_output
-                features = self.model.text_projection(pooled)
-            features = features / features.norm(dim=-1, keepdim=True)
-            self._text_features.update(zip(missing, features))
-        return torch.stack([self._text_features[p] for p in prompts])
+            for prompt, row in zip(missing, self._encode(missing)):
+                found[prompt] = row
+                self._text_features.put(prompt, row)
+        return torch.stack([found[p] for p in prompts])
+
+    def vocabulary_features(self) -> torch.Tensor:
+        """``[V, D]``: the vocabulary's text embeddings, encoded once per model (in batches)."""
+        if self._vocabulary_features is None:
+            texts = list(self.vocabulary)
+            self._vocabulary_features = torch.cat([self._encode(texts[i : i + 256]) for i in range(0, len(texts), 256)])
+        return self._vocabulary_features
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The image tower's forward pass: every score and probability goes through here."""
         x = (pixels - self.mean) / self.std
         pooled = self.model.vision_model(pixel_values=x).pooler_output
         features = self.model.visual_projection(pooled)
@@ -89,6 +124,24 @@ class ClipAdapter(ModelAdapter):
     def prompt_scores(self, pixels: torch.Tensor, prompts: tuple[str, ...]) -> torch.Tensor:
         text = self.text_features(prompts)
         return self.model.logit_scale.exp() * self.image_features(pixels) @ text.T
+
+    def score_meaning(self, target: Target) -> ScoreMeaning:
+        return super().score_meaning(target) if target.contrast else LOGIT_MEANING
+
+    def scores(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score, probability) from one pass of the image tower: without contrast prompts the
+        probability is the softmax of the prompt's logit against the vocabulary's (entries equal
+        to the prompt left out, so it does not compete with itself)."""
+        image = self.image_features(pixels)
+        scale = self.model.logit_scale.exp()
+        logits = scale * image @ self.text_features(target.prompts).T
+        score = self._target_score(logits, target)
+        if target.contrast:
+            return score, score
+        keep = [i for i, text in enumerate(self.vocabulary) if text.casefold() != target.prompt.casefold()]
+        vocabulary = scale * image @ self.vocabulary_features()[keep].T
+        probability = torch.softmax(torch.cat([logits[:, :1], vocabulary], dim=1), dim=1)[:, 0]
+        return score, probability
 
     def cam_layer(self) -> CamLayer:
         # Only CLS reaches the embedding, so the last block's patch *outputs* get no gradient.
@@ -126,7 +179,7 @@ class ClipAdapter(ModelAdapter):
         clone = copy.copy(self)
         shared = (self.model.text_model, self.model.text_projection)
         clone.model = copy.deepcopy(self.model, memo={id(module): module for module in shared})
-        clone._text_features = dict(self._text_features)
+        clone._text_features = self._text_features.copy()
         return clone, clone.model
 
 
@@ -141,14 +194,25 @@ def _mean_std(source: str) -> tuple[tuple, tuple]:
         return OPENAI_MEAN, OPENAI_STD
 
 
+# What the app offers; the API and CLI accept any CLIP hub id or (opt-in) folder.
+APP_CHOICES = ("clip:openai/clip-vit-base-patch32", "clip:openai/clip-vit-base-patch16")
+
+
 def load_clip(source: str) -> ClipAdapter:
     """Load ``CLIPModel`` + tokenizer from a hub id or (when allowed) a local folder.
 
     Raises ModelLoadError saying what was tried and why it failed. Never runs remote code.
     """
+    source = source.strip()
+    try:
+        return _load_clip(source)
+    except OSError as error:  # e.g. a folder name too long for the file system
+        raise ModelLoadError(f"could not load CLIP from {source!r}: {error.strerror or error}") from None
+
+
+def _load_clip(source: str) -> ClipAdapter:
     from transformers import AutoTokenizer, CLIPModel
 
-    source = source.strip()
     is_folder = Path(source).expanduser().is_dir() or source.startswith(("/", ".", "~"))
     if is_folder:
         if os.environ.get(ALLOW_LOCAL_ENV) != "1":
@@ -185,3 +249,13 @@ def load_clip(source: str) -> ClipAdapter:
         raise ModelLoadError(f"could not load CLIP from {where}{offline}: {reason[:300]}") from None
     mean, std = _mean_std(source)
     return ClipAdapter(model, tokenizer, name=f"clip:{source}", mean=mean, std=std)
+
+
+MODEL_KIND = ModelKind(
+    name="clip",
+    prefix="clip:",
+    load=load_clip,
+    choices=tuple((f"{name} (downloads on first use)", name) for name in APP_CHOICES),
+    description="CLIP from a Hugging Face Hub id or a local folder (first use: a download of several hundred MB)",
+    usage="'clip:<hub id or folder>'",
+)

@@ -30,9 +30,8 @@ from torch import nn
 
 from ..errors import ModelLoadError, UserError
 from ..params import Param, shown
-from ..types import ScoreMeaning, Target
-from . import ModelKind
-from .base import CamLayer, ModelAdapter
+from ..types import MIN_SPAN, ScoreMeaning, Target
+from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
 from .sources import load_failure, locate, quietly
 
 MAX_BOXES = 10  # boxes a detector offers for a query (after non-maximum suppression)
@@ -303,7 +302,7 @@ class DetectorAdapter(ModelAdapter):
         self.max_prompt_tokens = min(known) if known else None  # longer queries are cut (with a note)
         self.tap = nn.Identity()
         self.family.tap(model, self.tap)
-        self._queries: dict[str, dict[str, torch.Tensor]] = {}
+        self._queries: PromptCache[str, dict[str, torch.Tensor]] = PromptCache()
 
     @property
     def device(self) -> torch.device:
@@ -317,16 +316,18 @@ class DetectorAdapter(ModelAdapter):
 
     def query_inputs(self, query: str) -> dict[str, torch.Tensor]:
         """The text side of the model's inputs for ``query`` (``[1, L]``), cached per query."""
-        if query not in self._queries:
+
+        def encode() -> dict[str, torch.Tensor]:
             blank = Image.new("RGB", self.input_size[::-1], (128, 128, 128))
             cut = {"truncation": True, "max_length": self.max_prompt_tokens} if self.max_prompt_tokens else {}
             encoded = self.processor(text=self.family.query_text(query), images=[blank], return_tensors="pt", **cut)
-            self._queries[query] = {
+            return {
                 k: v.to(self.device)
                 for k, v in encoded.items()
                 if k not in ("pixel_values", "pixel_mask") and isinstance(v, torch.Tensor)
             }
-        return self._queries[query]
+
+        return self._queries.get_or_make(query, encode)
 
     def prompt_tokens(self, prompt: str) -> int:
         return len(self.processor.tokenizer(self.family.plain_text(prompt))["input_ids"])
@@ -359,7 +360,7 @@ class DetectorAdapter(ModelAdapter):
             "probability",
             "VPS's score: the best match among the detector's boxes, the overlap (IoU) of a box with the "
             "explained box times the box's probability for the query",
-            0.02,
+            MIN_SPAN["probability"],
         )
 
     @torch.no_grad()
@@ -465,7 +466,7 @@ class DetectorAdapter(ModelAdapter):
         clone = copy.copy(self)
         text = [m for name, m in self.model.named_modules() if name.endswith("text_model")]
         clone.model = copy.deepcopy(self.model, memo={id(m): m for m in text})
-        clone._queries = dict(self._queries)
+        clone._queries = self._queries.copy()
         return clone, clone.model
 
 
@@ -522,6 +523,7 @@ MODEL_KIND = ModelKind(
         ("Grounding DINO tiny (boxes; downloads 0.7 GB)", "detector:IDEA-Research/grounding-dino-tiny"),
     ),
     params=DETECTOR_PARAMS,
+    usage="'detector:<hub id or folder>'",
     description="an open-vocabulary detector's box for a query (VPS: the best box's IoU x its probability)",
 )
 

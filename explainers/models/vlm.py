@@ -30,9 +30,8 @@ from torch import nn
 
 from ..errors import ModelLoadError, UserError
 from ..params import Param, shown
-from ..types import ScoreMeaning, Target
-from . import ModelKind
-from .base import CamLayer, ModelAdapter
+from ..types import MIN_SPAN, ScoreMeaning, Target
+from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
 from .sources import Source, load_failure, locate, quietly
 
 MAX_ANSWER_CHARS = 1000
@@ -327,7 +326,7 @@ class VlmAdapter(ModelAdapter):
         self.layout.image_tokens_module(model).register_forward_hook(
             lambda _module, _args, output: self.layout.image_tokens(output, self.tap)
         )
-        self._prompts: dict[str, dict[str, torch.Tensor]] = {}
+        self._prompts: PromptCache[str, dict[str, torch.Tensor]] = PromptCache()
 
     @property
     def device(self) -> torch.device:
@@ -350,16 +349,18 @@ class VlmAdapter(ModelAdapter):
     def prompt_inputs(self, question: str) -> dict[str, torch.Tensor]:
         """The text side of the model's inputs for ``question`` (``[1, L]`` tensors: input_ids with
         the image's placeholder tokens expanded, attention mask, token types), cached per question."""
-        if question not in self._prompts:
+
+        def encode() -> dict[str, torch.Tensor]:
             blank = Image.new("RGB", self.input_size[::-1], (128, 128, 128))
             encoded = self.processor(
                 images=[blank], text=[self.prompt_text(question)], return_tensors="pt", **self.layout.processor_kwargs()
             )
             image_keys = {"pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes"}
-            self._prompts[question] = {
+            return {
                 k: v.to(self.device) for k, v in encoded.items() if k not in image_keys and isinstance(v, torch.Tensor)
             }
-        return self._prompts[question]
+
+        return self._prompts.get_or_make(question, encode)
 
     def prompt_tokens(self, prompt: str) -> int:
         return int(self.prompt_inputs(prompt)["input_ids"].shape[1])
@@ -422,7 +423,7 @@ class VlmAdapter(ModelAdapter):
                 else "the mean probability the model gives the answer's tokens, each after the question and "
                 "the answer's earlier tokens (EAGLE's teacher-forced score)"
             ),
-            0.02,
+            MIN_SPAN["probability"],
         )
 
     @torch.no_grad()
@@ -540,7 +541,7 @@ class VlmAdapter(ModelAdapter):
         clone = copy.copy(self)
         shared = [m for name, m in self.model.named_modules() if _is_language_side(name)]
         clone.model = copy.deepcopy(self.model, memo={id(m): m for m in shared})
-        clone._prompts = dict(self._prompts)
+        clone._prompts = self._prompts.copy()
         return clone, clone.model
 
 
@@ -624,6 +625,7 @@ MODEL_KIND = ModelKind(
         ("LLaVA-1.5-7B (answers; downloads 14 GB, wants a GPU)", "vlm:llava-hf/llava-1.5-7b-hf"),
     ),
     params=VLM_PARAMS,
+    usage="'vlm:<hub id or folder>'",
     description="a vision-language model's answer to a question (EAGLE's mean answer-token probability)",
 )
 
