@@ -184,3 +184,50 @@ def test_lima_front_is_plain_greedy_until_the_tail_stops(seed):
     order, _, evaluated = lima_order(14, objective, pending=8)
     assert order[:11] == greedy[:11]
     assert evaluated == (14 + 8) + (12 + 8) + (10 + 8) + sum(range(1, 9))
+
+
+# --- searching on several substrates; a prior that breaks ties ---------------------------------------
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_an_objective_on_two_substrates_scores_the_mean_of_each_substrates_normalised_score(bounded):
+    adapter, pixels = signed_linear(16), torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    masks = label_masks(grid(16, 16, 4))
+    sets = np.array([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=bool)
+    one = [smdl_objective(adapter, pixels, Target("x"), masks, substrate=s)[0] for s in ("black", "blur")]
+    both, _, _ = smdl_objective(adapter, pixels, Target("x"), masks, bounded=bounded, substrate=("black", "blur"))
+    clip = (lambda v: np.clip(v, 0, 1)) if bounded else (lambda v: v)
+    expected = np.mean([clip(o.kept_scores(sets)) for o in one], axis=0)
+    assert not np.allclose(one[0].kept_scores(sets), one[1].kept_scores(sets))  # the substrates differ here
+    np.testing.assert_allclose(both.kept_scores(sets), expected, rtol=1e-6)
+    assert (both.images_per_set, both.end_images) == (2, 3)
+
+
+def test_two_ended_on_two_substrates_counts_an_image_per_substrate_within_a_fifth_of_greedy():
+    from toys import evidence
+
+    from explainers.methods.region_search import explain
+    from explainers.models.base import Metered
+
+    adapter = Metered(evidence(64))
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    m = explain(adapter, pixels, Target("x"), n_regions=36, regions="grid", search_substrates="black+blur")
+    n = m.meta["n_regions"]
+    assert adapter.forward_passes == 3 + m.meta["sets_evaluated"]  # the photo, two removed images, then the sets
+    assert m.meta["sets_evaluated"] % 2 == 0  # every set scored on both substrates
+    assert adapter.forward_passes <= greedy_images(n) // 5
+    assert sorted(m.meta["order"]) == list(range(n))
+
+
+def test_two_ended_with_a_prior_orders_tied_regions_by_it_and_without_by_index():
+    """When F is constant every estimate ties: the front takes the highest prior, the back the
+    lowest (placed last), so the order is by decreasing prior; without a prior, by index."""
+    prior = np.array([0.3, 0.9, 0.1, 0.5, 0.7, 0.2, 0.8, 0.4])
+
+    def flat(sets: np.ndarray) -> np.ndarray:
+        return np.ones(len(sets))
+
+    order, _, _ = two_ended_order(8, flat, budget=10**6, prior=prior)
+    assert order == list(np.argsort(-prior))
+    plain, _, _ = two_ended_order(8, flat, budget=10**6)
+    assert plain[0] == 0 and plain[-1] == 1  # front: lowest index first; back: lowest index placed last

@@ -25,7 +25,7 @@ bench/region_search_dataset.py measures them all on 50 ImageNet photos (SRG with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from ..types import ProgressFn, SaliencyMap, Target, no_progress
 from .base import Method
 
 SEARCHES = ("two-ended", "fast", "lazy", "lima", "greedy")
+OBJECTIVES = ("score", "clipped")
 # F of a batch of sets (bool rows over the n regions) -> values; the search algorithms see only this.
 SetFunction = Callable[[np.ndarray], np.ndarray]
 # The fast search's defaults (bench/region_search.py measures them against plain greedy).
@@ -49,6 +50,7 @@ TWO_ENDED_FRONT_AREA = 0.15  # share of the photo's area the front orders; the b
 TWO_ENDED_FRONT_BUDGET = 0.3  # share of the pooled images the front may spend
 SATURATED = 0.9  # a chain stops scoring the term it does not optimise once that term is past this...
 FLAT = 0.05  # ...and varied by less than this across the candidates scored
+TIE = 6  # decimal places to which the two-ended search's estimates must agree for its prior to break the tie
 LIMA_PENDING = 8  # candidates the LIMA-style search scores per step for its tail
 
 
@@ -246,6 +248,7 @@ def two_ended_order(
     front_area: float = TWO_ENDED_FRONT_AREA,
     front_budget: float = TWO_ENDED_FRONT_BUDGET,
     pool_refresh: int = 1,
+    prior: np.ndarray | None = None,
 ) -> tuple[list[int], list[float], int]:
     """The default search: grow the order from both ends, spending most passes where they pay.
 
@@ -278,14 +281,26 @@ def two_ended_order(
     ``areas`` are used where it has them (``SmdlObjective`` does); a plain F scores two
     images per candidate and balances the ends by region count.
 
-    Ties -> lower index. Returns (order, gains in F along it (estimated where a prefix was never
-    scored), images asked for).
+    ``prior`` (one value per region, e.g. Grad-CAM's mean over each region) breaks ties: among
+    regions whose estimates agree to TIE places, the front takes the highest prior and the back
+    the lowest (with a clipped objective many regions tie once a term is saturated). Then ties ->
+    lower index. Returns (order, gains in F along it (estimated where a prefix was never scored),
+    images asked for).
     """
     kept_scores = getattr(evaluate, "kept_scores", None)
     lambdas = tuple(getattr(evaluate, "lambdas", (1.0, 1.0)))
     areas = np.asarray(getattr(evaluate, "areas", np.ones(n)), dtype=np.float64)
     areas = areas / areas.sum()
-    budget = greedy_images(n) // 5 - 2 if budget is None else budget
+    tie = None if prior is None else np.asarray(prior, dtype=np.float64)
+
+    def rank(chain: _Chain, regions: np.ndarray) -> np.ndarray:
+        """Indices that sort ``regions`` best first for ``chain``: estimate, then prior, then index."""
+        if tie is None:
+            return np.lexsort((regions, -chain.estimate(regions)))
+        return np.lexsort((regions, -chain.sign * tie[regions], -np.round(chain.estimate(regions), TIE)))
+
+    per_set = int(getattr(evaluate, "images_per_set", 1))  # one image per search substrate
+    budget = greedy_images(n) // 5 - int(getattr(evaluate, "end_images", 2)) if budget is None else budget
     asked: set[bytes] = {np.ones(n, bool).tobytes(), np.zeros(n, bool).tobytes()}  # the objective's own
 
     def score(sets: np.ndarray, kept: bool, removed: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -301,7 +316,7 @@ def two_ended_order(
             key = r.tobytes()
             if key not in asked:
                 asked.add(key)
-                score.images += 1
+                score.images += per_set
         values = kept_scores(rows)
         return (values[: len(sets)] if kept else None), (values[-len(sets) :] if removed else None)
 
@@ -323,7 +338,7 @@ def two_ended_order(
         # the chain behind on its share of the area grows (the front first)
         behind = front_area > 0 and front.area * (1 - front_area) <= back.area * front_area
         chain = front if behind else back
-        ranked = remaining[np.lexsort((remaining, -chain.estimate(remaining)))]
+        ranked = remaining[rank(chain, remaining)]
         pick = int(ranked[0])
         m = len(remaining)
         if m > 1:
@@ -331,7 +346,7 @@ def two_ended_order(
             # image is saturated, the back what showing adds once removing it changes nothing.
             level = chain.kept if chain is front else chain.removed
             both = chain.both or level < SATURATED or kept_scores is None
-            cost = 2 if both else 1
+            cost = (2 if both else 1) * per_set
             left = min(chain.budget - chain.spent, budget - score.images)
             steps_left = max(1, round((m - 1) * chain.area_share))
             pool = int(min(m, left // (cost * steps_left)))
@@ -359,7 +374,7 @@ def two_ended_order(
                         chain.both = False
                 chain.spent += score.images - before
                 chain.scored_at[candidates] = step + 1
-                pick = int(candidates[np.lexsort((candidates, -chain.estimate(candidates)))[0]])
+                pick = int(candidates[rank(chain, candidates)[0]])
         chain.take(pick, float(areas[pick]))
         progress((step + 1) / n, "region search (two-ended)", order=list(front.order))
     order = front.order + back.order[::-1]
@@ -446,42 +461,58 @@ class SmdlObjective:
     is a kept set, and each distinct kept set is scored once per objective (a set and its
     complement asked together cost 2 images, not 4; a set asked again costs nothing: plain
     greedy's last two steps ask only for complements of its first step's sets and the photo).
+
+    With several substrates s is the mean of each substrate's normalised score (each clipped
+    first when ``bounded``), so an order cannot lean on one substrate's artefacts; a set then
+    costs one image per substrate (``images_per_set``) and the end images 1 + that many
+    (``end_images``: the photo once, each fully removed image).
     """
 
     def __init__(
         self,
         adapter: ModelAdapter,
-        substrate: Substrate,
+        substrate: Substrate | Sequence[Substrate],
         target: Target,
         masks: torch.Tensor,
         lambda_consistency: float,
         lambda_collaboration: float,
         bounded: bool,
     ) -> None:
-        self.adapter, self.substrate, self.target = adapter, substrate, target
-        self.flat_masks = masks.reshape(masks.shape[0], -1).to(substrate.pixels.device)
+        substrates = [substrate] if not isinstance(substrate, Sequence) else list(substrate)
+        self.adapter, self.substrates, self.target = adapter, substrates, target
+        self.substrate = substrates[0]
+        self.flat_masks = masks.reshape(masks.shape[0], -1).to(self.substrate.pixels.device)
         self.lambdas = (lambda_consistency, lambda_collaboration)
         self.areas = (self.flat_masks.sum(dim=1) / self.flat_masks.shape[1]).cpu().numpy()  # pixel share per region
         self.bounded = bounded
-        ends = adapter.score_many(torch.cat([substrate.pixels, substrate.empty]), target)
-        self.full, self.empty = float(ends[0]), float(ends[1])
-        self.span = self.full - self.empty if abs(self.full - self.empty) > 1e-6 else 1e-6
-        n = masks.shape[0]
-        # kept set -> normalised score; keeping every region is the photo, keeping none the removed image
-        self._seen: dict[bytes, float] = {np.ones(n, bool).tobytes(): 1.0, np.zeros(n, bool).tobytes(): 0.0}
+        self.images_per_set, self.end_images = len(substrates), 1 + len(substrates)
+        ends = adapter.score_many(torch.cat([self.substrate.pixels] + [s.empty for s in substrates]), target)
+        self.full = float(ends[0])
+        self.empties = ends[1:].cpu().numpy().astype(np.float64)
+        self.spans = np.where(np.abs(self.full - self.empties) > 1e-6, self.full - self.empties, 1e-6)
+        self.empty, self.span = float(self.empties[0]), float(self.spans[0])
+        n, k = masks.shape[0], len(substrates)
+        # kept set -> normalised score on each substrate; keeping every region is the photo, keeping none the removed image
+        self._seen: dict[bytes, np.ndarray] = {
+            np.ones(n, bool).tobytes(): np.ones(k),
+            np.zeros(n, bool).tobytes(): np.zeros(k),
+        }
 
     def kept_scores(self, sets: np.ndarray) -> np.ndarray:
-        """Normalised scores of the images that keep each set (and remove the rest)."""
+        """Normalised scores of the images that keep each set (and remove the rest); with several
+        substrates the mean over them."""
         sets = np.asarray(sets, dtype=bool)
         new = [row for row in dict.fromkeys(r.tobytes() for r in sets) if row not in self._seen]
         if new:
             kept = np.frombuffer(b"".join(new), dtype=bool).reshape(len(new), -1)
             weights = torch.from_numpy(kept.astype(np.float32)).to(self.flat_masks.device)
-            images = keep_regions(self.substrate, self.flat_masks, weights)
-            scores = (self.adapter.score_many(images, self.target).cpu().numpy() - self.empty) / self.span
-            self._seen.update(zip(new, scores.astype(np.float64)))
-        scores = np.array([self._seen[r.tobytes()] for r in sets], dtype=np.float64)
-        return np.clip(scores, 0.0, 1.0) if self.bounded else scores
+            per_substrate = []
+            for substrate, empty, span in zip(self.substrates, self.empties, self.spans):
+                images = keep_regions(substrate, self.flat_masks, weights)
+                per_substrate.append((self.adapter.score_many(images, self.target).cpu().numpy() - empty) / span)
+            self._seen.update(zip(new, np.stack(per_substrate, axis=1).astype(np.float64)))
+        scores = np.array([self._seen[r.tobytes()] for r in sets], dtype=np.float64).reshape(len(sets), -1)
+        return (np.clip(scores, 0.0, 1.0) if self.bounded else scores).mean(axis=1)
 
     def __call__(self, sets: np.ndarray) -> np.ndarray:
         sets = np.asarray(sets, dtype=bool)
@@ -491,7 +522,11 @@ class SmdlObjective:
 
     def known(self, sets: np.ndarray) -> np.ndarray:
         """Normalised scores already paid for, NaN where a set was never scored (no forward pass)."""
-        return np.array([self._seen.get(np.asarray(r, dtype=bool).tobytes(), np.nan) for r in sets])
+        out = []
+        for r in sets:
+            seen = self._seen.get(np.asarray(r, dtype=bool).tobytes())
+            out.append(np.nan if seen is None else float((np.clip(seen, 0.0, 1.0) if self.bounded else seen).mean()))
+        return np.array(out)
 
 
 def smdl_objective(
@@ -502,7 +537,7 @@ def smdl_objective(
     lambda_consistency: float = 1.0,
     lambda_collaboration: float = 1.0,
     bounded: bool = False,
-    substrate: str = "black",
+    substrate: str | Sequence[str] = "black",
     seed: int = 0,
 ) -> tuple[SmdlObjective, float, float]:
     """The SMDL objective for ``pixels`` cut by ``masks`` (``[n, 1, H, W]``), removed regions
@@ -512,10 +547,13 @@ def smdl_objective(
     ``bounded=True`` clips the normalised scores to [0, 1] (SMDL scores with probabilities,
     which are bounded; our log and logit scores are not). It exists to measure how much the
     greedy reference itself moves under this change of scale (bench/region_search.py).
+    Several ``substrate`` names: s is the mean over them (``SmdlObjective``); the scores returned
+    are the first substrate's.
     """
+    names = [substrate] if isinstance(substrate, str) else list(substrate)
     objective = SmdlObjective(
         adapter,
-        make_substrate(pixels, substrate, seed),
+        [make_substrate(pixels, name, seed) for name in names],
         target,
         masks,
         lambda_consistency,
@@ -552,9 +590,16 @@ def explain(
     progress: ProgressFn = no_progress,
     substrate: str = "black",
     seed: int = 0,
+    objective: str = "score",
+    search_substrates: str = "protocol",
     **_: object,
 ) -> SaliencyMap:
     """Region-search map: each region painted 1 - rank/n (first chosen = 1).
+
+    ``objective``: ``"score"`` (SMDL's F on the normalised score) or ``"clipped"`` (each
+    normalised score clipped to [0, 1] first, as the protocol's curves are). ``search_substrates``:
+    ``"protocol"`` searches on ``substrate``; ``"black+blur"`` (any names joined by "+") scores
+    every set on each and takes the mean (one image per substrate per set).
 
     ``meta["path"]`` is the search made visible, one entry per step: the region taken, its
     gain in F, and the normalised scores of the kept and of the removed part (None where the
@@ -566,8 +611,19 @@ def explain(
     labels = region_labels(pixels, n_regions, regions)
     masks = label_masks(labels)
     n = masks.shape[0]
-    objective, _, _ = smdl_objective(
-        adapter, pixels, target, masks, lambda_consistency, lambda_collaboration, substrate=substrate, seed=seed
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
+    searched = [substrate] if search_substrates == "protocol" else search_substrates.split("+")
+    set_function, _, _ = smdl_objective(
+        adapter,
+        pixels,
+        target,
+        masks,
+        lambda_consistency,
+        lambda_collaboration,
+        bounded=objective == "clipped",
+        substrate=searched,
+        seed=seed,
     )
     # F(empty set) = l_c * s(removed image) + l_k * (1 - s(full)) = 0 after normalisation.
 
@@ -576,9 +632,9 @@ def explain(
         preview = None if order is None else order_map(order, labels, n)
         progress(fraction, text, preview=preview, **details)
 
-    order, gains, evaluated = SEARCH_FUNCTIONS[search](n, objective, search_progress, 0.0)
+    order, gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0)
     prefixes = prefix_sets(order)
-    kept, removed = objective.known(prefixes), objective.known(~prefixes)
+    kept, removed = set_function.known(prefixes), set_function.known(~prefixes)
     path = [
         {"region": r, "gain": g, "kept": _finite(k), "removed": _finite(x)}
         for r, g, k, x in zip(order, gains, kept, removed)
@@ -595,6 +651,8 @@ def explain(
             "sets_evaluated": evaluated,
             "labels_shape": list(labels.shape),
             "substrate": substrate,
+            "objective": objective,
+            "search_substrates": searched,
             "lambda_consistency": lambda_consistency,
             "lambda_collaboration": lambda_collaboration,
             "path": path,
