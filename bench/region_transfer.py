@@ -46,7 +46,7 @@ from explainers.evaluate.stats import bootstrap_ci
 from explainers.images import open_image
 from explainers.methods import region_search, run_method
 from explainers.models import load_model
-from explainers.regions import label_masks, region_labels
+from explainers.regions import label_masks, order_within_regions, region_labels, region_means
 from explainers.types import Target
 
 DATA_ENV = "SALIENCY_LAB_IMAGENET"
@@ -145,22 +145,7 @@ SEARCHES: dict[str, Search] = {
     "te-clip-prior": Search(bounded=True, prior=True),
 }
 # Maps made from others without a forward pass of their own (Grad-CAM's pass is added where used).
-DERIVED = ("+gc", "+sm", "@reg", "+mix25", "+mix50")
-
-
-def within_regions(region_map: np.ndarray, labels: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """A region map (constant per region) whose pixels inside each region are ordered by ``inner``
-    (highest first), the order between regions unchanged."""
-    values = np.unique(region_map)
-    gap = np.diff(values).min() if len(values) > 1 else 1.0
-    n = int(labels.max()) + 1
-    low = np.full(n, np.inf)
-    high = np.full(n, -np.inf)
-    np.minimum.at(low, labels.ravel(), inner.ravel())
-    np.maximum.at(high, labels.ravel(), inner.ravel())
-    span = np.where(high > low, high - low, 1.0)
-    share = (inner - low[labels]) / span[labels]  # 0..1 within each region
-    return (region_map - (1.0 - share) * 0.99 * gap).astype(np.float32)
+DERIVED = ("+gc", "+sm", "@reg", "+mix25", "+mix50", "+pmix50")
 
 
 def percent_rank(region_map: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -173,19 +158,20 @@ def percent_rank(region_map: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (1.0 - ranks / max(n - 1, 1))[labels]
 
 
+def pixel_percent_rank(saliency: np.ndarray) -> np.ndarray:
+    """Each pixel's rank by the map, 1 (highest) .. 0 (ties: the lower flat index ranks higher)."""
+    order = metrics.pixel_order(saliency)
+    ranks = np.empty(order.size)
+    ranks[order] = np.arange(order.size)
+    return (1.0 - ranks / max(order.size - 1, 1)).reshape(saliency.shape)
+
+
 def region_rank_map(blend: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """A region-constant blend -> the order map of its regions (1 - rank / n)."""
     n = int(labels.max()) + 1
     per_region = np.zeros(n)
     per_region[labels.ravel()] = blend.ravel()
     return region_search.order_map([int(r) for r in np.argsort(-per_region, kind="stable")], labels)
-
-
-def region_means(saliency: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``[n]``: the map's mean over each region."""
-    n = int(labels.max()) + 1
-    sums = np.bincount(labels.ravel(), weights=saliency.ravel(), minlength=n)
-    return sums / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
 
 
 def region_average(saliency: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -218,6 +204,9 @@ def split_rows(rows: list[Row], split: str) -> list[Row]:
         return [r for r in rows if r.index % 4]
     if split == "all":
         return rows
+    if split.startswith("rows"):  # rows:START:STEP, e.g. rows:4:8 (held out: 25 photos)
+        _, start, step = split.split(":")
+        return rows[int(start) :: int(step)]
     raise ValueError(split)
 
 
@@ -228,9 +217,9 @@ def order_key(saliency: np.ndarray) -> str:
 class PhotoWork:
     """Maps, curves and results of one photo, each cached in its folder."""
 
-    def __init__(self, adapter: Any, data: Path, row: Row, n_regions: int) -> None:
+    def __init__(self, adapter: Any, data: Path, row: Row, n_regions: int, cache: Path = TRANSFER_CACHE) -> None:
         self.adapter, self.row = adapter, row
-        self.dir = TRANSFER_CACHE / Path(row.image).stem
+        self.dir = cache / Path(row.image).stem
         self.pixels = adapter.load_image(open_image(data / row.image))
         self.target = Target(row.prompt)
         self.labels = region_labels(self.pixels, n_regions, "slic")
@@ -285,16 +274,22 @@ class PhotoWork:
         meta = dict(self.meta[base])
         meta.pop("order", None)
         if kind == "+gc":
-            values = within_regions(values, self.labels, self.maps["gradcam"])
+            values = order_within_regions(values, self.labels, self.maps["gradcam"])
             meta["passes"] += self.meta["gradcam"]["passes"]
             meta["backward"] += self.meta["gradcam"]["backward"]
         elif kind == "+sm":  # pixels next to higher-ranked regions first: no pass at all
-            values = within_regions(values, self.labels, gaussian_filter(values, 8.0))
+            values = order_within_regions(values, self.labels, gaussian_filter(values, 8.0))
+        elif kind == "+pmix50":  # a pixel-level blend: the search's region rank and Grad-CAM's pixel rank
+            values = (0.5 * percent_rank(values, self.labels) + 0.5 * pixel_percent_rank(self.maps["gradcam"])).astype(
+                np.float32
+            )
+            meta["passes"] += self.meta["gradcam"]["passes"]
+            meta["backward"] += self.meta["gradcam"]["backward"]
         elif kind.startswith("+mix"):  # regions ranked by a blend of the search's rank and Grad-CAM's
             weight = int(kind[4:]) / 100
             cam = region_average(self.maps["gradcam"], self.labels)
             blend = (1 - weight) * percent_rank(values, self.labels) + weight * percent_rank(cam, self.labels)
-            values = within_regions(region_rank_map(blend, self.labels), self.labels, self.maps["gradcam"])
+            values = order_within_regions(region_rank_map(blend, self.labels), self.labels, self.maps["gradcam"])
             meta["passes"] += self.meta["gradcam"]["passes"]
             meta["backward"] += self.meta["gradcam"]["backward"]
         elif kind == "@reg":
@@ -444,7 +439,7 @@ def parse_steps(text: str) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get(DATA_ENV, DEFAULT_DATA)))
-    parser.add_argument("--split", default="dev", choices=("dev", "dev8", "held", "all"))
+    parser.add_argument("--split", default="dev", help="dev, dev8, held, all or rows:START:STEP")
     parser.add_argument("--shard", default="0/1", help="i/k: this process takes every k-th photo from the i-th")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--searches", default=",".join(SEARCHES))
@@ -455,6 +450,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the tables of the photos computed so far")
     parser.add_argument("--maps", default=None, help="the maps to table (default: every map computed)")
     parser.add_argument("--road-maps", default=None, help="the maps whose ROAD curves are drawn (default: all)")
+    parser.add_argument("--cache", default="transfer", help="folder under bench/.cache for this run's results")
+    parser.add_argument("--caches", default="transfer,transfer-anchors", help="--table: the folders to merge")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -467,10 +464,20 @@ def main() -> None:
     names = map_names(searches, derived, engine)
     if args.table:
         results = []
-        for row in rows:
-            path = TRANSFER_CACHE / Path(row.image).stem / "result.json"
-            if path.is_file():
-                results.append(json.loads(path.read_text()))
+        for row in rows:  # one result per photo, the maps of every cache folder merged
+            found = [
+                json.loads(p.read_text())
+                for p in (CACHE / c / Path(row.image).stem / "result.json" for c in args.caches.split(","))
+                if p.is_file()
+            ]
+            if not found:
+                continue
+            merged = found[0]
+            for other in found[1:]:
+                for substrate, block in other["substrates"].items():
+                    merged["substrates"].setdefault(substrate, block)["maps"].update(block["maps"])
+                merged["passes"].update(other["passes"])
+            results.append(merged)
         shown = args.maps.split(",") if args.maps else names
         print(f"# Region-search transfer, split {args.split}: {len(results)} of {len(rows)} photos computed")
         for substrate in steps:
@@ -487,7 +494,7 @@ def main() -> None:
     print(f"{len(mine)} photos, load {load_average()}", flush=True)
     for number, row in enumerate(mine, 1):
         started = time.perf_counter()
-        work = PhotoWork(adapter, args.data, row, args.regions)
+        work = PhotoWork(adapter, args.data, row, args.regions, CACHE / args.cache)
         result = compute_photo(
             work, searches, derived, engine, steps, args.road_maps.split(",") if args.road_maps else None
         )

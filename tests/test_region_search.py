@@ -231,3 +231,47 @@ def test_two_ended_with_a_prior_orders_tied_regions_by_it_and_without_by_index()
     assert order == list(np.argsort(-prior))
     plain, _, _ = two_ended_order(8, flat, budget=10**6)
     assert plain[0] == 0 and plain[-1] == 1  # front: lowest index first; back: lowest index placed last
+
+
+# --- Grad-CAM inside region search: pixels within regions, a blended region order ---------------------
+
+
+def test_order_within_regions_keeps_the_order_of_regions_and_ranks_pixels_inside_by_the_inner_map():
+    from explainers.regions import order_within_regions
+
+    labels = np.repeat(np.arange(4), 4).reshape(4, 4)  # region r = row r
+    region_map = np.array([0.5, 1.0, 0.25, 0.75])[labels]
+    inner = np.random.default_rng(0).random((4, 4))
+    out = order_within_regions(region_map, labels, inner)
+    for r in range(4):  # inside a region: the inner map's order
+        assert list(np.argsort(-out[r])) == list(np.argsort(-inner[r]))
+    assert out[1].min() > out[3].max() > out[3].min() > out[0].max() > out[0].min() > out[2].max()
+
+
+def test_blend_orders_at_zero_is_the_search_at_one_the_prior_and_between_a_mean_of_ranks():
+    from explainers.methods.region_search import blend_orders
+
+    order, prior = [2, 0, 3, 1], np.array([0.1, 0.9, 0.5, 0.3])
+    assert blend_orders(order, prior, 0.0) == order
+    assert blend_orders(order, prior, 1.0) == [1, 2, 3, 0]
+    # ranks (search, prior): 2 -> (0, 1/3), 0 -> (1/3, 1), 3 -> (2/3, 2/3), 1 -> (1, 0); means 1/6, 2/3, 2/3, 1/2
+    assert blend_orders(order, prior, 0.5) == [2, 1, 0, 3]  # 0 and 3 tie: the search's order decides
+
+
+@pytest.mark.parametrize("within,blend", [("gradcam", 0.0), ("flat", 0.5), ("gradcam", 0.5)])
+def test_grad_cam_in_region_search_costs_one_forward_and_one_backward_pass(within, blend):
+    from toys import OneConv
+
+    from explainers.methods import run_method
+
+    pixels = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = {"n_regions": 16, "regions": "grid", "search": "greedy"}
+    plain = run_method("region", OneConv(), pixels, Target("x"), **kwargs)
+    guided = run_method("region", OneConv(), pixels, Target("x"), within=within, cam_blend=blend, **kwargs)
+    assert (guided.forward_passes, guided.backward_passes) == (plain.forward_passes + 1, 1)
+    assert guided.meta["search_order"] == plain.meta["order"]
+    assert sorted(guided.meta["order"]) == list(range(16))
+    if blend == 0.0:  # the regions keep the search's order; the map varies inside them
+        assert guided.meta["order"] == plain.meta["order"]
+        assert len(np.unique(guided.values)) > len(np.unique(plain.values))
+    assert len(guided.meta["path"]) == 16

@@ -30,15 +30,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..cam import grad_cam
 from ..models.base import ModelAdapter
 from ..params import Param
-from ..regions import label_masks, region_labels
+from ..regions import label_masks, order_within_regions, region_labels, region_means
 from ..substrates import Substrate, make_substrate
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
 from .base import Method
 
 SEARCHES = ("two-ended", "fast", "lazy", "lima", "greedy")
 OBJECTIVES = ("score", "clipped")
+WITHIN = ("flat", "gradcam")
 # F of a batch of sets (bool rows over the n regions) -> values; the search algorithms see only this.
 SetFunction = Callable[[np.ndarray], np.ndarray]
 # The fast search's defaults (bench/region_search.py measures them against plain greedy).
@@ -563,6 +565,18 @@ def smdl_objective(
     return objective, objective.full, objective.empty
 
 
+def blend_orders(order: list[int], prior: np.ndarray, weight: float) -> list[int]:
+    """Regions ranked by (1 - weight) * their rank in ``order`` + weight * their rank by ``prior``
+    (highest first), both as fractions 0 (first) .. 1 (last). Ties -> the search's order."""
+    n = len(order)
+    search_rank = np.empty(n)
+    search_rank[order] = np.arange(n) / max(n - 1, 1)
+    prior_rank = np.empty(n)
+    prior_rank[np.argsort(-np.asarray(prior), kind="stable")] = np.arange(n) / max(n - 1, 1)
+    blended = (1.0 - weight) * search_rank + weight * prior_rank
+    return [int(r) for r in np.lexsort((search_rank, blended))]
+
+
 def order_map(order: list[int], labels: np.ndarray, n: int | None = None) -> np.ndarray:
     """Paint each region 1 - rank/n (the first region chosen = 1), as the map of an order. With
     ``n`` regions in all and a shorter (partial) ``order``, the regions not yet chosen are 0."""
@@ -592,6 +606,8 @@ def explain(
     seed: int = 0,
     objective: str = "score",
     search_substrates: str = "protocol",
+    within: str = "flat",
+    cam_blend: float = 0.0,
     **_: object,
 ) -> SaliencyMap:
     """Region-search map: each region painted 1 - rank/n (first chosen = 1).
@@ -600,6 +616,12 @@ def explain(
     normalised score clipped to [0, 1] first, as the protocol's curves are). ``search_substrates``:
     ``"protocol"`` searches on ``substrate``; ``"black+blur"`` (any names joined by "+") scores
     every set on each and takes the mean (one image per substrate per set).
+
+    ``within="gradcam"`` orders the pixels inside each region by Grad-CAM (one forward and one
+    backward pass), so the map is not flat within regions; the order of the regions is unchanged.
+    ``cam_blend`` in [0, 1] ranks the regions by (1 - w) * the search's rank + w * Grad-CAM's
+    rank of its mean over each region (0: the search's order, SMDL's map). ``meta["order"]`` is
+    the map's region order; ``meta["search_order"]`` the search's own.
 
     ``meta["path"]`` is the search made visible, one entry per step: the region taken, its
     gain in F, and the normalised scores of the kept and of the removed part (None where the
@@ -632,21 +654,40 @@ def explain(
         preview = None if order is None else order_map(order, labels, n)
         progress(fraction, text, preview=preview, **details)
 
-    order, gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0)
+    if within not in WITHIN:
+        raise ValueError(f"unknown within-region order {within!r}; use one of {WITHIN}")
+    if not 0.0 <= cam_blend <= 1.0:
+        raise ValueError(f"cam_blend must be in [0, 1], not {cam_blend!r}")
+    cam = grad_cam(adapter, pixels, target)[0] if within == "gradcam" or cam_blend > 0 else None
+    search_order, gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0)
+    order = (
+        search_order
+        if cam is None or cam_blend == 0
+        else blend_orders(search_order, region_means(cam, labels), cam_blend)
+    )
     prefixes = prefix_sets(order)
     kept, removed = set_function.known(prefixes), set_function.known(~prefixes)
+    if order != search_order:  # gains along the map's order, from what the search scored (None elsewhere)
+        values = lambda_consistency * kept + lambda_collaboration * (1.0 - removed)
+        gains = [_finite(g) for g in np.diff(np.concatenate([[0.0], values]))]
     path = [
-        {"region": r, "gain": g, "kept": _finite(k), "removed": _finite(x)}
+        {"region": r, "gain": _finite(g), "kept": _finite(k), "removed": _finite(x)}
         for r, g, k, x in zip(order, gains, kept, removed)
     ]
+    values = order_map(order, labels)
+    if within == "gradcam":
+        values = order_within_regions(values, labels, cam)
     return SaliencyMap(
         "region",
-        order_map(order, labels),
+        values,
         meta={
             "search": search,
             "regions": regions,
             "n_regions": n,
             "order": order,
+            "search_order": search_order,
+            "within": within,
+            "cam_blend": cam_blend,
             "gains": gains,
             "sets_evaluated": evaluated,
             "labels_shape": list(labels.shape),
@@ -660,8 +701,8 @@ def explain(
     )
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 METHOD = Method(
