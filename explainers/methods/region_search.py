@@ -41,6 +41,7 @@ from .base import Method
 SEARCHES = ("two-ended", "fast", "lazy", "lima", "greedy")
 OBJECTIVES = ("score", "clipped")
 WITHIN = ("flat", "gradcam")
+SEARCH_SUBSTRATES = ("protocol", "black+blur")
 # F of a batch of sets (bool rows over the n regions) -> values; the search algorithms see only this.
 SetFunction = Callable[[np.ndarray], np.ndarray]
 # The fast search's defaults (bench/region_search.py measures them against plain greedy).
@@ -750,6 +751,48 @@ METHOD = Method(
             },
             arg="search",
             label="Region search: search mode",
+        ),
+        Param(
+            "region_objective",
+            "score",
+            "what the search maximises: SMDL's F on the normalised score (score), or on the "
+            "normalised score clipped to [0, 1] like the curves (clipped)",
+            choices=OBJECTIVES,
+            labels={"score": "SMDL's F on the score", "clipped": "F on the score clipped to [0, 1]"},
+            arg="objective",
+            label="Region search: objective",
+        ),
+        Param(
+            "region_search_substrates",
+            "protocol",
+            "what removed regions become while searching: the run's substrate (protocol), or the mean "
+            "over black and blur (each set scored on both: an image per substrate)",
+            choices=SEARCH_SUBSTRATES,
+            labels={"protocol": "the run's substrate", "black+blur": "black and blur"},
+            arg="search_substrates",
+            label="Region search: search on",
+        ),
+        Param(
+            "region_within",
+            "flat",
+            "the order of the pixels inside each region: all tied (flat, SMDL), or by Grad-CAM "
+            "(one forward and one backward pass more)",
+            choices=WITHIN,
+            labels={"flat": "flat (SMDL)", "gradcam": "by Grad-CAM"},
+            arg="within",
+            label="Region search: pixels inside a region",
+        ),
+        Param(
+            "region_cam_blend",
+            0.0,
+            "weight of Grad-CAM's ranking of the regions in the map's order (0: the search's order alone; "
+            "one forward and one backward pass more when above 0)",
+            kind=float,
+            low=0.0,
+            high=1.0,
+            step=0.05,
+            arg="cam_blend",
+            label="Region search: Grad-CAM's weight in the order",
         ),
     ),
     progress_share=0.4,
