@@ -166,6 +166,12 @@ def pixel_percent_rank(saliency: np.ndarray) -> np.ndarray:
     return (1.0 - ranks / max(order.size - 1, 1)).reshape(saliency.shape)
 
 
+def region_order(region_map: np.ndarray, labels: np.ndarray) -> list[int]:
+    """The regions of a region-constant map, highest value first (ties: lower index)."""
+    per_region = region_means(region_map, labels)
+    return [int(r) for r in np.argsort(-per_region, kind="stable")]
+
+
 def region_rank_map(blend: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """A region-constant blend -> the order map of its regions (1 - rank / n)."""
     n = int(labels.max()) + 1
@@ -285,11 +291,12 @@ class PhotoWork:
             )
             meta["passes"] += self.meta["gradcam"]["passes"]
             meta["backward"] += self.meta["gradcam"]["backward"]
-        elif kind.startswith("+mix"):  # regions ranked by a blend of the search's rank and Grad-CAM's
-            weight = int(kind[4:]) / 100
-            cam = region_average(self.maps["gradcam"], self.labels)
-            blend = (1 - weight) * percent_rank(values, self.labels) + weight * percent_rank(cam, self.labels)
-            values = order_within_regions(region_rank_map(blend, self.labels), self.labels, self.maps["gradcam"])
+        elif kind.startswith("+mix"):  # the engine's cam_blend (weight in the name) with within="gradcam"
+            cam = self.maps["gradcam"]
+            order = region_search.blend_orders(
+                region_order(values, self.labels), region_means(cam, self.labels), int(kind[4:]) / 100
+            )
+            values = order_within_regions(region_search.order_map(order, self.labels), self.labels, cam)
             meta["passes"] += self.meta["gradcam"]["passes"]
             meta["backward"] += self.meta["gradcam"]["backward"]
         elif kind == "@reg":

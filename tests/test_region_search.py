@@ -251,11 +251,11 @@ def test_order_within_regions_keeps_the_order_of_regions_and_ranks_pixels_inside
 def test_blend_orders_at_zero_is_the_search_at_one_the_prior_and_between_a_mean_of_ranks():
     from explainers.methods.region_search import blend_orders
 
-    order, prior = [2, 0, 3, 1], np.array([0.1, 0.9, 0.5, 0.3])
+    order, prior = [2, 3, 0, 1], np.array([0.1, 0.9, 0.5, 0.3])
     assert blend_orders(order, prior, 0.0) == order
     assert blend_orders(order, prior, 1.0) == [1, 2, 3, 0]
-    # ranks (search, prior): 2 -> (0, 1/3), 0 -> (1/3, 1), 3 -> (2/3, 2/3), 1 -> (1, 0); means 1/6, 2/3, 2/3, 1/2
-    assert blend_orders(order, prior, 0.5) == [2, 1, 0, 3]  # 0 and 3 tie: the search's order decides
+    # ranks (search, prior): 0 -> (2/3, 1), 1 -> (1, 0), 2 -> (0, 1/3), 3 -> (1/3, 2/3); means 5/6, 1/2, 1/6, 1/2
+    assert blend_orders(order, prior, 0.5) == [2, 1, 3, 0]  # 1 and 3 tie: the lower index first
 
 
 @pytest.mark.parametrize("within,blend", [("gradcam", 0.0), ("flat", 0.5), ("gradcam", 0.5)])

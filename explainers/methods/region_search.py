@@ -568,14 +568,14 @@ def smdl_objective(
 
 def blend_orders(order: list[int], prior: np.ndarray, weight: float) -> list[int]:
     """Regions ranked by (1 - weight) * their rank in ``order`` + weight * their rank by ``prior``
-    (highest first), both as fractions 0 (first) .. 1 (last). Ties -> the search's order."""
+    (highest first), both as fractions 0 (first) .. 1 (last). Ties -> lower index."""
     n = len(order)
     search_rank = np.empty(n)
     search_rank[order] = np.arange(n) / max(n - 1, 1)
     prior_rank = np.empty(n)
     prior_rank[np.argsort(-np.asarray(prior), kind="stable")] = np.arange(n) / max(n - 1, 1)
     blended = (1.0 - weight) * search_rank + weight * prior_rank
-    return [int(r) for r in np.lexsort((search_rank, blended))]
+    return [int(r) for r in np.argsort(blended, kind="stable")]
 
 
 def order_map(order: list[int], labels: np.ndarray, n: int | None = None) -> np.ndarray:
