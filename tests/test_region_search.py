@@ -275,3 +275,19 @@ def test_grad_cam_in_region_search_costs_one_forward_and_one_backward_pass(withi
         assert guided.meta["order"] == plain.meta["order"]
         assert len(np.unique(guided.values)) > len(np.unique(plain.values))
     assert len(guided.meta["path"]) == 16
+
+
+def test_grad_cam_options_fall_back_to_the_search_alone_on_a_model_without_gradients():
+    from toys import OneConv
+
+    from explainers.methods import run_method
+
+    pixels = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = {"n_regions": 16, "regions": "grid", "search": "greedy"}
+    plain = run_method("region", OneConv(), pixels, Target("x"), **kwargs)
+    model = OneConv()
+    model.gradients = False
+    guided = run_method("region", model, pixels, Target("x"), within="gradcam", cam_blend=0.5, **kwargs)
+    assert guided.backward_passes == 0 and guided.forward_passes == plain.forward_passes
+    np.testing.assert_array_equal(guided.values, plain.values)
+    assert (guided.meta["within"], guided.meta["cam_blend"]) == ("flat", 0.0)

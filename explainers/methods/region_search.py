@@ -659,7 +659,8 @@ def explain(
         raise ValueError(f"unknown within-region order {within!r}; use one of {WITHIN}")
     if not 0.0 <= cam_blend <= 1.0:
         raise ValueError(f"cam_blend must be in [0, 1], not {cam_blend!r}")
-    cam = grad_cam(adapter, pixels, target)[0] if within == "gradcam" or cam_blend > 0 else None
+    # Grad-CAM where an option asks for it and the model has gradients (else the search's map alone)
+    cam = grad_cam(adapter, pixels, target)[0] if (within == "gradcam" or cam_blend > 0) and adapter.gradients else None
     search_order, gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0)
     order = (
         search_order
@@ -676,7 +677,7 @@ def explain(
         for r, g, k, x in zip(order, gains, kept, removed)
     ]
     values = order_map(order, labels)
-    if within == "gradcam":
+    if within == "gradcam" and cam is not None:
         values = order_within_regions(values, labels, cam)
     return SaliencyMap(
         "region",
@@ -687,8 +688,8 @@ def explain(
             "n_regions": n,
             "order": order,
             "search_order": search_order,
-            "within": within,
-            "cam_blend": cam_blend,
+            "within": within if cam is not None else "flat",
+            "cam_blend": cam_blend if cam is not None else 0.0,
             "gains": gains,
             "sets_evaluated": evaluated,
             "labels_shape": list(labels.shape),

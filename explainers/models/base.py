@@ -38,6 +38,7 @@ class ModelAdapter:
     max_batch: int = 32  # images per forward pass when a caller scores many at once
     max_grad_batch: int = 16  # images per forward+backward pass: autograd keeps the activations
     max_prompt_tokens: int | None = None
+    gradients: bool = True  # declared ability (INTERFACES.md): False where the score has no gradient
 
     @property
     def device(self) -> torch.device:
