@@ -266,7 +266,7 @@ def test_grad_cam_in_region_search_costs_one_forward_and_one_backward_pass(withi
 
     pixels = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     kwargs = {"n_regions": 16, "regions": "grid", "search": "greedy"}
-    plain = run_method("region", OneConv(), pixels, Target("x"), **kwargs)
+    plain = run_method("region", OneConv(), pixels, Target("x"), within="flat", cam_blend=0.0, **kwargs)
     guided = run_method("region", OneConv(), pixels, Target("x"), within=within, cam_blend=blend, **kwargs)
     assert (guided.forward_passes, guided.backward_passes) == (plain.forward_passes + 1, 1)
     assert guided.meta["search_order"] == plain.meta["order"]
@@ -284,10 +284,25 @@ def test_grad_cam_options_fall_back_to_the_search_alone_on_a_model_without_gradi
 
     pixels = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     kwargs = {"n_regions": 16, "regions": "grid", "search": "greedy"}
-    plain = run_method("region", OneConv(), pixels, Target("x"), **kwargs)
+    plain = run_method("region", OneConv(), pixels, Target("x"), within="flat", cam_blend=0.0, **kwargs)
     model = OneConv()
     model.gradients = False
     guided = run_method("region", model, pixels, Target("x"), within="gradcam", cam_blend=0.5, **kwargs)
     assert guided.backward_passes == 0 and guided.forward_passes == plain.forward_passes
     np.testing.assert_array_equal(guided.values, plain.values)
     assert (guided.meta["within"], guided.meta["cam_blend"]) == ("flat", 0.0)
+
+
+def test_the_default_map_blends_grad_cam_and_a_model_without_a_cam_layer_gets_the_search_alone():
+    from toys import OneConv, evidence
+
+    from explainers.methods import run_method
+
+    pixels = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = {"n_regions": 16, "regions": "grid", "search": "greedy"}
+    default = run_method("region", OneConv(), pixels, Target("x"), **kwargs)
+    assert (default.meta["within"], default.meta["cam_blend"], default.backward_passes) == ("gradcam", 0.5, 1)
+    no_cam = run_method("region", evidence(16), pixels, Target("x"), **kwargs)  # cam_layer not implemented
+    flat = run_method("region", evidence(16), pixels, Target("x"), within="flat", cam_blend=0.0, **kwargs)
+    assert (no_cam.meta["within"], no_cam.meta["cam_blend"], no_cam.backward_passes) == ("flat", 0.0, 0)
+    np.testing.assert_array_equal(no_cam.values, flat.values)

@@ -21,6 +21,12 @@ Searches (``search=``):
 - ``"fast"`` -- the cheapest (2 + 5n passes): a small pool per step, see ``fast_order``.
 
 bench/region_search_dataset.py measures them all on 50 ImageNet photos (SRG with CIs, passes).
+
+The map (issue 19, bench/region_transfer.py): searched on black, the search's order alone is the
+most faithful on black and loses to Grad-CAM on blur and ROAD, and the better the search fits
+black (plain greedy, LIMA, a clipped objective) the more it loses there. So by default the regions
+are ranked by the mean of the search's rank and Grad-CAM's rank of each region (``cam_blend``),
+the pixels inside each region by Grad-CAM (``within``); ``cam_blend=0, within="flat"`` is SMDL's map.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ SEARCHES = ("two-ended", "fast", "lazy", "lima", "greedy")
 OBJECTIVES = ("score", "clipped")
 WITHIN = ("flat", "gradcam")
 SEARCH_SUBSTRATES = ("protocol", "black+blur")
+# The default map (issue 19, bench/region_transfer.py): the two-ended search's region order blended
+# half and half with Grad-CAM's ranking of the regions, the pixels inside each region by Grad-CAM.
+CAM_BLEND = 0.5
 # F of a batch of sets (bool rows over the n regions) -> values; the search algorithms see only this.
 SetFunction = Callable[[np.ndarray], np.ndarray]
 # The fast search's defaults (bench/region_search.py measures them against plain greedy).
@@ -607,8 +616,8 @@ def explain(
     seed: int = 0,
     objective: str = "score",
     search_substrates: str = "protocol",
-    within: str = "flat",
-    cam_blend: float = 0.0,
+    within: str = "gradcam",
+    cam_blend: float = CAM_BLEND,
     **_: object,
 ) -> SaliencyMap:
     """Region-search map: each region painted 1 - rank/n (first chosen = 1).
@@ -618,10 +627,13 @@ def explain(
     ``"protocol"`` searches on ``substrate``; ``"black+blur"`` (any names joined by "+") scores
     every set on each and takes the mean (one image per substrate per set).
 
-    ``within="gradcam"`` orders the pixels inside each region by Grad-CAM (one forward and one
-    backward pass), so the map is not flat within regions; the order of the regions is unchanged.
-    ``cam_blend`` in [0, 1] ranks the regions by (1 - w) * the search's rank + w * Grad-CAM's
-    rank of its mean over each region (0: the search's order, SMDL's map). ``meta["order"]`` is
+    ``within="gradcam"`` (default) orders the pixels inside each region by Grad-CAM (one forward
+    and one backward pass), so the map is not flat within regions; the order of the regions is
+    unchanged. ``cam_blend`` in [0, 1] (default CAM_BLEND = 0.5) ranks the regions by (1 - w) *
+    the search's rank + w * Grad-CAM's rank of its mean over each region (0 and ``within="flat"``:
+    the search's order alone, SMDL's map). Why the default blends: searched on black, the search's
+    order alone loses to Grad-CAM on blur and ROAD (bench/region_transfer.py, README). A model
+    without gradients or without a CAM layer gets the search's map alone (meta says so). ``meta["order"]`` is
     the map's region order; ``meta["search_order"]`` the search's own.
 
     ``meta["path"]`` is the search made visible, one entry per step: the region taken, its
@@ -659,8 +671,7 @@ def explain(
         raise ValueError(f"unknown within-region order {within!r}; use one of {WITHIN}")
     if not 0.0 <= cam_blend <= 1.0:
         raise ValueError(f"cam_blend must be in [0, 1], not {cam_blend!r}")
-    # Grad-CAM where an option asks for it and the model has gradients (else the search's map alone)
-    cam = grad_cam(adapter, pixels, target)[0] if (within == "gradcam" or cam_blend > 0) and adapter.gradients else None
+    cam = _grad_cam_if_any(adapter, pixels, target) if within == "gradcam" or cam_blend > 0 else None
     search_order, gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0)
     order = (
         search_order
@@ -703,6 +714,17 @@ def explain(
     )
 
 
+def _grad_cam_if_any(adapter: ModelAdapter, pixels: torch.Tensor, target: Target) -> np.ndarray | None:
+    """Grad-CAM for the Grad-CAM options, or None where the model has no gradients (declared) or
+    no layer for it (``cam_layer`` not implemented): the map is then the search's alone."""
+    if not adapter.gradients:
+        return None
+    try:
+        return grad_cam(adapter, pixels, target)[0]
+    except NotImplementedError:
+        return None
+
+
 def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
 
@@ -714,8 +736,11 @@ METHOD = Method(
     paper="Chen et al. (SMDL), ICLR 2024",
     note=(
         "**Region search** cuts the photo into pieces (about 49 by default) and, like a greedy puzzle "
-        "player, keeps adding the piece that raises the score most. It only asks the model questions "
-        "(no look inside), so it is the slowest: hundreds of forward passes."
+        "player, keeps adding the piece that raises the score most. It asks the model hundreds of "
+        "questions, so it is the slowest. A search fits the kind of removed pixels it searched with "
+        "(black by default), so by default its ranking of the pieces is averaged with Grad-CAM's, and "
+        "the pixels inside each piece follow Grad-CAM: that map stays faithful when pieces are blurred "
+        "instead of blacked out."
     ),
     params=(
         Param(
@@ -775,7 +800,7 @@ METHOD = Method(
         ),
         Param(
             "region_within",
-            "flat",
+            "gradcam",
             "the order of the pixels inside each region: all tied (flat, SMDL), or by Grad-CAM "
             "(one forward and one backward pass more)",
             choices=WITHIN,
@@ -785,7 +810,7 @@ METHOD = Method(
         ),
         Param(
             "region_cam_blend",
-            0.0,
+            CAM_BLEND,
             "weight of Grad-CAM's ranking of the regions in the map's order (0: the search's order alone; "
             "one forward and one backward pass more when above 0)",
             kind=float,
