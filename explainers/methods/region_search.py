@@ -672,7 +672,10 @@ def explain(
     if not 0.0 <= cam_blend <= 1.0:
         raise ValueError(f"cam_blend must be in [0, 1], not {cam_blend!r}")
     cam = _grad_cam_if_any(adapter, pixels, target) if within == "gradcam" or cam_blend > 0 else None
-    search_order, gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0)
+    options = {}
+    if search == "two-ended" and cam is not None:  # Grad-CAM's pass comes out of the fifth of greedy's passes
+        options["budget"] = greedy_images(n) // 5 - set_function.end_images - 1
+    search_order, gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0, **options)
     order = (
         search_order
         if cam is None or cam_blend == 0
