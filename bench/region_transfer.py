@@ -1,27 +1,34 @@
 """Does region search's lead transfer to substrates it did not search on? (issue 19)
 
-    python bench/region_transfer.py --split dev [--shard 0/2]      # compute (cached per photo)
-    python bench/region_transfer.py --split dev --table            # print the tables
+    python bench/region_transfer.py --split dev8 [--shard 0/2] [--searches ...] [--derived ...]
+    python bench/region_transfer.py --split dev8 --table [--maps a,b,...]     # the tables so far
 
-Every map is made once (the searches search on black unless their name says otherwise), then its
+Every map is made once (the searches search on black unless their name says otherwise: see
+SEARCHES; DERIVED maps are made from them without a forward pass of their own), then its
 deletion/insertion curves are drawn on black, blur and ROAD. The data set is
 ../shared/data/imagenet-samples (or --data / $SALIENCY_LAB_IMAGENET; read in place, never
 copied). Splits, so that settings are chosen on one part and confirmed on another: ``dev`` =
-manifest rows 0, 4, 8, ... (50 photos), ``held`` = the other 150.
+manifest rows 0, 4, 8, ... (50 photos), ``dev8`` = rows 0, 8, 16, ... (its half, the development
+split used for the README), ``held`` = every row not in ``dev``, ``rows:START:STEP`` any slice
+(the README's held-out photos: rows:1:8 and rows:5:8, both outside ``dev``).
 
 Protocol (the CLI's defaults: bundled model, 49 SLIC regions asked, the manifest's prompt, no
 contrast): curves at ``--steps`` (black:50,blur:50,road:20 by default: ROAD's imputation costs
 about as much as a forward pass, so it is scored at the app's 20 steps), normalised so that the
 substrate scores 0 and the photo 1, clipped pointwise to [0, 1] (issue 18); SRG = AUC(insertion)
-- AUC(deletion) of the clipped curves; the unclipped SRG is kept beside it. Random reference: 2
-seeded random pixel orderings per photo and substrate. Correct/wrong: the model's top-1 class
-against the manifest's imagenet_index. A photo whose score beats the substrate's by less than
-MIN_SPAN (log-probability units) is ill-conditioned on that substrate and left out of its table.
+- AUC(deletion) of the clipped curves; the unclipped SRG is kept beside it. Random reference: one
+seeded random pixel ordering per photo and substrate (N_RANDOM; CPU was scarce). Correct/wrong:
+the model's top-1 class against the manifest's imagenet_index. A photo whose score beats the
+substrate's by less than MIN_SPAN (log-probability units) is ill-conditioned on that substrate
+and left out of its table. ``--cache`` names the folder a run writes (runs in parallel must not
+share one); ``--table --caches a,b`` merges the maps of several folders per photo.
 
 Forward passes are what each map costs on its own (the search's images, counted as the engine's
 objective pays them, plus Grad-CAM's one pass where a map uses it). Every scored image is
-memoised on disk by its content (bench/.cache/transfer/), so a new variant or a rerun pays only
-for images never scored before; the bill stays the map's own.
+memoised on disk by its content (bench/.cache/transfer*/), so a new variant or a rerun pays only
+for images never scored before; the bill stays the map's own. The ``+mixNN`` maps are the
+engine's ``cam_blend=NN/100, within="gradcam"`` on the search's order (the engine's default map
+spends one search image less, to pay for Grad-CAM's pass).
 """
 
 from __future__ import annotations
