@@ -649,7 +649,7 @@ def explain(
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
     searched = [substrate] if search_substrates == "protocol" else search_substrates.split("+")
-    set_function, _, _ = smdl_objective(
+    set_function = smdl_objective(
         adapter,
         pixels,
         target,
@@ -659,7 +659,7 @@ def explain(
         bounded=objective == "clipped",
         substrate=searched,
         seed=seed,
-    )
+    )[0]
     # F(empty set) = l_c * s(removed image) + l_k * (1 - s(full)) = 0 after normalisation.
 
     def search_progress(fraction: float, text: str, order: list[int] | None = None, **details) -> None:
@@ -675,7 +675,8 @@ def explain(
     options = {}
     if search == "two-ended" and cam is not None:  # Grad-CAM's pass comes out of the fifth of greedy's passes
         options["budget"] = greedy_images(n) // 5 - set_function.end_images - 1
-    search_order, gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0, **options)
+    search_order, search_gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0, **options)
+    gains: list[float | None] = list(search_gains)
     order = (
         search_order
         if cam is None or cam_blend == 0
