@@ -48,3 +48,25 @@ def region_labels(pixels: torch.Tensor, n_regions: int, kind: str = "slic") -> n
     """``[1, 3, H, W]`` pixels in [0, 1] -> ``[H, W]`` region labels (as region search cuts the photo)."""
     image = (pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     return make_regions(image, n_regions, kind)
+
+
+def region_means(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``[n]``: the mean of a ``[H, W]`` map over each region."""
+    n = int(labels.max()) + 1
+    sums = np.bincount(labels.ravel(), weights=np.asarray(values, dtype=np.float64).ravel(), minlength=n)
+    return sums / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
+
+
+def order_within_regions(region_map: np.ndarray, labels: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """A map constant on each region, with the pixels inside each region ordered by ``inner``
+    (highest first) and the order between regions unchanged: each region's pixels are spread
+    over less than the gap to the next region's value."""
+    values = np.unique(region_map)
+    gap = float(np.diff(values).min()) if len(values) > 1 else 1.0
+    n = int(labels.max()) + 1
+    low, high = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(low, labels.ravel(), inner.ravel())
+    np.maximum.at(high, labels.ravel(), inner.ravel())
+    span = np.where(high > low, high - low, 1.0)
+    share = (inner - low[labels]) / span[labels]  # 0..1 inside each region
+    return (region_map - (1.0 - share) * 0.99 * gap).astype(np.float32)

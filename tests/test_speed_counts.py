@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from toys import evidence
 
 from explainers import metrics
@@ -125,3 +126,16 @@ def test_curves_cost_two_end_images_plus_two_per_interior_step_per_ordering(phot
     expected = 2 + (n_maps + n_random) * 2 * (steps - 1)
     assert adapter.forward_passes == expected
     assert reference.insertion.fractions.shape == (steps + 1,)
+
+
+def test_the_default_map_with_grad_cam_stays_within_a_fifth_of_greedys_passes():
+    """The default blends Grad-CAM (one forward and one backward pass): the two-ended search
+    spends one image less, so the map costs at most a fifth of plain greedy's passes."""
+    from toys import OneConv
+
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    m = run_method("region", OneConv(), pixels, Target("x"), n_regions=49, regions="grid")
+    n = m.meta["n_regions"]
+    assert m.meta["cam_blend"] > 0 and m.backward_passes == 1
+    assert m.forward_passes <= greedy_passes(n) / 5
+    assert m.forward_passes == 2 + m.meta["sets_evaluated"] + 1  # the end images, the search's, Grad-CAM's

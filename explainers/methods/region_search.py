@@ -21,19 +21,26 @@ Searches (``search=``):
 - ``"fast"`` -- the cheapest (2 + 5n passes): a small pool per step, see ``fast_order``.
 
 bench/region_search_dataset.py measures them all on 50 ImageNet photos (SRG with CIs, passes).
+
+The map (issue 19, bench/region_transfer.py): searched on black, the search's order alone is the
+most faithful on black and loses to Grad-CAM on blur and ROAD, and the better the search fits
+black (plain greedy, LIMA, a clipped objective) the more it loses there. So by default the regions
+are ranked by the mean of the search's rank and Grad-CAM's rank of each region (``cam_blend``),
+the pixels inside each region by Grad-CAM (``within``); ``cam_blend=0, within="flat"`` is SMDL's map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..cam import grad_cam
 from ..models.base import ModelAdapter
 from ..normalize import score_span
 from ..params import Param
-from ..regions import DEFAULT_REGIONS, label_masks, region_labels
+from ..regions import DEFAULT_REGIONS, label_masks, order_within_regions, region_labels, region_means
 from ..substrates import Substrate, make_substrate
 from ..types import ProgressFn, SaliencyMap, Target, no_progress
 from .base import Method, Reference
@@ -47,6 +54,12 @@ SEARCH_LABELS = {
     "lima": "LIMA-style search",
     "greedy": "plain greedy",
 }
+OBJECTIVES = ("score", "clipped")
+WITHIN = ("flat", "gradcam")
+SEARCH_SUBSTRATES = ("protocol", "black+blur")
+# The default map (issue 19, bench/region_transfer.py): the two-ended search's region order blended
+# half and half with Grad-CAM's ranking of the regions, the pixels inside each region by Grad-CAM.
+CAM_BLEND = 0.5
 # F of a batch of sets (bool rows over the n regions) -> values; the search algorithms see only this.
 SetFunction = Callable[[np.ndarray], np.ndarray]
 # The fast search's defaults (bench/region_search.py measures them against plain greedy).
@@ -58,6 +71,7 @@ TWO_ENDED_FRONT_AREA = 0.15  # share of the photo's area the front orders; the b
 TWO_ENDED_FRONT_BUDGET = 0.3  # share of the pooled images the front may spend
 SATURATED = 0.9  # a chain stops scoring the term it does not optimise once that term is past this...
 FLAT = 0.05  # ...and varied by less than this across the candidates scored
+TIE = 6  # decimal places to which the two-ended search's estimates must agree for its prior to break the tie
 LIMA_PENDING = 8  # candidates the LIMA-style search scores per step for its tail
 
 
@@ -255,6 +269,7 @@ def two_ended_order(
     front_area: float = TWO_ENDED_FRONT_AREA,
     front_budget: float = TWO_ENDED_FRONT_BUDGET,
     pool_refresh: int = 1,
+    prior: np.ndarray | None = None,
 ) -> tuple[list[int], list[float], int]:
     """The default search: grow the order from both ends, spending most passes where they pay.
 
@@ -287,15 +302,28 @@ def two_ended_order(
     its ``kept_scores``, ``lambdas`` and ``areas``; a plain F scores two images per candidate and
     balances the ends by region count.
 
-    Ties -> lower index. Returns (order, gains in F along it (estimated where a prefix was never
-    scored), images asked for).
+    ``prior`` (one value per region, e.g. Grad-CAM's mean over each region) breaks ties: among
+    regions whose estimates agree to TIE places, the front takes the highest prior and the back
+    the lowest (with a clipped objective many regions tie once a term is saturated). Then ties ->
+    lower index. Returns (order, gains in F along it (estimated where a prefix was never scored),
+    images asked for).
     """
     parts = evaluate if isinstance(evaluate, PartsObjective) else None
     kept_scores = parts.kept_scores if parts is not None else None
     lambdas = parts.lambdas if parts is not None else (1.0, 1.0)
     areas = np.asarray(parts.areas if parts is not None and parts.areas is not None else np.ones(n), dtype=np.float64)
     areas = areas / areas.sum()
-    budget = greedy_images(n) // 5 - 2 if budget is None else budget
+    tie = None if prior is None else np.asarray(prior, dtype=np.float64)
+
+    def rank(chain: _Chain, regions: np.ndarray) -> np.ndarray:
+        """Indices that sort ``regions`` best first for ``chain``: estimate, then prior, then index."""
+        if tie is None:
+            return np.lexsort((regions, -chain.estimate(regions)))
+        return np.lexsort((regions, -chain.sign * tie[regions], -np.round(chain.estimate(regions), TIE)))
+
+    per_set = parts.images_per_set if parts is not None else 1  # one image per search substrate
+    end_images = parts.end_images if parts is not None else 2
+    budget = greedy_images(n) // 5 - end_images if budget is None else budget
     asked: set[bytes] = {np.ones(n, bool).tobytes(), np.zeros(n, bool).tobytes()}  # the objective's own
 
     def score(sets: np.ndarray, kept: bool, removed: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -311,7 +339,7 @@ def two_ended_order(
             key = r.tobytes()
             if key not in asked:
                 asked.add(key)
-                score.images += 1
+                score.images += per_set
         values = kept_scores(rows)
         return (values[: len(sets)] if kept else None), (values[-len(sets) :] if removed else None)
 
@@ -333,7 +361,7 @@ def two_ended_order(
         # the chain behind on its share of the area grows (the front first)
         behind = front_area > 0 and front.area * (1 - front_area) <= back.area * front_area
         chain = front if behind else back
-        ranked = remaining[np.lexsort((remaining, -chain.estimate(remaining)))]
+        ranked = remaining[rank(chain, remaining)]
         pick = int(ranked[0])
         m = len(remaining)
         if m > 1:
@@ -341,7 +369,7 @@ def two_ended_order(
             # image is saturated, the back what showing adds once removing it changes nothing.
             level = chain.kept if chain is front else chain.removed
             both = chain.both or level < SATURATED or kept_scores is None
-            cost = 2 if both else 1
+            cost = (2 if both else 1) * per_set
             left = min(chain.budget - chain.spent, budget - score.images)
             steps_left = max(1, round((m - 1) * chain.area_share))
             pool = int(min(m, left // (cost * steps_left)))
@@ -369,7 +397,7 @@ def two_ended_order(
                         chain.both = False
                 chain.spent += score.images - before
                 chain.scored_at[candidates] = step + 1
-                pick = int(candidates[np.lexsort((candidates, -chain.estimate(candidates)))[0]])
+                pick = int(candidates[rank(chain, candidates)[0]])
         chain.take(pick, float(areas[pick]))
         progress((step + 1) / n, "region search (two-ended)", order=list(front.order))
     order = front.order + back.order[::-1]
@@ -453,11 +481,15 @@ class PartsObjective:
     F(S) = l_c * s(S kept) + l_k * (1 - s(S removed)), from ``kept_scores`` (s of the images that
     keep each set, normalised: the fully removed image 0, the photo 1). The regions partition the
     image, so "S removed" is "the complement of S kept". What it declares (``lambdas``, ``areas``:
-    each region's share of the pixels, None for equal shares) is what the two-ended search reads.
+    each region's share of the pixels, None for equal shares; ``images_per_set``: forward passes
+    per scored set, one per search substrate; ``end_images``: the passes of the photo and the
+    fully removed images) is what the two-ended search reads.
     """
 
     lambdas: tuple[float, float] = (1.0, 1.0)
     areas: np.ndarray | None = None
+    images_per_set: int = 1
+    end_images: int = 2
 
     def kept_scores(self, sets: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -477,46 +509,66 @@ class SmdlObjective(PartsObjective):
     is a kept set, and each distinct kept set is scored once per objective (a set and its
     complement asked together cost 2 images, not 4; a set asked again costs nothing: plain
     greedy's last two steps ask only for complements of its first step's sets and the photo).
+
+    With several substrates s is the mean of each substrate's normalised score (each clipped
+    first when ``bounded``), so an order cannot lean on one substrate's artefacts; a set then
+    costs one image per substrate (``images_per_set``) and the end images 1 + that many
+    (``end_images``: the photo once, each fully removed image).
     """
 
     def __init__(
         self,
         adapter: ModelAdapter,
-        substrate: Substrate,
+        substrate: Substrate | Sequence[Substrate],
         target: Target,
         masks: torch.Tensor,
         lambda_consistency: float,
         lambda_collaboration: float,
         bounded: bool,
     ) -> None:
-        self.adapter, self.substrate, self.target = adapter, substrate, target
-        self.flat_masks = masks.reshape(masks.shape[0], -1).to(substrate.pixels.device)
+        substrates = [substrate] if not isinstance(substrate, Sequence) else list(substrate)
+        self.adapter, self.substrates, self.target = adapter, substrates, target
+        self.substrate = substrates[0]
+        self.flat_masks = masks.reshape(masks.shape[0], -1).to(self.substrate.pixels.device)
         self.lambdas = (lambda_consistency, lambda_collaboration)
         self.areas = (self.flat_masks.sum(dim=1) / self.flat_masks.shape[1]).cpu().numpy()  # pixel share per region
         self.bounded = bounded
-        ends = adapter.score_many(torch.cat([substrate.pixels, substrate.empty]), target)
-        self.full, self.empty = float(ends[0]), float(ends[1])
-        self.span = score_span(self.full, self.empty)
-        n = masks.shape[0]
-        # kept set -> normalised score; keeping every region is the photo, keeping none the removed image
-        self._seen: dict[bytes, float] = {np.ones(n, bool).tobytes(): 1.0, np.zeros(n, bool).tobytes(): 0.0}
+        self.images_per_set, self.end_images = len(substrates), 1 + len(substrates)
+        ends = adapter.score_many(torch.cat([self.substrate.pixels] + [s.empty for s in substrates]), target)
+        self.full = float(ends[0])
+        self.empties = ends[1:].cpu().numpy().astype(np.float64)
+        self.spans = np.array([score_span(self.full, empty) for empty in self.empties])
+        self.empty, self.span = float(self.empties[0]), float(self.spans[0])
+        n, k = masks.shape[0], len(substrates)
+        # kept set -> normalised score on each substrate; keeping every region is the photo, keeping none the removed image
+        self._seen: dict[bytes, np.ndarray] = {
+            np.ones(n, bool).tobytes(): np.ones(k),
+            np.zeros(n, bool).tobytes(): np.zeros(k),
+        }
 
     def kept_scores(self, sets: np.ndarray) -> np.ndarray:
-        """Normalised scores of the images that keep each set (and remove the rest)."""
+        """Normalised scores of the images that keep each set (and remove the rest); with several
+        substrates the mean over them."""
         sets = np.asarray(sets, dtype=bool)
         new = [row for row in dict.fromkeys(r.tobytes() for r in sets) if row not in self._seen]
         if new:
             kept = np.frombuffer(b"".join(new), dtype=bool).reshape(len(new), -1)
             weights = torch.from_numpy(kept.astype(np.float32)).to(self.flat_masks.device)
-            images = keep_regions(self.substrate, self.flat_masks, weights)
-            scores = (self.adapter.score_many(images, self.target).cpu().numpy() - self.empty) / self.span
-            self._seen.update(zip(new, scores.astype(np.float64)))
-        scores = np.array([self._seen[r.tobytes()] for r in sets], dtype=np.float64)
-        return np.clip(scores, 0.0, 1.0) if self.bounded else scores
+            per_substrate = []
+            for substrate, empty, span in zip(self.substrates, self.empties, self.spans):
+                images = keep_regions(substrate, self.flat_masks, weights)
+                per_substrate.append((self.adapter.score_many(images, self.target).cpu().numpy() - empty) / span)
+            self._seen.update(zip(new, np.stack(per_substrate, axis=1).astype(np.float64)))
+        scores = np.array([self._seen[r.tobytes()] for r in sets], dtype=np.float64).reshape(len(sets), -1)
+        return (np.clip(scores, 0.0, 1.0) if self.bounded else scores).mean(axis=1)
 
     def known(self, sets: np.ndarray) -> np.ndarray:
         """Normalised scores already paid for, NaN where a set was never scored (no forward pass)."""
-        return np.array([self._seen.get(np.asarray(r, dtype=bool).tobytes(), np.nan) for r in sets])
+        out = []
+        for r in sets:
+            seen = self._seen.get(np.asarray(r, dtype=bool).tobytes())
+            out.append(np.nan if seen is None else float((np.clip(seen, 0.0, 1.0) if self.bounded else seen).mean()))
+        return np.array(out)
 
 
 def smdl_objective(
@@ -527,7 +579,7 @@ def smdl_objective(
     lambda_consistency: float = 1.0,
     lambda_collaboration: float = 1.0,
     bounded: bool = False,
-    substrate: str = "black",
+    substrate: str | Sequence[str] = "black",
     seed: int = 0,
 ) -> tuple[SmdlObjective, float, float]:
     """The SMDL objective for ``pixels`` cut by ``masks`` (``[n, 1, H, W]``), removed regions
@@ -537,10 +589,13 @@ def smdl_objective(
     ``bounded=True`` clips the normalised scores to [0, 1] (SMDL scores with probabilities,
     which are bounded; our log and logit scores are not). It exists to measure how much the
     greedy reference itself moves under this change of scale (bench/region_search.py).
+    Several ``substrate`` names: s is the mean over them (``SmdlObjective``); the scores returned
+    are the first substrate's.
     """
+    names = [substrate] if isinstance(substrate, str) else list(substrate)
     objective = SmdlObjective(
         adapter,
-        make_substrate(pixels, substrate, seed),
+        [make_substrate(pixels, name, seed) for name in names],
         target,
         masks,
         lambda_consistency,
@@ -548,6 +603,18 @@ def smdl_objective(
         bounded,
     )
     return objective, objective.full, objective.empty
+
+
+def blend_orders(order: list[int], prior: np.ndarray, weight: float) -> list[int]:
+    """Regions ranked by (1 - weight) * their rank in ``order`` + weight * their rank by ``prior``
+    (highest first), both as fractions 0 (first) .. 1 (last). Ties -> lower index."""
+    n = len(order)
+    search_rank = np.empty(n)
+    search_rank[order] = np.arange(n) / max(n - 1, 1)
+    prior_rank = np.empty(n)
+    prior_rank[np.argsort(-np.asarray(prior), kind="stable")] = np.arange(n) / max(n - 1, 1)
+    blended = (1.0 - weight) * search_rank + weight * prior_rank
+    return [int(r) for r in np.argsort(blended, kind="stable")]
 
 
 def order_map(order: list[int], labels: np.ndarray, n: int | None = None) -> np.ndarray:
@@ -577,9 +644,27 @@ def explain(
     progress: ProgressFn = no_progress,
     substrate: str = "black",
     seed: int = 0,
+    objective: str = "score",
+    search_substrates: str = "protocol",
+    within: str = "gradcam",
+    cam_blend: float = CAM_BLEND,
     **_: object,
 ) -> SaliencyMap:
     """Region-search map: each region painted 1 - rank/n (first chosen = 1).
+
+    ``objective``: ``"score"`` (SMDL's F on the normalised score) or ``"clipped"`` (each
+    normalised score clipped to [0, 1] first, as the protocol's curves are). ``search_substrates``:
+    ``"protocol"`` searches on ``substrate``; ``"black+blur"`` (any names joined by "+") scores
+    every set on each and takes the mean (one image per substrate per set).
+
+    ``within="gradcam"`` (default) orders the pixels inside each region by Grad-CAM (one forward
+    and one backward pass), so the map is not flat within regions; the order of the regions is
+    unchanged. ``cam_blend`` in [0, 1] (default CAM_BLEND = 0.5) ranks the regions by (1 - w) *
+    the search's rank + w * Grad-CAM's rank of its mean over each region (0 and ``within="flat"``:
+    the search's order alone, SMDL's map). Why the default blends: searched on black, the search's
+    order alone loses to Grad-CAM on blur and ROAD (bench/region_transfer.py, README). A model
+    without gradients or without a CAM layer gets the search's map alone (meta says so). ``meta["order"]`` is
+    the map's region order; ``meta["search_order"]`` the search's own.
 
     ``meta["path"]`` is the search made visible, one entry per step: the region taken, its
     gain in F, and the normalised scores of the kept and of the removed part (None where the
@@ -591,9 +676,20 @@ def explain(
     labels = region_labels(pixels, n_regions, regions)
     masks = label_masks(labels)
     n = masks.shape[0]
-    objective, _, _ = smdl_objective(
-        adapter, pixels, target, masks, lambda_consistency, lambda_collaboration, substrate=substrate, seed=seed
-    )
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
+    searched = [substrate] if search_substrates == "protocol" else search_substrates.split("+")
+    set_function = smdl_objective(
+        adapter,
+        pixels,
+        target,
+        masks,
+        lambda_consistency,
+        lambda_collaboration,
+        bounded=objective == "clipped",
+        substrate=searched,
+        seed=seed,
+    )[0]
     # F(empty set) = l_c * s(removed image) + l_k * (1 - s(full)) = 0 after normalisation.
 
     def search_progress(fraction: float, text: str, order: list[int] | None = None, **details) -> None:
@@ -601,16 +697,36 @@ def explain(
         preview = None if order is None else order_map(order, labels, n)
         progress(fraction, text, preview=preview, **details)
 
-    order, gains, evaluated = SEARCH_FUNCTIONS[search](n, objective, search_progress, 0.0)
+    if within not in WITHIN:
+        raise ValueError(f"unknown within-region order {within!r}; use one of {WITHIN}")
+    if not 0.0 <= cam_blend <= 1.0:
+        raise ValueError(f"cam_blend must be in [0, 1], not {cam_blend!r}")
+    cam = _grad_cam_if_any(adapter, pixels, target) if within == "gradcam" or cam_blend > 0 else None
+    options = {}
+    if search == "two-ended" and cam is not None:  # Grad-CAM's pass comes out of the fifth of greedy's passes
+        options["budget"] = greedy_images(n) // 5 - set_function.end_images - 1
+    search_order, search_gains, evaluated = SEARCH_FUNCTIONS[search](n, set_function, search_progress, 0.0, **options)
+    gains: list[float | None] = list(search_gains)
+    order = (
+        search_order
+        if cam is None or cam_blend == 0
+        else blend_orders(search_order, region_means(cam, labels), cam_blend)
+    )
     prefixes = prefix_sets(order)
-    kept, removed = objective.known(prefixes), objective.known(~prefixes)
+    kept, removed = set_function.known(prefixes), set_function.known(~prefixes)
+    if order != search_order:  # gains along the map's order, from what the search scored (None elsewhere)
+        values = lambda_consistency * kept + lambda_collaboration * (1.0 - removed)
+        gains = [_finite(g) for g in np.diff(np.concatenate([[0.0], values]))]
     path = [
-        {"region": r, "gain": g, "kept": _finite(k), "removed": _finite(x)}
+        {"region": r, "gain": _finite(g), "kept": _finite(k), "removed": _finite(x)}
         for r, g, k, x in zip(order, gains, kept, removed)
     ]
+    values = order_map(order, labels)
+    if within == "gradcam" and cam is not None:
+        values = order_within_regions(values, labels, cam)
     return SaliencyMap(
         "region",
-        order_map(order, labels),
+        values,
         regions=labels,
         meta={
             "search": search,
@@ -618,10 +734,15 @@ def explain(
             "regions": regions,
             "n_regions": n,
             "order": order,
+            "search_order": search_order,
+            "within": within if cam is not None else "flat",
+            "cam_blend": cam_blend if cam is not None else 0.0,
             "gains": gains,
             "sets_evaluated": evaluated,
             "labels_shape": list(labels.shape),
             "substrate": substrate,
+            "objective": objective,
+            "search_substrates": searched,
             "lambda_consistency": lambda_consistency,
             "lambda_collaboration": lambda_collaboration,
             "path": path,
@@ -629,8 +750,19 @@ def explain(
     )
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
+def _grad_cam_if_any(adapter: ModelAdapter, pixels: torch.Tensor, target: Target) -> np.ndarray | None:
+    """Grad-CAM for the Grad-CAM options, or None where the model has no gradients (declared) or
+    no layer for it (``cam_layer`` not implemented): the map is then the search's alone."""
+    if not adapter.gradients:
+        return None
+    try:
+        return grad_cam(adapter, pixels, target)[0]
+    except NotImplementedError:
+        return None
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 METHOD = Method(
@@ -640,8 +772,11 @@ METHOD = Method(
     paper="Chen et al. (SMDL), ICLR 2024",
     note=(
         "**Region search** cuts the photo into pieces (about 49 by default) and, like a greedy puzzle "
-        "player, keeps adding the piece that raises the score most. It only asks the model questions "
-        "(no look inside), so it is the slowest: hundreds of forward passes."
+        "player, keeps adding the piece that raises the score most. It asks the model hundreds of "
+        "questions, so it is the slowest. A search fits the kind of removed pixels it searched with "
+        "(black by default), so by default its ranking of the pieces is averaged with Grad-CAM's, and "
+        "the pixels inside each piece follow Grad-CAM: that map stays faithful when pieces are blurred "
+        "instead of blacked out."
     ),
     params=(
         Param(
@@ -678,6 +813,48 @@ METHOD = Method(
             },
             arg="search",
             label="Region search: search mode",
+        ),
+        Param(
+            "region_objective",
+            "score",
+            "what the search maximises: SMDL's F on the normalised score (score), or on the "
+            "normalised score clipped to [0, 1] like the curves (clipped)",
+            choices=OBJECTIVES,
+            labels={"score": "SMDL's F on the score", "clipped": "F on the score clipped to [0, 1]"},
+            arg="objective",
+            label="Region search: objective",
+        ),
+        Param(
+            "region_search_substrates",
+            "protocol",
+            "what removed regions become while searching: the run's substrate (protocol), or the mean "
+            "over black and blur (each set scored on both: an image per substrate)",
+            choices=SEARCH_SUBSTRATES,
+            labels={"protocol": "the run's substrate", "black+blur": "black and blur"},
+            arg="search_substrates",
+            label="Region search: search on",
+        ),
+        Param(
+            "region_within",
+            "gradcam",
+            "the order of the pixels inside each region: all tied (flat, SMDL), or by Grad-CAM "
+            "(one forward and one backward pass more)",
+            choices=WITHIN,
+            labels={"flat": "flat (SMDL)", "gradcam": "by Grad-CAM"},
+            arg="within",
+            label="Region search: pixels inside a region",
+        ),
+        Param(
+            "region_cam_blend",
+            CAM_BLEND,
+            "weight of Grad-CAM's ranking of the regions in the map's order (0: the search's order alone; "
+            "one forward and one backward pass more when above 0)",
+            kind=float,
+            low=0.0,
+            high=1.0,
+            step=0.05,
+            arg="cam_blend",
+            label="Region search: Grad-CAM's weight in the order",
         ),
     ),
     progress_share=0.4,
