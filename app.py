@@ -44,7 +44,7 @@ import gradio as gr
 from PIL import Image
 
 from explainers import UserError, api, app_runtime, render, report
-from explainers.app_runtime import Evaluated, Finished, MapReady, Outcome, Preview, Status, fit
+from explainers.app_runtime import Evaluated, Finished, MapReady, Outcome, Preview, Status, TargetReady, fit
 from explainers.images import open_image
 from explainers.methods import METHODS, default_methods
 from explainers.models import DEFAULT_MODEL, model_choices
@@ -57,6 +57,9 @@ ASSETS = ROOT / "assets"
 
 DEVICE = os.environ.get("SALIENCY_DEVICE", "auto").strip() or "auto"
 MODEL_CHOICES = model_choices()
+# The model kinds' own number parameters (a VLM's most answer tokens, a detector's least box
+# probability) get widgets; the answer, its token and the box come from "What to explain".
+KIND_PARAMS = app_runtime.page_target_params()
 DISPLAY_SIDE = 512  # overlays on the page: the photo's aspect, longest side this many pixels
 DOWNLOAD_SIDE = 1024  # overlays in the download: the photo's size, capped at this
 QUEUE_SIZE = 16
@@ -124,16 +127,30 @@ def method_params() -> dict[str, tuple[Param, ...]]:
 
 def input_names() -> list[str]:
     """The /explain inputs in order: image and prompt first, then everything with a default."""
-    return ["image", "prompt", "contrast", "model", "methods", *api.PARAMS, "sanity", *DISPLAY_DEFAULTS]
+    kinds = [spec.name for spec in KIND_PARAMS]
+    return [
+        "image",
+        "prompt",
+        "contrast",
+        "model",
+        "target",
+        "methods",
+        *api.PARAMS,
+        *kinds,
+        "sanity",
+        *DISPLAY_DEFAULTS,
+    ]
 
 
 def input_defaults() -> dict[str, Any]:
     return {
         "contrast": "",
         "model": DEFAULT_MODEL,
+        "target": "",
         "methods": default_methods(),
         # A list parameter's default as a list: Gradio takes a tuple for one value (a checkbox group's [()]).
         **{name: list(v) if isinstance(v, tuple) else v for name, v in api.DEFAULTS.items()},
+        **{spec.name: spec.default for spec in KIND_PARAMS},
         "sanity": False,
         **DISPLAY_DEFAULTS,
     }
@@ -402,9 +419,11 @@ def event_outputs(c: dict[str, Any], event: Any, run: PageRun) -> Updates:
     """The page's update for one event of a running job (``app_runtime.stream``)."""
     opacity, colour_map, smoothing = run.display
     show = fit(run.size, DISPLAY_SIDE)
+    if isinstance(event, TargetReady):  # the model's answer or box, before its maps
+        return {c["score"]: report.target_markdown(event.target)}
     if isinstance(event, MapReady):
         smooth = app_runtime.smoothed(event.method, smoothing)
-        picture = render.map_picture(event.image, event.saliency, colour_map, opacity, show, smooth)
+        picture = render.map_picture(event.image, event.saliency, colour_map, opacity, show, smooth, event.outline)
         run.noted.append(event.method)
         return {
             c[f"overlay-{event.method}"]: gr.Image(value=picture, visible=True),
@@ -482,6 +501,9 @@ def explain_start(c: dict[str, Any], given: dict[str, Any], progress: Any) -> tu
     params = {name: given[name] for name in api.PARAMS}
     params = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in params.items()}
     model = app_runtime.model_key(given["model"] or DEFAULT_MODEL)
+    # The model kind's own parameters: its number widgets, and the target picked under "What to explain".
+    params.update(app_runtime.kind_options(model, given))
+    params.update(app_runtime.target_options(given.get("target")))
     contrast = app_runtime.split_contrast(given["contrast"])
     job = app_runtime.explain_job(photo, given["prompt"], contrast, model, methods, DEVICE, given["sanity"], params)
     progress(0.0, desc="Starting…")
@@ -562,6 +584,34 @@ def restyle(c: dict[str, Any], bundle: str | None, opacity: Any, colour_map: Any
         return {c["colour_bar"]: report.colour_bar_html(render.colour_stops(display[1]))}
     result, show = loaded
     return overlay_outputs(c, result, display, show)
+
+
+def offer(image: Any, prompt: Any, model: Any, *kind_values: Any) -> tuple[Any, Any, str]:
+    """ "Show the model's answer or boxes": what the model offers to explain (a VLM's answer and
+    its tokens, a detector's boxes drawn and numbered) as the choices of "What to explain", the
+    picture and the words; one plain sentence on bad input."""
+    try:
+        if image is None:
+            raise UserError("add a photo first: upload one, paste one or take one with the webcam")
+        photo = open_image(image)
+        name = app_runtime.model_key(model or DEFAULT_MODEL)
+        given = dict(zip((spec.name for spec in KIND_PARAMS), kind_values))
+        options = app_runtime.kind_options(name, given)
+        options = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in options.items()}
+        shown = app_runtime.offer_targets(photo, prompt, name, DEVICE, options, DISPLAY_SIDE)
+    except Exception as error:  # noqa: BLE001 - every failure is one plain sentence
+        raise page_error(error) from None
+    first = shown.choices[0][1]
+    return (
+        gr.Dropdown(choices=shown.choices, value=first),
+        gr.Image(value=shown.picture, visible=shown.picture is not None),
+        shown.markdown,
+    )
+
+
+def forget_offer() -> tuple[Any, Any, str]:
+    """A new photo, prompt or model: the last offer no longer applies; the model decides again."""
+    return gr.Dropdown(choices=[app_runtime.MODEL_DECIDES], value=""), gr.Image(value=None, visible=False), ""
 
 
 def make_handlers(c: dict[str, Any]) -> dict[str, Callable]:
@@ -707,7 +757,33 @@ def build_demo() -> gr.Blocks:
                     placeholder="e.g. a tiger, a lynx: “why a cat and not a tiger?”",
                     value="",
                 )
-                widgets["model"] = gr.Dropdown(MODEL_CHOICES, value=DEFAULT_MODEL, label="Model", elem_id="model")
+                widgets["model"] = gr.Dropdown(
+                    MODEL_CHOICES,
+                    value=DEFAULT_MODEL,
+                    label="Model (or type one: clip:, vlm: or detector: and a Hugging Face id)",
+                    elem_id="model",
+                    allow_custom_value=True,
+                )
+                with gr.Group(elem_id="target-group"):
+                    with gr.Row(equal_height=True):
+                        widgets["target"] = gr.Dropdown(
+                            [app_runtime.MODEL_DECIDES],
+                            value="",
+                            label="What to explain (VLM: its answer or one token; detector: one of its boxes)",
+                            elem_id="target",
+                            allow_custom_value=True,
+                            scale=3,
+                        )
+                        offer_button = gr.Button(
+                            "Show the model's answer or boxes", elem_id="offer", variant="secondary", scale=1
+                        )
+                    offer_picture = gr.Image(
+                        label="The detector's boxes (numbered as in the list)",
+                        visible=False,
+                        interactive=False,
+                        elem_id="offer-picture",
+                    )
+                    offer_text = gr.Markdown(elem_id="offer-text")
                 widgets["methods"] = gr.CheckboxGroup(
                     [(m.title, name) for name, m in METHODS.items()],
                     value=default_methods(),
@@ -725,6 +801,11 @@ def build_demo() -> gr.Blocks:
                         gr.Markdown(f"**{heading}**")
                         with gr.Row():
                             for spec in specs:
+                                widgets[spec.name] = param_widget(spec)
+                    if KIND_PARAMS:
+                        gr.Markdown("**VLM and detector models**")
+                        with gr.Row():
+                            for spec in KIND_PARAMS:
                                 widgets[spec.name] = param_widget(spec)
                 with gr.Accordion("Display (applies at once, no new run)", open=False, elem_id="display"), gr.Row():
                     widgets["opacity"] = gr.Slider(
@@ -881,6 +962,31 @@ def build_demo() -> gr.Blocks:
                 )
             )
         cancel.click(None, cancels=cancellable)
+        offer_outputs = [widgets["target"], offer_picture, offer_text]
+        offer_names = ["image", "prompt", "model", *(spec.name for spec in KIND_PARAMS)]
+
+        def offer_handler(*values: Any) -> tuple[Any, Any, str]:
+            return offer(*values)
+
+        offer_handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # the API's parameter names
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in offer_names]
+        )
+        offer_button.click(
+            offer_handler,
+            inputs=[widgets["image"], widgets["prompt"], widgets["model"], *(widgets[s.name] for s in KIND_PARAMS)],
+            outputs=offer_outputs,
+            api_name="offer",
+            concurrency_id="explain",
+            concurrency_limit=len(MODEL_CHOICES),
+        )
+        gr.on(
+            [widgets[name].change for name in ("image", "prompt", "model")],
+            forget_offer,
+            outputs=offer_outputs,
+            api_visibility="undocumented",
+            show_progress="hidden",
+            queue=False,
+        )
         # Replays of the run: they read the bundle and never call the model.
         c["scrubber"].input(
             handlers["scrub"],

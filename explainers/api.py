@@ -407,7 +407,8 @@ def candidate_targets(
 
     One forward pass (a detector) or one generation (a VLM), for the app to show before the
     maps: pass the chosen target back as ``explain(image, chosen, model=...)`` to explain it as
-    it is (no second generation). Raises UserError on bad input.
+    it is (no second generation). Never empty: UserError on bad input, or with the model's
+    reason when it offers nothing (a detector: no box reaches ``box_threshold``).
     """
     options, rest = split_options(model, options)  # before any model loads
     if rest:
@@ -417,7 +418,11 @@ def candidate_targets(
     pil = open_image(image)
     adapter = resolve_model(model, device)
     pixels = adapter.load_image(pil).to(adapter.device)
-    return adapter.candidate_targets(pixels, target, checked, pil.size)
+    offered = adapter.candidate_targets(pixels, target, checked, pil.size)
+    if not offered:  # the model's own sentence for why (a detector: no box above its threshold)
+        adapter.resolve_target(pixels, target, checked, pil.size)
+        raise UserError(f"the model offers nothing to explain for {shown(target.prompt, 60)} on this photo")
+    return offered
 
 
 CURVES_PROGRESS_SHARE = 0.3  # of the progress bar, against the methods' shares (Method.progress_share)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -39,8 +40,9 @@ from PIL import Image
 from . import api, render, report
 from .errors import UserError
 from .methods import METHODS, get_method
-from .models import ModelAdapter, model_kind
-from .types import MethodResult, ProgressFn, Result, SaliencyMap
+from .models import MODEL_KINDS, ModelAdapter, model_kind
+from .params import Param
+from .types import MethodResult, ProgressFn, Result, SaliencyMap, Target
 
 log = logging.getLogger("saliency_lab.app")
 
@@ -68,6 +70,14 @@ class MapReady:
     method: str
     saliency: SaliencyMap
     image: np.ndarray  # uint8 [H, W, 3]: the model-input view the map refers to (Result.image)
+    outline: tuple[float, float, float, float] | None = None  # the target's part of the photo (Target.outline)
+
+
+@dataclass(frozen=True)
+class TargetReady:
+    """The target the model resolved (a VLM's answer, a detector's box), before any map is made."""
+
+    target: Target
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ class Finished:
     value: Any
 
 
-Event = MapReady | Preview | Status | Evaluated | Finished
+Event = MapReady | TargetReady | Preview | Status | Evaluated | Finished
 Emit = Callable[[Event], None]
 # A run: called in a worker thread with the engine's progress function and ``emit``.
 Job = Callable[[ProgressFn, Emit], Any]
@@ -307,6 +317,7 @@ def explain_job(
 
     def job(progress: ProgressFn, emit: Emit) -> Outcome:
         image: np.ndarray | None = None
+        outline: tuple[float, float, float, float] | None = None
         classes: list[tuple[str, float]] | None = None
         result: Result | None = None
         for stage in api.explain_stages(
@@ -323,9 +334,12 @@ def explain_job(
             if isinstance(stage, api.Prepared):
                 image = api.image_view(stage.pixels)
                 classes = api.describe_prompt(stage.adapter, stage.target.prompt)
+                outline = stage.target.outline()
+                if stage.target.pinned():  # the model resolved it: say what the maps will explain
+                    emit(TargetReady(stage.target))
             elif isinstance(stage, api.MethodMap):
                 assert image is not None  # the Prepared stage comes first
-                emit(MapReady(stage.method, stage.saliency, image))
+                emit(MapReady(stage.method, stage.saliency, image, outline))
             else:
                 if result is None and sanity:  # the curves are in; the sanity check follows
                     emit(Evaluated(Outcome(stage, classes, report.sanity_running_status(stage))))
@@ -353,12 +367,22 @@ def refine(
     if reference is None:
         raise UserError(f"{get_method(method).title} has no reference setting to refine it with")
     started = time.perf_counter()
+    if result.target.outline() is not None:
+        # The bundle keeps the model's view of the photo, not the photo: a box in the photo's
+        # pixels cannot be found again on it.
+        raise UserError(
+            f"{get_method(method).title} of a box cannot be refined from the download; press Run with "
+            f"{reference.label} chosen under Advanced instead"
+        )
     params = {name: result.params[name] for name in api.PARAMS if name in result.params}
     params.update(reference.params)
-    request = api.validate(result.target.prompt, list(result.target.contrast), [method], **params)
-    prepared = api.prepare(
-        Image.fromarray(result.image), request.target, api.resolve_model(model or result.model, device)
+    adapter = api.resolve_model(model or result.model, device)
+    # A target the model resolved (a VLM's answer) is named again by its pinned parameters.
+    options = result.target.pinned()
+    request = api.validate(
+        result.target.prompt, list(result.target.contrast), [method], model=adapter, **params, **options
     )
+    prepared = api.prepare(Image.fromarray(result.image), request.target, adapter, request.options)
     maps = api.run_methods(
         prepared, [method], request.params, progress=lambda f, text, **d: progress(0.85 * f, text, **d)
     )
@@ -397,6 +421,92 @@ def refine_job(result: Result, method: str, device: str, model: str | ModelAdapt
         return Outcome(refined, classes, report.refined_status(refined, method, time.perf_counter() - started))
 
     return job
+
+
+# --- what a model offers to explain (a VLM's answer, a detector's boxes) -----------------------
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the page shows before a run on a model that resolves its target: the words
+    (``report.offer_markdown``), the photo with the targets' parts framed and numbered (None where
+    no target has one) and the choices of "What to explain": (label, ``target_choice`` text)."""
+
+    markdown: str
+    picture: Image.Image | None
+    choices: list[tuple[str, str]]
+
+
+MODEL_DECIDES = ("the model decides: its own answer, or its best box", "")  # the choice "" (no target parameters)
+
+
+def target_choice(target: Target) -> str:
+    """A target as the page's choice value: its pinned target parameters as JSON ("" for none)."""
+    pinned = target.pinned()
+    return json.dumps(pinned, ensure_ascii=False, sort_keys=True) if pinned else ""
+
+
+def target_options(text: Any) -> dict[str, Any]:
+    """A choice value of "What to explain" (``target_choice``) -> the target parameters it pins;
+    UserError in one sentence when it is not one."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return {}
+    error = UserError(
+        "the target to explain must be one the model offered (press the button to show them) or JSON "
+        'such as {"box": "10,20,200,180"} or {"answer": "a cat", "answer_token": 0}'
+    )
+    if not isinstance(text, str):
+        raise error
+    try:
+        options = json.loads(text)
+    except ValueError:
+        raise error from None
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise error
+    return options
+
+
+def page_target_params() -> list[Param]:
+    """The model kinds' target parameters the page gives widgets of their own (numbers with a
+    default: a VLM's most answer tokens, a detector's least box probability); the others (the
+    answer, its token, the box) come from the choice of "What to explain"."""
+    return [
+        spec
+        for kind in MODEL_KINDS.values()
+        for spec in kind.params
+        if spec.kind in (int, float) and spec.default is not None and spec.parse is None
+    ]
+
+
+def kind_options(model: str | ModelAdapter, given: dict[str, Any]) -> dict[str, Any]:
+    """Of the page's target-parameter widgets (``page_target_params``), those of ``model``'s kind."""
+    specs = api.target_params(model)
+    return {name: given[name] for name in specs if name in given and given[name] is not None}
+
+
+def offer_targets(
+    photo: Image.Image,
+    prompt: Any,
+    model: str | ModelAdapter,
+    device: str,
+    options: dict[str, Any],
+    side: int = 512,
+    locks: ModelLocks = LOCKS,
+) -> Offer:
+    """The targets ``model`` offers for ``prompt`` on ``photo`` (``api.candidate_targets``: a VLM's
+    greedy answer, a detector's boxes, best first), as the page shows them before a run: the
+    words, the photo (longest side ``side``) with the boxes numbered, the choices (each target and
+    its parts, e.g. each token of the answer). Holds the model's lock (a run on it waits);
+    UserError in one sentence for bad input or a model that offers nothing."""
+    with locks.hold(model_key(model), lambda *_, **__: None, threading.Event()):
+        targets = api.candidate_targets(photo, prompt, model=model, device=device, **options)
+    text = prompt.strip() if isinstance(prompt, str) else str(prompt)
+    markdown = report.offer_markdown(text, targets)
+    if len(targets) == 1 and not targets[0].pinned():  # a prompt model: nothing to pick
+        return Offer(markdown, None, [MODEL_DECIDES])
+    choices = [(f"{number}. {t.choice_label()}", target_choice(t)) for number, t in enumerate(targets, start=1)]
+    choices += [(f"   {part.choice_label()}", target_choice(part)) for t in targets for part in t.parts()]
+    return Offer(markdown, render.targets_picture(photo, targets, fit(photo.size, side)), choices)
 
 
 # --- inputs, errors, files -------------------------------------------------------------------

@@ -33,6 +33,7 @@ from .types import (
     SaliencyMap,
     SanityCheck,
     SanityStage,
+    SavedTarget,
     ScoreMeaning,
     Target,
     clipped_auc,
@@ -187,15 +188,19 @@ def map_picture(
     alpha: float = 0.5,
     size: tuple[int, int] | None = None,
     smooth: bool = False,
+    outline: tuple[float, float, float, float] | None = None,
 ) -> Image.Image:
     """A map over ``image`` (the model-input view) as the page shows it: a map that carries its
     regions region by region in its ranks' colours with the first ones outlined and numbered,
     any other as a heat overlay (``smooth``: blurred first, as most papers show integrated
-    gradients)."""
+    gradients). ``outline``: the target's part of the photo (``Target.outline``: a detector's
+    box, as fractions of the width and height), drawn as a frame."""
     regions = saliency.regions
     if regions is not None and regions.shape == saliency.values.shape:
-        return region_overlay(image, regions, region_ranking(saliency.values, regions), cmap, alpha, size)
-    return overlay(image, saliency.values, cmap, alpha, size, SMOOTH_SIGMA if smooth else 0.0)
+        picture = region_overlay(image, regions, region_ranking(saliency.values, regions), cmap, alpha, size)
+    else:
+        picture = overlay(image, saliency.values, cmap, alpha, size, SMOOTH_SIGMA if smooth else 0.0)
+    return outlined(picture, outline) if outline is not None else picture
 
 
 def method_picture(
@@ -206,8 +211,58 @@ def method_picture(
     size: tuple[int, int] | None = None,
     smooth: bool = False,
 ) -> Image.Image:
-    """A method's map of ``result`` as the page shows it (``map_picture``)."""
-    return map_picture(result.image, result.methods[name].saliency, cmap, alpha, size, smooth)
+    """A method's map of ``result`` as the page shows it (``map_picture``, the target's part outlined)."""
+    return map_picture(result.image, result.methods[name].saliency, cmap, alpha, size, smooth, result.target.outline())
+
+
+OUTLINE_COLOUR = (0, 255, 255)  # cyan: stands out on every colour map's hues
+BOX_COLOURS = ((0, 255, 255), (255, 64, 255), (64, 255, 64), (255, 255, 0), (255, 128, 0))
+
+
+def _frame(
+    draw: ImageDraw.ImageDraw, box: Sequence[float], size: tuple[int, int], colour: tuple[int, int, int]
+) -> None:
+    """A frame around ``box`` (fractions of ``size``), kept inside the picture, in a dark halo so it
+    reads on light and dark maps alike."""
+    width, height = size
+    x0, y0, x1, y1 = (
+        min(max(box[0], 0.0), 1.0) * (width - 1),
+        min(max(box[1], 0.0), 1.0) * (height - 1),
+        min(max(box[2], 0.0), 1.0) * (width - 1),
+        min(max(box[3], 0.0), 1.0) * (height - 1),
+    )
+    line = max(2, round(max(size) / 150))
+    draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0), width=line + 2)
+    draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
+
+
+def outlined(picture: Image.Image, box: Sequence[float], colour: tuple[int, int, int] = OUTLINE_COLOUR) -> Image.Image:
+    """``picture`` with ``box`` (x0, y0, x1, y1 as fractions of its width and height) framed."""
+    out = picture.convert("RGB")
+    _frame(ImageDraw.Draw(out), box, out.size, colour)
+    return out
+
+
+def targets_picture(
+    photo: Image.Image, targets: Sequence[Target], size: tuple[int, int] | None = None
+) -> Image.Image | None:
+    """The photo with each target's part framed and numbered 1, 2, ... (a detector's boxes, best
+    first) for the user to pick one; None when no target has a part of the photo to show."""
+    boxes = [(number, t.outline()) for number, t in enumerate(targets, start=1)]
+    boxes = [(number, box) for number, box in boxes if box is not None]
+    if not boxes:
+        return None
+    out = photo.convert("RGB")
+    if size is not None and out.size != tuple(size):
+        out = out.resize(tuple(size), Image.BICUBIC)
+    draw = ImageDraw.Draw(out)
+    font = _font(max(14, round(max(out.size) / 24)))
+    for number, box in reversed(boxes):  # the best box drawn last, on top
+        colour = BOX_COLOURS[(number - 1) % len(BOX_COLOURS)]
+        _frame(draw, box, out.size, colour)
+        x, y = max(box[0], 0.0) * out.width, max(box[1], 0.0) * out.height
+        draw.text((x + 4, y + 2), str(number), fill=colour, font=font, anchor="la", stroke_width=3, stroke_fill="black")
+    return out
 
 
 def _pixels(result: Result):
@@ -843,7 +898,7 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
     meaning = summary.get("score_meaning")
     result = Result(
         model=summary["model"],
-        target=Target(summary["prompt"], tuple(summary["contrast"])),
+        target=_target_from(summary),
         score=float(summary["score"]) if summary["score"] is not None else float("nan"),
         prompt_probabilities=summary["prompt_probabilities"],
         image=image,
@@ -858,6 +913,20 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
         random_by_substrate=references,
     )
     return result, summary.get("render", {})
+
+
+def _target_from(summary: dict) -> Target:
+    """result.json's target: a plain prompt, or what a model-resolved target kept (SavedTarget)."""
+    pinned, outline = summary.get("target_pinned") or {}, summary.get("target_outline")
+    if not pinned and outline is None:
+        return Target(summary["prompt"], tuple(summary["contrast"]))
+    return SavedTarget(
+        summary["prompt"],
+        tuple(summary["contrast"]),
+        saved=tuple((summary.get("target") or {}).items()),
+        saved_pinned=tuple(pinned.items()),
+        saved_outline=None if outline is None else tuple(float(v) for v in outline),  # type: ignore[arg-type]
+    )
 
 
 def _sanity_from(summary: dict, maps: dict[str, np.ndarray]) -> SanityCheck | None:

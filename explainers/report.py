@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from .methods import METHODS
 from .sanity import SANITY_NOTE
-from .types import RANDOM_TITLE, Result, SaliencyMap
+from .types import RANDOM_TITLE, Result, SaliencyMap, Target
 
 # Below this probability of the prompt the page warns, before the curves, that the model is unsure.
 UNSURE_PROBABILITY = 0.2
@@ -76,6 +76,26 @@ def score_markdown(result: Result, classes: Sequence[tuple[str, float]] | None =
     lines.append(f"Model: `{result.model}` · {result.seconds:.1f} s in all · seed {result.params.get('seed')}.")
     for note in result.notes:
         lines.append(f"Note: {sentence(note)}")
+    return "\n\n".join(lines)
+
+
+def target_markdown(target: Target) -> str:
+    """What a run explains, as soon as the model has resolved it (a VLM's answer, a detector's box),
+    before the maps come."""
+    return f"### Explaining {target.describe()}\n\nThe maps follow as each method finishes."
+
+
+def offer_markdown(prompt: str, targets: Sequence[Target]) -> str:
+    """What the model offers to explain for ``prompt`` (``app_runtime.offer_targets``), numbered as
+    the picture numbers them, and how to pick one."""
+    if len(targets) == 1 and not targets[0].pinned():
+        return sentence(f"this model explains the prompt “{prompt}” itself: there is nothing to pick, press Run")
+    lines = [f"**The model offers {len(targets)} target{'s' if len(targets) != 1 else ''} for “{prompt}”:**"]
+    lines += [f"{number}. {target.choice_label()}" for number, target in enumerate(targets, start=1)]
+    parts = [part for target in targets for part in target.parts()]
+    if parts:
+        lines.append("Or one part of it: " + "; ".join(part.choice_label() for part in parts) + ".")
+    lines.append("Pick one under “What to explain” (the first is the default), then press Run.")
     return "\n\n".join(lines)
 
 

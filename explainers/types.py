@@ -45,6 +45,47 @@ class Target:
         """The target in a few words, for the page's headline."""
         return f"“{self.prompt}”"
 
+    # --- what the app offers a user to pick (app_runtime.offer_targets) ----------------------
+    def pinned(self) -> dict[str, Any]:
+        """The model kind's target parameters that name exactly this target (a VLM's answer and
+        token, a detector's box), so that a page can pass the user's pick back as text; {} for a
+        prompt, which the prompt itself names."""
+        return {}
+
+    def parts(self) -> list[Target]:
+        """Narrower targets within this one a user may pick instead (a VLM's answer: each of its
+        tokens); none for a prompt."""
+        return []
+
+    def outline(self) -> tuple[float, float, float, float] | None:
+        """The part of the photo this target is about, as fractions (x0, y0, x1, y1) of its width
+        and height, for the pictures to outline (a detector's box); None for the whole photo."""
+        return None
+
+    def choice_label(self) -> str:
+        """The target as a page's list of choices names it."""
+        return self.describe()
+
+
+@dataclass(frozen=True)
+class SavedTarget(Target):
+    """A target read back from a result's bundle (``render.bundle_from_zip``): what result.json
+    kept of it (``summary``, ``pinned``, ``outline``), whatever its kind was, so that replays draw
+    it as the run did without the model kind's class."""
+
+    saved: tuple[tuple[str, Any], ...] = ()  # the summary's items (a tuple: the dataclass is frozen)
+    saved_pinned: tuple[tuple[str, Any], ...] = ()
+    saved_outline: tuple[float, float, float, float] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.saved) or super().summary()
+
+    def pinned(self) -> dict[str, Any]:
+        return dict(self.saved_pinned)
+
+    def outline(self) -> tuple[float, float, float, float] | None:
+        return self.saved_outline
+
 
 # The margin by which the photo's score must beat the fully removed image's (score units) for the
 # normalised curves to mean something, per kind of score. Log-probabilities and logits: ln 2, the
@@ -433,6 +474,10 @@ class Result:
             {
                 "model": self.model,
                 "target": self.target.summary(),
+                # How to name this target again (its kind's parameters) and the part of the photo it
+                # is about: a bundle read back keeps them (SavedTarget) without knowing the kind.
+                "target_pinned": self.target.pinned(),
+                "target_outline": _jsonable(self.target.outline()),
                 "prompt": self.target.prompt,
                 "contrast": list(self.target.contrast),
                 "score": self.score,

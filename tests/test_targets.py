@@ -29,7 +29,7 @@ def test_the_model_kinds_declare_their_target_parameters_once():
     assert model_kind("vlm:org/name").name == "vlm" and model_kind("detector:./x").name == "detector"
     assert model_kind("bundled").params == () and model_kind("clip:openai/x").params == ()
     assert MODEL_MODULES[-2:] == ("vlm", "detector")  # one line per kind in the registry
-    assert list(target_params("vlm:org/name")) == ["answer", "answer_token", "max_new_tokens"]
+    assert list(target_params("vlm:org/name")) == ["answer", "answer_token", "max_new_tokens", "answer_ids"]
     assert list(target_params("detector:org/name")) == ["box", "box_threshold"]
     assert target_params("bundled") == {}
     names = [p.name for kind in MODEL_KINDS.values() for p in kind.params]

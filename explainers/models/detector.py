@@ -104,6 +104,16 @@ class BoxTarget(Target):
     def describe(self) -> str:
         return f"the box {[round(v) for v in self.box]} for “{self.prompt}”"
 
+    def pinned(self) -> dict[str, Any]:
+        return {"box": ",".join(format(float(v), ".10g") for v in self.box)}
+
+    def outline(self) -> tuple[float, float, float, float]:
+        return self.relative_box
+
+    def choice_label(self) -> str:
+        chance = "" if math.isnan(self.label_probability) else f", probability {self.label_probability:.0%}"
+        return f"the box {[round(v) for v in self.box]}{chance}"
+
     def summary(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

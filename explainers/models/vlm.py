@@ -20,7 +20,8 @@ projector's output), on the vision tower's patch grid from the config.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,6 +41,28 @@ QWEN_SIDE = 448  # Qwen2-VL's input side when its processor allows it: 16 x 16 m
 # The sanity check's cascade: the projector, then the vision tower's blocks in this many groups
 # from the top, the last with the patch embeddings. The language model is never randomised.
 RANDOMIZATION_BLOCK_GROUPS = 4
+
+
+def parse_token_ids(value: Any) -> tuple[int, ...]:
+    """``"12,5,873"`` (commas or spaces) or whole numbers -> token ids; ValueError otherwise."""
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[,\s]+", value.strip().strip("[]()")) if p]
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        parts = list(value)
+    else:
+        raise ValueError("not token ids")
+    ids = []
+    for part in parts:
+        if isinstance(part, (bool, np.bool_, float)):
+            raise ValueError("token ids are whole numbers")
+        number = int(part)
+        if number < 0:
+            raise ValueError("token ids are not negative")
+        ids.append(number)
+    if not ids or len(ids) > MAX_ANSWER_TOKENS:
+        raise ValueError(f"1 to {MAX_ANSWER_TOKENS} token ids")
+    return tuple(ids)
+
 
 VLM_PARAMS: tuple[Param, ...] = (
     Param(
@@ -67,6 +90,17 @@ VLM_PARAMS: tuple[Param, ...] = (
         high=MAX_ANSWER_TOKENS,
         label="Answer: most tokens",
     ),
+    Param(
+        "answer_ids",
+        None,
+        "the answer to explain as the model's token ids, comma-separated (exactly those tokens; instead of "
+        "answer: how the app passes back the answer the model gave)",
+        kind=str,
+        parse=parse_token_ids,
+        allowed=f"1 to {MAX_ANSWER_TOKENS} comma-separated token ids (whole numbers)",
+        flag="--answer-ids",
+        label="Answer as token ids (empty: the model's own)",
+    ),
 )
 
 
@@ -90,6 +124,22 @@ class AnswerTarget(Target):
     def describe(self) -> str:
         which = f"token {self.token_index} of the answer" if self.token_index is not None else "the answer"
         return f"{which} “{self.answer}” to “{self.prompt}”"
+
+    def pinned(self) -> dict[str, Any]:
+        """The answer's token ids (exact: its text may tokenize otherwise) and the token, if one."""
+        ids = ",".join(str(i) for i in self.token_ids)
+        return {"answer_ids": ids, **({"answer_token": self.token_index} if self.token_index is not None else {})}
+
+    def parts(self) -> list[Target]:
+        """One target per token of the answer (``--answer-token K``), when it has more than one."""
+        if self.token_index is not None or len(self.tokens) < 2:
+            return []
+        return [replace(self, token_index=k) for k in range(len(self.tokens))]
+
+    def choice_label(self) -> str:
+        if self.token_index is None:
+            return f"the whole answer “{self.answer}” (mean over its {len(self.tokens)} tokens)"
+        return f"token {self.token_index} of the answer: “{self.tokens[self.token_index]}”"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -456,9 +506,9 @@ class VlmAdapter(ModelAdapter):
         options: dict[str, Any],
         photo_size: tuple[int, int],  # noqa: ARG002
     ) -> tuple[Target, list[str]]:
-        """The question's answer: the given ``answer``, or the model's greedy answer (at most
-        ``max_new_tokens``); UserError for an empty answer, a token out of range, or a question and
-        answer over the model's text limit."""
+        """The question's answer: the given ``answer`` (text, or exactly the tokens ``answer_ids``),
+        or the model's greedy answer (at most ``max_new_tokens``); UserError for an empty answer, a
+        token out of range, or a question and answer over the model's text limit."""
         if isinstance(target, AnswerTarget):
             return target, []
         notes = []
@@ -468,7 +518,18 @@ class VlmAdapter(ModelAdapter):
         max_new = int(options.get("max_new_tokens") or VLM_PARAMS[2].default)
         length = self.prompt_tokens(question)
         given = options.get("answer")
-        if given is None:
+        given_ids = options.get("answer_ids")
+        if given is not None and given_ids is not None:
+            raise UserError("give the answer as text (answer) or as token ids (answer_ids), not both")
+        if given_ids is not None:
+            ids = [int(i) for i in given_ids]
+            vocabulary = len(self.tokenizer)
+            if max(ids) >= vocabulary:
+                raise UserError(f"answer token id {max(ids)} is not in the model's vocabulary of {vocabulary} tokens")
+            answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            self._check_length(length, len(ids), "the answer")
+            given = answer
+        elif given is None:
             self._check_length(length, max_new, "the longest answer asked for")
             ids, cut = self.generate(pixels, question, max_new)
             answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
