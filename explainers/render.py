@@ -225,11 +225,11 @@ def _frame(
     """A frame around ``box`` (fractions of ``size``), kept inside the picture, in a dark halo so it
     reads on light and dark maps alike."""
     width, height = size
-    x0, y0, x1, y1 = (
-        min(max(box[0], 0.0), 1.0) * (width - 1),
-        min(max(box[1], 0.0), 1.0) * (height - 1),
-        min(max(box[2], 0.0), 1.0) * (width - 1),
-        min(max(box[3], 0.0), 1.0) * (height - 1),
+    x0, y0, x1, y1 = (  # rounded here: PIL would cut the fractions off
+        round(min(max(box[0], 0.0), 1.0) * (width - 1)),
+        round(min(max(box[1], 0.0), 1.0) * (height - 1)),
+        round(min(max(box[2], 0.0), 1.0) * (width - 1)),
+        round(min(max(box[3], 0.0), 1.0) * (height - 1)),
     )
     line = max(2, round(max(size) / 150))
     draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0), width=line + 2)
