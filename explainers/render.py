@@ -248,13 +248,16 @@ def targets_picture(
 ) -> Image.Image | None:
     """The photo with each target's part framed and numbered 1, 2, ... (a detector's boxes, best
     first) for the user to pick one; None when no target has a part of the photo to show."""
-    boxes = [(number, t.outline()) for number, t in enumerate(targets, start=1)]
-    boxes = [(number, box) for number, box in boxes if box is not None]
+    boxes: list[tuple[int, tuple[float, float, float, float]]] = []
+    for number, target in enumerate(targets, start=1):
+        box = target.outline()
+        if box is not None:
+            boxes.append((number, box))
     if not boxes:
         return None
     out = photo.convert("RGB")
     if size is not None and out.size != tuple(size):
-        out = out.resize(tuple(size), Image.BICUBIC)
+        out = out.resize((int(size[0]), int(size[1])), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(out)
     font = _font(max(14, round(max(out.size) / 24)))
     for number, box in reversed(boxes):  # the best box drawn last, on top

@@ -86,7 +86,9 @@ def test_the_box_is_framed_where_it_is_and_nowhere_else():
 def test_the_boxes_are_drawn_numbered_and_a_prompt_has_no_picture():
     photo = Image.new("RGB", (100, 50))
     assert render.targets_picture(photo, [Target("a cat")]) is None
-    drawn = np.asarray(render.targets_picture(photo, [box(), BoxTarget("a cat", box=(60, 5, 90, 45), photo_size=(100, 50))]))
+    drawn = np.asarray(
+        render.targets_picture(photo, [box(), BoxTarget("a cat", box=(60, 5, 90, 45), photo_size=(100, 50))])
+    )
     assert drawn.shape == (50, 100, 3)
     assert (drawn[30, 10] == render.BOX_COLOURS[0]).all() and (drawn[25, 60] == render.BOX_COLOURS[1]).all()
 
