@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .base import CamLayer, ModelAdapter
+from .runtime import CompiledForward, Forward
 
 # Local folders are a way to read arbitrary files from the server, so they are opt-in.
 ALLOW_LOCAL_ENV = "SALIENCY_LAB_ALLOW_LOCAL_MODELS"
@@ -26,6 +27,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 # The sanity check's cascade: the projection, then the vision transformer's blocks in this many
 # groups from the top (5 stages in all).
 RANDOMIZATION_BLOCK_GROUPS = 4
+# The compiled runtime's probe may differ from torch's unit image embeddings by at most this much
+# per coordinate (scores are ~100 x the cosine, so this keeps them within ~1e-4).
+FEATURE_TOLERANCE = 2e-6
 
 
 class ClipAdapter(ModelAdapter):
@@ -46,6 +50,13 @@ class ClipAdapter(ModelAdapter):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._text_features: dict[str, torch.Tensor] = {}
+        # Forward-only image embeddings on OpenVINO (models/runtime.py); None: always torch.
+        self._runtime: CompiledForward | None = CompiledForward(
+            Forward(self._torch_image_features, self.model.vision_model, self.model.visual_projection),
+            tolerance=FEATURE_TOLERANCE,
+            label=name,
+            signature=f"clip|{tuple(mean)}|{tuple(std)}",
+        )
 
     @property
     def device(self) -> torch.device:
@@ -81,6 +92,13 @@ class ClipAdapter(ModelAdapter):
         return torch.stack([self._text_features[p] for p in prompts])
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` pixels -> ``[B, D]`` unit image embeddings. Without gradients, on the CPU,
+        the compiled vision tower (models/runtime.py); otherwise torch's."""
+        if self._runtime is not None and (out := self._runtime(pixels)) is not None:
+            return out
+        return self._torch_image_features(pixels)
+
+    def _torch_image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - self.mean) / self.std
         pooled = self.model.vision_model(pixel_values=x).pooler_output
         features = self.model.visual_projection(pooled)
@@ -127,6 +145,7 @@ class ClipAdapter(ModelAdapter):
         shared = (self.model.text_model, self.model.text_projection)
         clone.model = copy.deepcopy(self.model, memo={id(module): module for module in shared})
         clone._text_features = dict(self._text_features)
+        clone._runtime = None  # the compiled graph is the trained network's: the copy runs in torch
         return clone, clone.model
 
 
