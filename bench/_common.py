@@ -24,6 +24,16 @@ PHOTOS = {
 CACHE = ROOT / "bench" / ".cache"
 
 
+def imagenet_samples() -> Path:
+    """../shared/data/imagenet-samples beside the checkout (or beside a folder above it, for a
+    worktree): measurement only, read from there, never copied into the repo."""
+    for folder in ROOT.parents:
+        candidate = folder / "shared" / "data" / "imagenet-samples"
+        if candidate.is_dir():
+            return candidate
+    return ROOT.parent / "shared" / "data" / "imagenet-samples"
+
+
 def photo_path(name: str) -> Path:
     return ROOT / "assets" / f"{name}.jpg"
 
