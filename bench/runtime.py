@@ -190,7 +190,9 @@ def main() -> None:
         with torch.no_grad():
             exact = scores(adapter, table["torch eager (reference)"](images), prompts)
             differences = {
-                name: float((scores(adapter, torch.cat([run(c) for c in images.split(8)]), prompts) - exact).abs().max())
+                name: float(
+                    (scores(adapter, torch.cat([run(c) for c in images.split(8)]), prompts) - exact).abs().max()
+                )
                 for name, run in table.items()
             }
     else:
@@ -206,7 +208,9 @@ def main() -> None:
             ms[name].append(value)
             ratios[name].append(reference / value)
     unit = "log-prob" if args.model == "bundled" else "logit"
-    print(f"| runtime | ms/image | x torch (same round) | max abs diff of the {unit} vs torch f32 ({args.photos} photos + 2 curve images each) |")
+    print(
+        f"| runtime | ms/image | x torch (same round) | max abs diff of the {unit} vs torch f32 ({args.photos} photos + 2 curve images each) |"
+    )
     print("|---|---|---|---|")
     for name in table:
         diff = differences.get(name)

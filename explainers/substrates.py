@@ -47,6 +47,14 @@ def substrate_image(pixels: torch.Tensor, kind: str = "black") -> torch.Tensor:
     if kind == "blur":
         # reflect padding needs half the kernel below the image's side: small images get a smaller kernel
         kernel = min(int(4 * BLUR_SIGMA) | 1, 2 * min(pixels.shape[-2:]) - 1)
+        if pixels.device.type == "cpu" and pixels.dtype == torch.float32:
+            # OpenCV's separable Gaussian, the same kernel and reflect-101 border as torchvision's:
+            # 1 ms against 38 for a 224x224 photo, equal to 2e-6 (bench/opencv_ops.py).
+            planes = pixels.detach().contiguous().reshape(-1, *pixels.shape[-2:]).numpy()
+            blurred = [
+                cv2.GaussianBlur(p, (kernel, kernel), BLUR_SIGMA, borderType=cv2.BORDER_REFLECT_101) for p in planes
+            ]
+            return torch.from_numpy(np.stack(blurred)).view_as(pixels)
         return TF.gaussian_blur(pixels, [kernel, kernel], [BLUR_SIGMA, BLUR_SIGMA])
     raise ValueError(f"unknown substrate {kind!r}; use one of {BASELINES}")
 
