@@ -202,6 +202,7 @@ def _apply_level(level: _Level, u: torch.Tensor) -> torch.Tensor:
     Level 0: d u - unknown * (box(u) - 4 u) = (d + 4) u - unknown * box(u) on such fields."""
     if level.stencil is not None:
         return _apply(level.stencil, u)
+    assert level.diagonal is not None  # level 0
     return torch.addcmul(level.diagonal * u, level.active, _box_sum(u), value=-1.0)
 
 
@@ -209,6 +210,7 @@ def _residual(level: _Level, rhs: torch.Tensor, u: torch.Tensor) -> torch.Tensor
     """rhs - A u, fused where the operator is level 0's."""
     if level.stencil is not None:
         return rhs - _apply(level.stencil, u)
+    assert level.diagonal is not None  # level 0
     return torch.addcmul(rhs, level.diagonal, u, value=-1.0).addcmul_(level.active, _box_sum(u))
 
 
@@ -259,7 +261,7 @@ def _prolong(level: _Level, coarse: torch.Tensor) -> torch.Tensor:
     return fine * level.active
 
 
-def _restrict(level: _Level, fine: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _restrict(level: _Level, fine: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """The transpose of ``_prolong`` for a ``fine`` field that vanishes where ``level`` is
     inactive (residuals do), padded to the next level's ``size``."""
     rows, cols = level.strides
@@ -297,6 +299,7 @@ def _galerkin_terms(strides: tuple[int, int]) -> list[tuple[int, int, int, float
 def _fine_stencil(level: _Level) -> torch.Tensor:
     """Level 0's operator as 9-point coefficients ``[B, 9, h, w]`` (for the Galerkin product)."""
     stencil = torch.cat([-w * level.active for row in _NEIGHBOUR_WEIGHTS for w in row], dim=1)
+    assert level.diagonal is not None
     stencil[:, _CENTRE : _CENTRE + 1] = level.diagonal - 4.0 * level.active
     return stencil
 
@@ -315,6 +318,7 @@ def _galerkin(level: _Level, size: tuple[int, int]) -> torch.Tensor:
     if level.stencil is None:  # level 0: a_{p, p+s} = -K_s off the centre, d_p at it
         weights = torch.tensor([-w for row in _NEIGHBOUR_WEIGHTS for w in row], dtype=shifted.dtype)
         fields = shifted.mul_(level.active).mul_(weights.to(shifted.device).view(1, 9, 1, 1))
+        assert level.diagonal is not None
         fields[:, _CENTRE : _CENTRE + 1] = level.diagonal - 4.0 * level.active
     else:
         fields = shifted.mul_(level.active).mul_(level.stencil)
@@ -402,6 +406,7 @@ def _hierarchy(unknown: torch.Tensor, inside: torch.Tensor) -> list[_Level]:
 def _coarsest_solve(level: _Level, residual: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = residual.shape
     flat = residual.reshape(batch, channels, height * width)
+    assert level.inverse is not None
     return (flat @ level.inverse.transpose(1, 2)).view(batch, channels, height, width) * level.active
 
 
@@ -412,7 +417,7 @@ def _v_cycle(levels: list[_Level], residual: torch.Tensor, depth: int = 0) -> to
     if level.inverse is not None:
         return _coarsest_solve(level, residual)
     x = level.smoother * residual
-    below = levels[depth + 1].active.shape[-2:]
+    below = tuple(levels[depth + 1].active.shape[-2:])
     x += _prolong(level, _v_cycle(levels, _restrict(level, _residual(level, residual, x), below), depth + 1))
     return x.addcmul_(level.smoother, _residual(level, residual, x))
 
