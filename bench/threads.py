@@ -95,7 +95,7 @@ def measure(mode: str, policy: str | None, threads: int) -> str:
                 out,
                 "--limit",
                 "3",
-                "--curve-steps",
+                "--steps",
                 "10",
                 "--methods",
                 "gradcam,ig,region",
