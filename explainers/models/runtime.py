@@ -24,9 +24,10 @@ Choices, each measured:
   (1.5 s for the bundled model, ~7 s for CLIP ViT-B/32); the probe guards that cache too.
 - **The weights are watched**: a parameter changed in place (its version counter) or moved makes
   the next call convert again, so the compiled network is always the network torch would run.
-- **Threads follow torch's** (``torch.get_num_threads()`` when compiled): an evaluate worker
-  with one torch thread gets a one-thread compiled model. Thread pinning is off, so two worker
-  processes do not pin their threads to the same core.
+- **Threads follow torch's** (``torch.get_num_threads()`` when compiled), as that many streams of
+  one thread each, a batch split between them: an evaluate worker with one torch thread gets one
+  stream of one thread. Thread pinning is off, so two worker processes do not pin their threads
+  to the same core.
 
 ``SALIENCY_LAB_RUNTIME=torch`` switches the runtime off (every pass in torch).
 """
@@ -196,10 +197,18 @@ class CompiledForward:
         compiled = self._get(tuple(pixels.shape[1:]), fingerprint)
         if compiled is None:
             return None
-        request = compiled.create_infer_request()
-        request.infer({0: pixels.detach().contiguous().numpy()}, share_inputs=True)
+        # One part of the batch per stream, run at once (each stream is one thread: no thread
+        # waits for another within a layer, which measured 8-15 % faster than one stream of 2
+        # threads on this CPU, more under load).
+        streams = compiled.get_property("NUM_STREAMS")
+        parts = pixels.detach().contiguous().split(-(-len(pixels) // max(1, min(int(streams), len(pixels)))))
+        requests = [compiled.create_infer_request() for _ in parts]
+        for request, part in zip(requests, parts):
+            request.start_async({0: part.numpy()}, share_inputs=True)
+        for request in requests:
+            request.wait()
         self.calls += 1
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+        return torch.cat([torch.from_numpy(r.get_output_tensor(0).data.copy()) for r in requests])
 
     def _get(self, shape: tuple[int, ...], fingerprint: tuple) -> Any:
         key = (*shape, torch.get_num_threads())
@@ -253,7 +262,8 @@ class CompiledForward:
             {
                 "INFERENCE_PRECISION_HINT": _openvino.Type.f32,
                 "INFERENCE_NUM_THREADS": threads,
-                "PERFORMANCE_HINT": "LATENCY",
+                "PERFORMANCE_HINT": "THROUGHPUT",
+                "NUM_STREAMS": threads,
                 "ENABLE_CPU_PINNING": False,
             },
         )
