@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before anything loads torch: its idle OpenMP threads sleep instead of spinning beside the web
+# server and OpenVINO's threads (explainers/_threads.py; README, "Threads").
+from explainers import _threads  # noqa: F401, I001
 
 import gradio as gr
 from PIL import Image

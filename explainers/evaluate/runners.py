@@ -22,6 +22,10 @@ from .worker import Job, Worker, WorkerConfig, WorkerStartError
 Outcome = tuple[Job, list[dict[str, Any]]]
 # Environment variables a worker needs to load models as the driver does (offline, local folders).
 FORWARDED_ENV = (
+    "OMP_WAIT_POLICY",  # explainers/_threads.py: set before torch loads, in every worker too
+    "GOMP_SPINCOUNT",
+    "SALIENCY_LAB_RUNTIME",  # models/runtime.py: the forward-only runtime and its cache
+    "SALIENCY_LAB_CACHE",
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
     "HF_HOME",
