@@ -62,9 +62,13 @@ def substrate_image(pixels: torch.Tensor, kind: str = "black") -> torch.Tensor:
 class Substrate(Protocol):
     """A photo with a rule for removed pixels."""
 
-    kind: str
-    pixels: torch.Tensor  # [1, 3, H, W], the photo
-    empty: torch.Tensor  # [1, 3, H, W], every pixel removed
+    # Read-only members (properties), so that frozen dataclasses and class attributes qualify.
+    @property
+    def kind(self) -> str: ...
+    @property
+    def pixels(self) -> torch.Tensor: ...  # [1, 3, H, W], the photo
+    @property
+    def empty(self) -> torch.Tensor: ...  # [1, 3, H, W], every pixel removed
 
     def fill(self, keep: torch.Tensor) -> torch.Tensor:
         """``[B, 1, H, W]`` keep masks (1 keeps the photo's pixel, 0 removes it) -> ``[B, 3, H, W]``."""

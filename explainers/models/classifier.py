@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import torch
@@ -58,6 +59,9 @@ def load_minilm():
 
 class Normalize(nn.Module):
     """pixels in [0, 1] -> (pixels - mean) / std, per channel (the default preprocessing)."""
+
+    mean: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
@@ -129,7 +133,7 @@ class ClassifierAdapter(ModelAdapter):
         self.preprocess = preprocess if preprocess is not None else Normalize()
         if isinstance(self.preprocess, nn.Module):
             self.preprocess.eval()  # like the network (the compiled runtime keeps eval-mode modules only)
-        self.input_size = tuple(input_size)
+        self.input_size = cast(tuple[int, int], tuple(input_size))  # a list works too
         self.name = name
         self.max_batch, self.max_grad_batch = max_batch, max_grad_batch
         self.embedder = embedder if embedder is not None else load_minilm()
