@@ -36,9 +36,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before anything loads torch: its idle OpenMP threads sleep instead of spinning beside the web
+# server and OpenVINO's threads (explainers/_threads.py; README, "Threads").
+from explainers import _threads  # noqa: F401, I001
 
 import gradio as gr
 from PIL import Image
@@ -103,7 +106,7 @@ def param_widget(spec: Param) -> gr.components.Component:
     """A parameter's widget from its spec: a list of choices -> checkboxes; choices -> radio (with
     the spec's labels); a whole-number range -> slider (a number box when the range is too wide to
     slide, e.g. the seed); a number range -> slider with the spec's step."""
-    common = {
+    common: dict[str, Any] = {
         "label": spec.label or spec.help,
         "info": spec.help[:1].upper() + spec.help[1:],
         "elem_id": f"param-{spec.name}",
@@ -112,6 +115,7 @@ def param_widget(spec: Param) -> gr.components.Component:
         return gr.CheckboxGroup([(spec.labels.get(c, c), c) for c in spec.choices], value=list(spec.default), **common)
     if spec.choices:
         return gr.Radio([(spec.labels.get(c, c), c) for c in spec.choices], value=spec.default, **common)
+    assert spec.low is not None and spec.high is not None, f"{spec.name}: a numeric parameter needs low and high"
     if spec.kind is int and spec.high - spec.low > SLIDER_MAX_SPAN:
         return gr.Number(value=spec.default, precision=0, minimum=spec.low, maximum=spec.high, **common)
     step = 1 if spec.kind is int else (spec.step or (spec.high - spec.low) / 100)
@@ -680,7 +684,7 @@ def _plain_upload_errors(component: gr.Image) -> gr.Image:
                 print_exception=False,
             ) from None
 
-    component.preprocess = preprocess
+    component.preprocess = preprocess  # type: ignore[method-assign]  # on purpose: see the docstring
     return component
 
 
@@ -713,7 +717,7 @@ CSS = """
 """
 
 
-def _examples_cache_mode() -> tuple[Any, str | None]:
+def _examples_cache_mode() -> tuple[Any, Literal["eager", "lazy"] | None]:
     mode = os.environ.get("SALIENCY_EXAMPLES_CACHE", "eager" if os.environ.get("SPACE_ID") else "lazy").lower()
     if mode == "off":
         return False, None

@@ -12,6 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The benches measure what the engine's entry points run: torch's OpenMP threads waiting
+# passively (explainers/_threads.py). The policy is read when torch loads, and the benches import
+# torch before this module, so where it is not set yet the script starts again with it set.
+# (Set OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself to measure something else.)
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "torch" in sys.modules:
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
 # Every assets photo with a prompt the bundled model can answer (its ImageNet classes): the
 # astronaut holds a helmet ("an astronaut" matches no class; the photo then scores like black).
 PHOTOS = {
@@ -22,6 +31,16 @@ PHOTOS = {
     "astronaut": "a helmet",
 }
 CACHE = ROOT / "bench" / ".cache"
+
+
+def imagenet_samples() -> Path:
+    """../shared/data/imagenet-samples beside the checkout (or beside a folder above it, for a
+    worktree): measurement only, read from there, never copied into the repo."""
+    for folder in ROOT.parents:
+        candidate = folder / "shared" / "data" / "imagenet-samples"
+        if candidate.is_dir():
+            return candidate
+    return ROOT.parent / "shared" / "data" / "imagenet-samples"
 
 
 def photo_path(name: str) -> Path:
@@ -54,4 +73,8 @@ def header(title: str) -> None:
     import torch
 
     print(f"\n### {title}\n")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_average()}\n")
+    policy = os.environ.get("OMP_WAIT_POLICY") or f"unset (GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')})"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY {policy}, "
+        f"load average {load_average()}\n"
+    )

@@ -5,8 +5,13 @@ and blur, and what it changes in the AUCs.
     python bench/road_cost.py --steps 50           # explain() at the CLI's 50 steps
     python bench/road_cost.py --sections 1,2,3     # skip the full explain() table
     python bench/road_cost.py --threads 1          # one torch thread: steadier while other jobs share the CPU
+    python bench/road_cost.py --sections 0 --against dab9e36   # the solver now against an older one
 
 Sections (Markdown tables; bundled model, 224x224):
+
+0. The solver now against the one at a git revision (``--against``, default the last commit before
+   issue 20's work): CPU and wall ms per imputed image on the same curve masks, interleaved, with
+   iteration counts and the error against scipy's direct solve.
 
 1. ms per filled image by batch size for black, blur and road (multigrid, the masks of a batch
    solved together), next to the model's own ms per image. The masks are curve masks of
@@ -29,10 +34,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import numpy as np
 import torch
-from _common import PHOTOS, Clock, header, photo_path
+from _common import PHOTOS, ROOT, Clock, header, photo_path
 
 from explainers import explain, metrics
 from explainers.images import open_image
@@ -242,6 +248,60 @@ def section_curves(adapter, pixels, target, orders, repeats: int) -> list[int]:
     return iterations_seen
 
 
+def substrates_at(revision: str):
+    """explainers/substrates.py as it was at a git ``revision``, loaded as a module of its own."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+
+    source = subprocess.run(
+        ["git", "show", f"{revision}:explainers/substrates.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "substrates_then.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("explainers._substrates_then", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def section_against(pixels, masks, revision: str, repeats: int) -> None:
+    header(f"0. The solver now against the solver at {revision} (the same 32 curve masks, batches of 8, interleaved)")
+    from explainers import substrates as now
+
+    then = substrates_at(revision)
+    print(
+        "| solver | CPU ms per image (median of rounds) | wall ms per image | CG iterations mean / max | max abs difference from scipy's direct solve (8 masks) |"
+    )
+    print("|---|---|---|---|---|")
+    exact = road_impute_direct(pixels, masks[:8])
+    figures = {"now": [], revision: []}
+    counts = {}
+    outputs = {}
+    for _ in range(repeats):
+        for label, module in (("now", now), (revision, then)):
+            iterations: list[int] = []
+            with Clock() as clock:
+                outputs[label] = torch.cat(
+                    [
+                        module.road_impute(pixels, masks[i : i + 8], iterations=iterations, fallback=False)
+                        for i in range(0, len(masks), 8)
+                    ]
+                )
+            figures[label].append((clock.cpu / len(masks) * 1000, clock.wall / len(masks) * 1000))
+            counts[label] = iterations
+    for label in ("now", revision):
+        cpu = statistics.median(c for c, _ in figures[label])
+        wall = statistics.median(w for _, w in figures[label])
+        error = float((outputs[label][:8] - exact).abs().max())
+        print(
+            f"| {label} | {cpu:.1f} | {wall:.1f} | {np.mean(counts[label]):.2f} / {max(counts[label])} | {error:.1e} |",
+            flush=True,
+        )
+
+
 def section_explain(photos: list[str], steps: int) -> None:
     header(f"4. explain() per substrate (bundled, {steps} curve steps, methods {', '.join(METHODS)})")
     print(
@@ -286,8 +346,9 @@ def main() -> None:
     parser.add_argument("--photos", default=",".join(PHOTOS))
     parser.add_argument("--steps", type=int, default=20, help="curve steps of section 4's explain() calls")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sections", default="1,2,3,4")
+    parser.add_argument("--sections", default="0,1,2,3,4")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--against", default="dab9e36", help="section 0: the git revision whose solver to compare with")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -300,6 +361,8 @@ def main() -> None:
     orders = orders_for(reference, 224, 224)
     masks = curve_masks(orders, 50, 32)
     iterations_seen: list[int] = []
+    if 0 in sections:
+        section_against(pixels, masks, args.against, args.repeats)
     if 1 in sections:
         section_fill_by_batch(adapter, pixels, target, masks, args.repeats)
     if 3 in sections:

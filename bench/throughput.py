@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, header, load_average
+from _common import ROOT, header, imagenet_samples, load_average
 
-MANIFEST = ROOT.parent / "shared" / "data" / "imagenet-samples" / "manifest.csv"
+MANIFEST = imagenet_samples() / "manifest.csv"
 MODES = {  # name -> (workers, threads per worker, Ray)
     "1x1": (1, 1, False),
     "1x2": (1, 2, False),

@@ -4,6 +4,7 @@ from explainers import explain
 result = explain("assets/chelsea.jpg", "a cat")
 """
 
+from . import _threads  # noqa: F401 - first: OMP_WAIT_POLICY before torch loads (explainers/_threads.py)
 from ._version import __version__
 from .api import DEFAULTS, PARAMS, candidate_targets, explain
 from .errors import ModelLoadError, UserError

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from typing import NoReturn
 
 # What an empty list parameter means, for --help.
 CLI_LIST_DEFAULTS = {"score_substrates": "the --substrate"}
@@ -19,7 +20,7 @@ CLI_LIST_DEFAULTS = {"score_substrates": "the --substrate"}
 class OneLineParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (``error: ... (see --help)``, exit code 2)."""
 
-    def error(self, message: str) -> None:  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 

@@ -45,6 +45,10 @@ def grad_cam(adapter: ModelAdapter, pixels: torch.Tensor, target: Target) -> tup
     finally:
         handle.remove()
     activation = captured[-1]
+    if activation.grad is None:  # the score does not depend on the layer's activations
+        raise RuntimeError(
+            f"Grad-CAM: the {layer.where} of {type(layer.module).__name__} got no gradient from the score"
+        )
     cam = cam_from(layer.to_grid(activation.detach()), layer.to_grid(activation.grad))
     cam = F.interpolate(cam[:, None], size=pixels.shape[2:], mode="bilinear", align_corners=False)[0, 0]
     peak = float(cam.max())

@@ -184,7 +184,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     _check_size(image)  # the rotation cannot change the limits, but a conversion must not either
     if max(image.size) > WORKING_MAX_SIDE:
         image = image.copy()
-        image.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.BICUBIC)
+        image.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.BICUBIC)
     return image
 
 
@@ -202,7 +202,9 @@ def _convert(image: Image.Image) -> Image.Image:
         lab_to_srgb = ImageCms.buildTransformFromOpenProfiles(
             ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
         )
-        image = ImageCms.applyTransform(image, lab_to_srgb)
+        converted = ImageCms.applyTransform(image, lab_to_srgb)  # None only with inPlace=True
+        assert converted is not None
+        image = converted
     if image.mode == "La":  # premultiplied grey + alpha: PIL converts it only to LA
         image = image.convert("LA")
     if image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info:

@@ -110,6 +110,7 @@ class Param:
             return text
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise UserError(f"{allowed}, not {shown(value)}")
+        assert self.low is not None and self.high is not None, f"{self.name}: a numeric parameter needs low and high"
         if isinstance(value, (int, np.integer)):  # compared as integers: 10**400 has no float
             if not self.low <= int(value) <= self.high:
                 raise UserError(f"{allowed}, not {shown(int(value))}")

@@ -18,7 +18,7 @@ import json
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -69,7 +69,7 @@ def title(result: Result, name: str) -> str:
     return (saliency.title if saliency is not None else "") or name
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
@@ -105,11 +105,11 @@ def overlay(
     """Heat map over the image. ``size`` (width, height) upsamples both, e.g. to the original photo."""
     heat_image = Image.fromarray(_heat(display_values(saliency, smooth), cmap))
     base = Image.fromarray(image)
-    size = tuple(size) if size is not None else base.size
+    size = cast(tuple[int, int], tuple(size)) if size is not None else base.size  # a list works too
     if base.size != size:
-        base = base.resize(size, Image.BICUBIC)
+        base = base.resize(size, Image.Resampling.BICUBIC)
     if heat_image.size != size:
-        heat_image = heat_image.resize(size, Image.BILINEAR)
+        heat_image = heat_image.resize(size, Image.Resampling.BILINEAR)
     return Image.blend(base, heat_image, float(alpha))
 
 
@@ -140,8 +140,12 @@ def region_overlay(
     rank_value = np.zeros(n)
     rank_value[list(order)] = 1.0 - np.arange(len(order)) / max(n, 1)
     size = size or (image.shape[1], image.shape[0])
-    big_labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.NEAREST))
-    base = Image.fromarray(image).resize(size, Image.BICUBIC) if size != image.shape[1::-1] else Image.fromarray(image)
+    big_labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
+    base = (
+        Image.fromarray(image).resize(size, Image.Resampling.BICUBIC)
+        if size != image.shape[1::-1]
+        else Image.fromarray(image)
+    )
     heat = Image.fromarray(_heat(rank_value[big_labels], cmap))
     picture = np.asarray(Image.blend(base, heat, float(alpha))).copy()
     width = max(2, round(max(size) / 200))
@@ -153,7 +157,7 @@ def region_overlay(
         edge = mask & ~binary_erosion(mask, iterations=width)
         picture[edge] = (255, 255, 255)
         inside = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(inside)), inside.shape)
+        y, x = map(int, np.unravel_index(int(np.argmax(inside)), inside.shape))
         places.append((rank + 1, x, y))
     out = Image.fromarray(picture)
     draw = ImageDraw.Draw(out)
@@ -482,7 +486,7 @@ def scrub_picture(result: Result, step: int, size: tuple[int, int] | None = None
             ((deleted, "deleted", r.deletion.normalized[step]), (revealed, "revealed", r.insertion.normalized[step]))
         ):
             left = x + j * (tw + pad)
-            canvas.paste(picture.resize((tw, th), Image.BICUBIC), (left, y + head))
+            canvas.paste(picture.resize((tw, th), Image.Resampling.BICUBIC), (left, y + head))
             draw.text((left, y + head + th + 3), f"{what}: score {value:.2f}", fill="black", font=text_font)
     return canvas
 
@@ -578,7 +582,7 @@ def step_picture(
     for index, (picture, label) in enumerate(((kept, f"kept: the {chosen} chosen"), (removed, "removed: the rest"))):
         left = pad + index * (tw + pad)
         text.text((left, top), label, fill="black", font=font)
-        canvas.paste(picture.resize((tw, th), Image.BICUBIC), (left, top + head))
+        canvas.paste(picture.resize((tw, th), Image.Resampling.BICUBIC), (left, top + head))
     canvas.paste(graph, (2 * tw + 3 * pad, (canvas.height - graph.height) // 2))
     return canvas
 
@@ -627,7 +631,7 @@ def sanity_strip(
         for j, values in enumerate(maps):
             heat = Image.fromarray(_heat(display_values(np.abs(np.asarray(values, dtype=np.float64))), cmap))
             x = left + j * (tw + pad)
-            canvas.paste(heat.resize((tw, th), Image.BILINEAR), (x, top))
+            canvas.paste(heat.resize((tw, th), Image.Resampling.BILINEAR), (x, top))
             if j:
                 stage = check.methods[name][j - 1]
                 draw.text(
@@ -768,7 +772,7 @@ def save_bundle(
     path.write_text(json.dumps(summary, indent=2, allow_nan=False))
     written.append(path)
     path = out / MAPS_FILE
-    sanity_maps = (
+    sanity_maps: dict[str, Any] = (  # Any: savez_compressed's stubs would match an array to allow_pickle
         {}
         if result.sanity is None
         else {
@@ -777,17 +781,18 @@ def save_bundle(
             for k, stage in enumerate(stages)
         }
     )
-    regions = {
+    regions: dict[str, Any] = {
         f"regions_{name}": r.saliency.regions.astype(np.int32)
         for name, r in result.methods.items()
         if r.saliency.regions is not None
     }
+    maps: dict[str, Any] = {f"map_{name}": r.saliency.values.astype(np.float32) for name, r in result.methods.items()}
     np.savez_compressed(
         path,
         image=result.image,
         **sanity_maps,
         **regions,
-        **{f"map_{name}": r.saliency.values.astype(np.float32) for name, r in result.methods.items()},
+        **maps,
     )
     written.append(path)
     return written

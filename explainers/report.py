@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from .methods import METHODS
 from .sanity import SANITY_NOTE
-from .types import RANDOM_TITLE, Result, SaliencyMap, Target
+from .types import RANDOM_TITLE, MethodResult, RandomReference, Result, SaliencyMap, Target
 
 # Below this probability of the prompt the page warns, before the curves, that the model is unsure.
 UNSURE_PROBABILITY = 0.2
@@ -178,7 +178,7 @@ def warnings(result: Result) -> list[str]:
             "The maps and curves then explain a weak score: read them with care, or ask about "
             "something the model recognises in the photo."
         )
-    named = [*result.methods.items(), ("random", result.random)]
+    named: list[tuple[str, MethodResult | RandomReference]] = [*result.methods.items(), ("random", result.random)]
     wild = [title(n) for n, r in named if any(_leaves_band(c.normalized) for c in r.curves)]
     if wild:
         found.append(
@@ -296,7 +296,8 @@ def scrub_markdown(result: Result, step: int) -> str:
         f"**{fraction:.0%} of the pixels** (step {step} of {steps}) on the {result.substrates[0]} "
         "substrate. Scores: 0 = blank picture, 1 = whole photo."
     ]
-    for name, r in [*result.methods.items(), ("random", result.random)]:
+    named: list[tuple[str, MethodResult | RandomReference]] = [*result.methods.items(), ("random", result.random)]
+    for name, r in named:
         lines.append(
             f"- **{title(name)}**: top {fraction:.0%} deleted → {r.deletion.normalized[step]:.2f}; "
             f"top {fraction:.0%} revealed → {r.insertion.normalized[step]:.2f}"

@@ -67,7 +67,7 @@ def sanity_stages(adapter: ModelAdapter) -> list[Stage]:
         ) from None
     if not stages:
         raise UserError(f"the model {getattr(adapter, 'name', 'given')!r} declares no layers to randomise")
-    return stages
+    return list(stages)  # a list[Stage] (a list of (str, list[str]) is not one: list is invariant)
 
 
 def _generator(seed: int, name: str) -> torch.Generator:

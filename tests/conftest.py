@@ -3,7 +3,10 @@ built with random weights from configs (tests/fixtures/tinyclip-config holds a r
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The compiled runtime's converted graphs (explainers/models/runtime.py) go to a folder of this
+# session (shared with the app and CLI subprocesses it starts), not to the user's cache.
+_RUNTIME_CACHE = tempfile.mkdtemp(prefix="saliency-lab-test-cache-")
+os.environ.setdefault("SALIENCY_LAB_CACHE", _RUNTIME_CACHE)
+atexit.register(shutil.rmtree, _RUNTIME_CACHE, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"

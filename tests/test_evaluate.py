@@ -118,7 +118,10 @@ def same_rows(a, b, tolerance=0.0):
             if "seconds" in column:
                 continue
             if column in FLOATS and a[key][column]:
-                assert float(a[key][column]) == pytest.approx(float(b[key][column]), abs=tolerance), (key, column)
+                # Relative too: unclipped figures are divided by the photo's span over the baseline, tiny on
+                # a random model, so the runtime's ~1e-6 differences between thread counts grow there.
+                expected = pytest.approx(float(b[key][column]), abs=tolerance, rel=100 * tolerance)
+                assert float(a[key][column]) == expected, (key, column)
             else:
                 assert a[key][column] == b[key][column], (key, column)
 

@@ -9,7 +9,7 @@ What does not hold, and so is not asserted: DELETION AUC below random. Deleting 
 pixels sprinkles black salt noise that knocks the CNN's log-probability to the substrate's
 within a few percent (random deletion AUC 0.23-0.47), while the spatially smooth Grad-CAM and
 region-search maps remove whole parts and leave a natural-looking image that keeps part of its
-score (e.g. chelsea: Grad-CAM 0.56). The README's findings give the full table; the linear toy
+score (e.g. chelsea: Grad-CAM 0.56). docs/protocol.md's findings give the full table; the linear toy
 in test_metrics_protocol.py checks the deletion ordering itself.
 """
 

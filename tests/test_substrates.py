@@ -240,3 +240,27 @@ def test_blur_works_on_images_smaller_than_its_kernel_and_keeps_a_constant_image
     varied = photo(height, width)
     blurred = make_substrate(varied, "blur").empty
     assert blurred.shape == varied.shape and blurred.std() < varied.std()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 224, 224), (2, 3, 40, 37), (1, 3, 3, 5)])
+def test_the_opencv_blur_is_torchvisions_gaussian(shape):
+    """The blur substrate runs on OpenCV on the CPU; it must be torchvision's Gaussian (the same
+    kernel, shrunk for small images, and reflect-101 border), as on other devices."""
+    import torchvision.transforms.functional as TF
+
+    from explainers.substrates import BLUR_SIGMA, substrate_image
+
+    pixels = photo(*shape[-2:], seed=21).expand(shape[0], -1, -1, -1).contiguous()
+    kernel = min(int(4 * BLUR_SIGMA) | 1, 2 * min(shape[-2:]) - 1)
+    expected = TF.gaussian_blur(pixels, [kernel, kernel], [BLUR_SIGMA, BLUR_SIGMA])
+    torch.testing.assert_close(substrate_image(pixels, "blur"), expected, rtol=0, atol=1e-5)
+
+
+def test_the_neighbour_sum_is_the_same_on_opencv_and_torch():
+    from explainers import substrates
+
+    field = torch.rand(3, 2, 17, 16, generator=torch.Generator().manual_seed(22))
+    on_opencv = substrates._box_sum(field)
+    on_torch = substrates._box_sum(field.double()).float()  # float64 takes the torch path
+    torch.testing.assert_close(on_opencv, on_torch, rtol=0, atol=1e-5)
+    assert float(on_torch.abs().max()) > 1.0

@@ -229,7 +229,7 @@ def evaluate(
         raise UserError(f"sanity must be True or False, not {sanity!r}")
     workers = _check_count("workers", workers)
     threads = _check_count("threads", threads)
-    resamples = _check_count("resamples", resamples)
+    resamples = _check_count("resamples", resamples) or stats.RESAMPLES  # None: the default
     use_ray = ray not in (None, False)
     address = None if ray in (None, False, True) else str(ray)
     if isinstance(model, ModelAdapter):
@@ -435,7 +435,7 @@ def _run(
 
     if use_ray:
         outcomes = runners.run_ray(jobs, config, address, workers, threads, info)
-    elif (workers or 1) > 1:
+    elif workers is not None and workers > 1:
         outcomes = runners.run_processes(jobs, config, workers, info)
     else:
         outcomes = runners.run_here(jobs, config, model, info)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -22,6 +22,10 @@ from .worker import Job, Worker, WorkerConfig, WorkerStartError
 Outcome = tuple[Job, list[dict[str, Any]]]
 # Environment variables a worker needs to load models as the driver does (offline, local folders).
 FORWARDED_ENV = (
+    "OMP_WAIT_POLICY",  # explainers/_threads.py: set before torch loads, in every worker too
+    "GOMP_SPINCOUNT",
+    "SALIENCY_LAB_RUNTIME",  # models/runtime.py: the forward-only runtime and its cache
+    "SALIENCY_LAB_CACHE",
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
     "HF_HOME",
@@ -33,7 +37,7 @@ LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024  # rows are a few kB: Ray's default
 
 def run_here(
     jobs: Sequence[Job], config: WorkerConfig, model: str | ModelAdapter, info: dict[str, Any]
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """In this process (``--workers 1``); torch's thread count is restored afterwards."""
     threads_before = torch.get_num_threads()
     try:
@@ -73,7 +77,9 @@ def _run_in_process(job: Job) -> tuple[Outcome, dict[str, Any]]:
     return _worker.run(job), {"pid": os.getpid(), **_worker.describe()}
 
 
-def run_processes(jobs: Sequence[Job], config: WorkerConfig, workers: int, info: dict[str, Any]) -> Iterator[Outcome]:
+def run_processes(
+    jobs: Sequence[Job], config: WorkerConfig, workers: int, info: dict[str, Any]
+) -> Generator[Outcome, None, None]:
     """In ``workers`` local processes (spawned: CUDA and torch's threads do not survive a fork)."""
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
@@ -155,7 +161,7 @@ def run_ray(
     actors: int | None,
     threads: int | None,
     info: dict[str, Any],
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """On a Ray actor pool. ``address``: None or "local" starts a local Ray (unless this process
     is already connected, e.g. a notebook that called ``ray.init``); otherwise that cluster's
     address ("auto", "ray://host:10001", "host:6379"). One GPU per actor where the cluster has

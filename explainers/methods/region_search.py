@@ -227,7 +227,8 @@ class _Chain:
         lambdas: tuple[float, float],
     ) -> None:
         n = len(single_kept)
-        self.members, self.order = np.zeros(n, dtype=bool), []
+        self.members = np.zeros(n, dtype=bool)
+        self.order: list[int] = []
         self.kept, self.removed = 0.0, 1.0  # nothing kept scores 0; nothing removed scores 1
         self.cand_kept, self.cand_removed = single_kept.astype(np.float64), single_removed.astype(np.float64)
         self.base_kept, self.base_removed = np.zeros(n), np.ones(n)
@@ -326,31 +327,33 @@ def two_ended_order(
     budget = greedy_images(n) // 5 - end_images if budget is None else budget
     asked: set[bytes] = {np.ones(n, bool).tobytes(), np.zeros(n, bool).tobytes()}  # the objective's own
 
+    images_asked = 0  # what score has counted
+
     def score(sets: np.ndarray, kept: bool, removed: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Normalised scores of ``sets`` kept and/or removed; counts the images not asked before."""
+        nonlocal images_asked
         if kept_scores is None:  # a plain F: read it as "kept" (removed fixed at 1), 2 images per set
             new = [r.tobytes() for r in sets if r.tobytes() not in asked]
             asked.update(new)
-            score.images += 2 * len(new)
+            images_asked += 2 * len(new)
             return np.asarray(evaluate(sets), dtype=np.float64), np.ones(len(sets))
-        rows = ([sets] if kept else []) + ([~sets] if removed else [])
-        rows = np.concatenate(rows)
+        rows = np.concatenate(([sets] if kept else []) + ([~sets] if removed else []))
         for r in rows:
             key = r.tobytes()
             if key not in asked:
                 asked.add(key)
-                score.images += per_set
+                images_asked += per_set
         values = kept_scores(rows)
         return (values[: len(sets)] if kept else None), (values[-len(sets) :] if removed else None)
 
-    score.images = 0
     singles = np.eye(n, dtype=bool)
     if kept_scores is None:
         lambdas = (1.0, 1.0)
     single_kept, single_removed = score(singles, True, True)
+    assert single_kept is not None and single_removed is not None  # both were asked for
     if kept_scores is None:  # F alone: its complement is unknown, so the back reads -F as well
         single_removed = np.ones(n)
-    pooled = max(0, budget - score.images)
+    pooled = max(0, budget - images_asked)
     front_share = int(pooled * front_budget)
     front = _Chain(single_kept, single_removed, 1.0, front_area, front_share, lambdas)
     back = _Chain(single_kept, single_removed, -1.0, 1.0 - front_area, pooled - front_share, lambdas)
@@ -370,20 +373,20 @@ def two_ended_order(
             level = chain.kept if chain is front else chain.removed
             both = chain.both or level < SATURATED or kept_scores is None
             cost = (2 if both else 1) * per_set
-            left = min(chain.budget - chain.spent, budget - score.images)
+            left = min(chain.budget - chain.spent, budget - images_asked)
             steps_left = max(1, round((m - 1) * chain.area_share))
             pool = int(min(m, left // (cost * steps_left)))
             if pool > 0:
-                candidates = list(ranked[:pool])
+                chosen = list(ranked[:pool])
                 if pool_refresh and pool >= 3:  # keep every estimate from growing too stale
                     stalest = [
-                        r for r in remaining[np.lexsort((remaining, chain.scored_at[remaining]))] if r not in candidates
+                        r for r in remaining[np.lexsort((remaining, chain.scored_at[remaining]))] if r not in chosen
                     ][:pool_refresh]
-                    candidates = candidates[: pool - len(stalest)] + stalest
-                candidates = np.array(candidates)
+                    chosen = chosen[: pool - len(stalest)] + stalest
+                candidates = np.array(chosen)
                 sets = np.repeat(chain.members[None], len(candidates), axis=0)
                 sets[np.arange(len(candidates)), candidates] = True
-                before = score.images
+                before = images_asked
                 need_kept = both or chain is back
                 need_removed = both or chain is front
                 kept, removed = score(sets, need_kept, need_removed)
@@ -393,9 +396,10 @@ def two_ended_order(
                     chain.cand_removed[candidates], chain.base_removed[candidates] = removed, chain.removed
                 if both and kept_scores is not None and len(candidates) > 1:
                     other = kept if chain is front else removed
+                    assert other is not None  # both were asked for
                     if level >= SATURATED and np.ptp(other) < FLAT:
                         chain.both = False
-                chain.spent += score.images - before
+                chain.spent += images_asked - before
                 chain.scored_at[candidates] = step + 1
                 pick = int(candidates[rank(chain, candidates)[0]])
         chain.take(pick, float(areas[pick]))
@@ -406,7 +410,7 @@ def two_ended_order(
     complements = [lambdas[0] + lambdas[1]] + back.complement_values
     values = front.values + complements[::-1][1:]
     gains = np.diff([empty_value] + values).tolist()
-    return order, gains, score.images
+    return order, gains, images_asked
 
 
 def lima_order(
@@ -455,8 +459,8 @@ def lima_order(
         progress(int((front | tail).sum()) / n, "region search (LIMA-style)", order=list(front_order))
     # F of a prefix in the tail's part: F(I minus T) = 2 - F(T) with both weights 1 (SMDL's
     # default); other weights make this an estimate, as the gains of the other searches are.
-    values = front_values + [2.0 - v for v in tail_values[::-1][1:]] + ([2.0] if tail_order else [])
-    return front_order + tail_order[::-1], np.diff([empty_value] + values).tolist(), evaluated
+    curve = front_values + [2.0 - v for v in tail_values[::-1][1:]] + ([2.0] if tail_order else [])
+    return front_order + tail_order[::-1], np.diff([empty_value] + curve).tolist(), evaluated
 
 
 SEARCH_FUNCTIONS = {

@@ -79,25 +79,25 @@ def explain(
 ) -> SaliencyMap:
     """RISE map at the pixels' size (see the module docstring): ``masks`` forward passes."""
     pixels = pixels.detach()
-    _, _, height, width = pixels.shape
+    height, width = pixels.shape[2:]  # not `_, _, ...`: `_` is the **_ keywords
     removed = make_substrate(pixels, substrate, seed)
     grids, shifts = random_masks(masks, height, width, cells, keep, torch.Generator().manual_seed(seed))
     device = pixels.device
     weighted = torch.zeros(2, height, width, dtype=torch.float64, device=device)  # even / odd masks
     coverage = torch.zeros(2, height, width, dtype=torch.float64, device=device)
-    scores = []
+    score_chunks: list[torch.Tensor] = []
     batch = adapter.max_batch
     for start in range(0, masks, batch):
         chunk = upsample_masks(grids[start : start + batch], shifts[start : start + batch], height, width).to(device)
         chunk_scores = adapter.score_many(removed.fill(chunk), target).to(torch.float64)
-        scores.append(chunk_scores)
+        score_chunks.append(chunk_scores)
         parity = torch.arange(start, start + len(chunk), device=device) % 2
         for half in (0, 1):
             rows = parity == half
             weighted[half] += torch.einsum("b,bhw->hw", chunk_scores[rows], chunk[rows, 0].double())
             coverage[half] += chunk[rows, 0].double().sum(dim=0)
         progress(min(1.0, (start + len(chunk)) / masks), "RISE")
-    scores = torch.cat(scores)
+    scores = torch.cat(score_chunks)
     mean = scores.mean()
     halves = (weighted - mean * coverage).cpu().numpy()
     saliency = halves.sum(axis=0) / (masks * keep)

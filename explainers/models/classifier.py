@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 from ..errors import UserError
 from ..types import MIN_SPAN, ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, PromptCache, parameter_units, units_label
+from .runtime import CompiledForward, Forward
 
 LOG_PROBABILITY_MEANING = ScoreMeaning(
     "log-probability",
@@ -38,6 +40,9 @@ MATCH_TEMPERATURE = 0.02
 TOP_CLASSES = 10
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The compiled runtime's probe may differ from torch's logits by at most this much, so that the
+# log-probabilities (log_softmax moves by at most twice the largest logit change) agree to 1e-4.
+LOGIT_TOLERANCE = 5e-5
 # The sanity check's cascade: the output layer, the unit below it, then the remaining blocks in
 # this many groups (6 stages in all, within the 4-6 that keep a sanity run affordable).
 RANDOMIZATION_BLOCK_GROUPS = 4
@@ -54,6 +59,9 @@ def load_minilm():
 
 class Normalize(nn.Module):
     """pixels in [0, 1] -> (pixels - mean) / std, per channel (the default preprocessing)."""
+
+    mean: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
@@ -123,7 +131,9 @@ class ClassifierAdapter(ModelAdapter):
             p.requires_grad_(False)
         self.class_names = list(class_names)
         self.preprocess = preprocess if preprocess is not None else Normalize()
-        self.input_size = tuple(input_size)
+        if isinstance(self.preprocess, nn.Module):
+            self.preprocess.eval()  # like the network (the compiled runtime keeps eval-mode modules only)
+        self.input_size = cast(tuple[int, int], tuple(input_size))  # a list works too
         self.name = name
         self.max_batch, self.max_grad_batch = max_batch, max_grad_batch
         self.embedder = embedder if embedder is not None else load_minilm()
@@ -135,6 +145,15 @@ class ClassifierAdapter(ModelAdapter):
         with torch.no_grad():
             self.class_embeddings = self._embed(self.class_names)
         self._class_weights: PromptCache[str, tuple[torch.Tensor, torch.Tensor]] = PromptCache(PROMPTS_CACHED)
+        # Forward-only logits on OpenVINO (models/runtime.py); None: always torch.
+        parts = [self.network] + ([self.preprocess] if isinstance(self.preprocess, nn.Module) else [])
+        preprocess_name = getattr(self.preprocess, "__qualname__", type(self.preprocess).__qualname__)
+        self._runtime: CompiledForward | None = CompiledForward(
+            Forward(self._torch_logits, *parts),
+            tolerance=LOGIT_TOLERANCE,
+            label=name,
+            signature=f"classifier|{type(network).__qualname__}|{preprocess_name}",
+        )
 
     @property
     def device(self) -> torch.device:
@@ -194,7 +213,13 @@ class ClassifierAdapter(ModelAdapter):
         return [(self.class_names[int(i)], float(w)) for i, w in list(zip(indices, weights))[:top]]
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The network's forward pass: every score, probability and class goes through here."""
+        """``[B, 3, H, W]`` pixels -> ``[B, classes]`` logits. Without gradients, on the CPU, this is the
+        compiled network (models/runtime.py: the same numbers to ~1e-5); otherwise torch's."""
+        if self._runtime is not None and (out := self._runtime(pixels)) is not None:
+            return out
+        return self._torch_logits(pixels)
+
+    def _torch_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.network(self.preprocess(pixels))
 
     def score_meaning(self, target: Target) -> ScoreMeaning:
@@ -235,4 +260,5 @@ class ClassifierAdapter(ModelAdapter):
         clone = copy.copy(self)
         clone.network = copy.deepcopy(self.network)
         clone._class_weights = self._class_weights.copy()
+        clone._runtime = None  # the compiled graph is the trained network's: the copy runs in torch
         return clone, clone.network

@@ -22,6 +22,7 @@ import torch
 from ..errors import ModelLoadError
 from ..types import MIN_SPAN, ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
+from .runtime import CompiledForward, Forward
 
 # The fixed vocabulary CLIP's probability is taken against (SMDL's choice for CLIP on ImageNet).
 VOCABULARY_FILE = Path(__file__).with_name("imagenet_classes.txt")
@@ -43,6 +44,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 # groups from the top (5 stages in all).
 RANDOMIZATION_BLOCK_GROUPS = 4
 PROMPTS_CACHED = 256  # prompts whose text features an adapter keeps (least recently used dropped)
+# The compiled runtime's probe may differ from torch's unit image embeddings by at most this much
+# per coordinate (scores are ~100 x the cosine, so this keeps them within ~1e-4).
+FEATURE_TOLERANCE = 2e-6
 
 
 class ClipAdapter(ModelAdapter):
@@ -65,6 +69,13 @@ class ClipAdapter(ModelAdapter):
         self._text_features: PromptCache[str, torch.Tensor] = PromptCache(PROMPTS_CACHED)
         self.vocabulary = tuple(VOCABULARY_TEMPLATE.format(name) for name in VOCABULARY_FILE.read_text().splitlines())
         self._vocabulary_features: torch.Tensor | None = None
+        # Forward-only image embeddings on OpenVINO (models/runtime.py); None: always torch.
+        self._runtime: CompiledForward | None = CompiledForward(
+            Forward(self._torch_image_features, self.model.vision_model, self.model.visual_projection),
+            tolerance=FEATURE_TOLERANCE,
+            label=name,
+            signature=f"clip|{tuple(mean)}|{tuple(std)}",
+        )
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +126,13 @@ class ClipAdapter(ModelAdapter):
         return self._vocabulary_features
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The image tower's forward pass: every score and probability goes through here."""
+        """``[B, 3, H, W]`` pixels -> ``[B, D]`` unit image embeddings. Without gradients, on the CPU,
+        the compiled vision tower (models/runtime.py); otherwise torch's."""
+        if self._runtime is not None and (out := self._runtime(pixels)) is not None:
+            return out
+        return self._torch_image_features(pixels)
+
+    def _torch_image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - self.mean) / self.std
         pooled = self.model.vision_model(pixel_values=x).pooler_output
         features = self.model.visual_projection(pooled)
@@ -180,6 +197,7 @@ class ClipAdapter(ModelAdapter):
         shared = (self.model.text_model, self.model.text_projection)
         clone.model = copy.deepcopy(self.model, memo={id(module): module for module in shared})
         clone._text_features = self._text_features.copy()
+        clone._runtime = None  # the compiled graph is the trained network's: the copy runs in torch
         return clone, clone.model
 
 
