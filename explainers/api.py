@@ -339,6 +339,7 @@ class Prepared:
     notes: tuple[str, ...] = ()
     probability: float | None = None  # the target's probability in [0, 1] (None: the model gives none)
     score_meaning: ScoreMeaning | None = None
+    photo_size: tuple[int, int] | None = None  # the photo's (width, height) the target refers to
 
 
 def validate(
@@ -366,15 +367,22 @@ def resolve_model(model: str | ModelAdapter | None, device: Any = "cpu") -> Mode
 
 
 def prepare(
-    image: ImageInput, target: Target, adapter: ModelAdapter, options: dict[str, Any] | None = None
+    image: ImageInput,
+    target: Target,
+    adapter: ModelAdapter,
+    options: dict[str, Any] | None = None,
+    photo_size: tuple[int, int] | None = None,
 ) -> Prepared:
     """Open the image, put it at the model's input size on its device, let the model resolve the
     target (``ModelAdapter.resolve_target``: a VLM's answer, a detector's box; ``options`` are its
-    target parameters) and score it once, with its probability."""
+    target parameters) and score it once, with its probability. ``photo_size``: the (width,
+    height) the options' pixels refer to when ``image`` is only the model's view of the photo (a
+    replay from a result: ``Result.photo_size``); default the image's own size."""
     pil = open_image(image)
     pixels = adapter.load_image(pil).to(adapter.device)
     options = {**{p.name: p.default for p in adapter.target_params}, **(options or {})}
-    target, target_notes = adapter.resolve_target(pixels, target, options, pil.size)
+    size = (int(photo_size[0]), int(photo_size[1])) if photo_size is not None else pil.size
+    target, target_notes = adapter.resolve_target(pixels, target, options, size)
     notes = _token_notes(adapter, target) + list(target_notes)
     with torch.no_grad():
         scores, chances = adapter.scores(pixels, target)
@@ -389,6 +397,7 @@ def prepare(
         tuple(notes),
         probability if math.isfinite(probability) else None,
         adapter.score_meaning(target),
+        size,
     )
 
 
@@ -689,6 +698,7 @@ def assemble(
         probability=prepared.probability,
         score_meaning=prepared.score_meaning,
         random_by_substrate=dict(references),
+        photo_size=prepared.photo_size,
     )
 
 

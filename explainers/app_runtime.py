@@ -367,22 +367,23 @@ def refine(
     if reference is None:
         raise UserError(f"{get_method(method).title} has no reference setting to refine it with")
     started = time.perf_counter()
-    if result.target.outline() is not None:
-        # The bundle keeps the model's view of the photo, not the photo: a box in the photo's
-        # pixels cannot be found again on it.
+    if result.target.pinned() and result.photo_size is None:
+        # A result without its photo's size: a box in the photo's pixels cannot be found again on
+        # the model's view of it that the result keeps.
         raise UserError(
-            f"{get_method(method).title} of a box cannot be refined from the download; press Run with "
+            f"this result does not say its photo's size, so its target cannot be found again; press Run with "
             f"{reference.label} chosen under Advanced instead"
         )
     params = {name: result.params[name] for name in api.PARAMS if name in result.params}
     params.update(reference.params)
     adapter = api.resolve_model(model or result.model, device)
-    # A target the model resolved (a VLM's answer) is named again by its pinned parameters.
+    # A target the model resolved (a VLM's answer, a detector's box) is named again by its pinned
+    # parameters, on the photo's size they refer to.
     options = result.target.pinned()
     request = api.validate(
         result.target.prompt, list(result.target.contrast), [method], model=adapter, **params, **options
     )
-    prepared = api.prepare(Image.fromarray(result.image), request.target, adapter, request.options)
+    prepared = api.prepare(Image.fromarray(result.image), request.target, adapter, request.options, result.photo_size)
     maps = api.run_methods(
         prepared, [method], request.params, progress=lambda f, text, **d: progress(0.85 * f, text, **d)
     )

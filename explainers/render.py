@@ -917,6 +917,7 @@ def _bundle_cached(path: str, mtime_ns: int, size: int) -> tuple[Result, dict]: 
         notes=tuple(summary["notes"]),
         sanity=_sanity_from(summary, sanity_maps),
         probability=summary.get("probability"),
+        photo_size=tuple(summary["photo_size"]) if summary.get("photo_size") else None,
         score_meaning=None if meaning is None else ScoreMeaning(meaning["name"], meaning["words"], meaning["min_span"]),
         random_by_substrate=references,
     )

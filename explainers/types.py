@@ -417,6 +417,9 @@ class Result:
     probability: float | None = None
     score_meaning: ScoreMeaning | None = None
     random_by_substrate: dict[str, RandomReference] = field(default_factory=dict)
+    # The photo's (width, height) as given, which a target's parameters refer to (a detector's box
+    # is in its pixels) while ``image`` is the model's view of it; None where unknown.
+    photo_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.random_by_substrate:
@@ -478,6 +481,7 @@ class Result:
                 # is about: a bundle read back keeps them (SavedTarget) without knowing the kind.
                 "target_pinned": self.target.pinned(),
                 "target_outline": _jsonable(self.target.outline()),
+                "photo_size": _jsonable(self.photo_size),
                 "prompt": self.target.prompt,
                 "contrast": list(self.target.contrast),
                 "score": self.score,

@@ -195,6 +195,9 @@ def test_the_page_shows_a_vlms_answer_and_its_tokens_then_explains_the_token_pic
     assert summary["kind"] == "answer" and summary["token_index"] == 1
     assert [str(i) for i in summary["token_ids"]] == offered  # exactly the tokens the model offered
     assert result.target.pinned() == picked and 0 <= result.probability <= 1
+    refined = app_runtime.refine(result, "region", model=page["vlm"])  # Refine: the same token, no new answer
+    full = refined.methods["region"].curves.deletion.scores[0]  # the whole photo: the refined map's target
+    assert full == pytest.approx(result.score, rel=1e-4) and refined.target.summary() == summary
 
 
 @pytest.mark.slow
@@ -223,6 +226,10 @@ def test_the_page_draws_a_detectors_boxes_then_outlines_the_box_picked_on_every_
         assert abs(on_page[row, x0 + 1] - CYAN).max() < 60, method
         redrawn = np.asarray(render.method_picture(result, method, size=show))  # replays from the bundle
         assert (redrawn[row, x0 + 1] == CYAN).all(), method
+    assert result.photo_size == (width, height)
+    refined = app_runtime.refine(result, "region", model=page["detector"])  # Refine: the picked box, not the best
+    full = refined.methods["region"].curves.deletion.scores[0]  # the whole photo: the refined map's target
+    assert full == pytest.approx(result.score, rel=1e-4) and refined.target.summary() == result.target.summary()
 
 
 @pytest.mark.slow
