@@ -40,7 +40,7 @@ SAMPLES = imagenet_samples()
 
 def load(name: str):
     if name == "clip-random":
-        from _models import random_clip_b32
+        from explainers.testing import random_clip_b32
 
         return random_clip_b32()
     from explainers.models import load_model

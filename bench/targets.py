@@ -80,7 +80,7 @@ def against_reference(adapter, function, images: torch.Tensor) -> dict:
 
 def load(part: str):
     if part == "clip":
-        from _models import random_clip_b32
+        from explainers.testing import random_clip_b32
 
         return random_clip_b32()
     from explainers.models import load_model

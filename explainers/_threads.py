@@ -4,7 +4,7 @@ torch's OpenMP threads spin for a while after each parallel region (libgomp's de
 2-core machine shared with anything else -- the other worker of a data-set run, the app's web
 server, OpenVINO's own threads, another user's job -- the spinning threads take the cores the
 working ones need: bench/threads.py measures the app, the CLI and evaluate with and without it
-(README, "Threads"). OMP_WAIT_POLICY=PASSIVE makes idle threads sleep at once. It is read when
+(docs/benchmarks.md, "Fast on a 2-core CPU"). OMP_WAIT_POLICY=PASSIVE makes idle threads sleep at once. It is read when
 torch is imported, so it is set here, before anything imports torch, and only when the user has
 chosen neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT (set either to keep libgomp's own behaviour,
 e.g. GOMP_SPINCOUNT=300000 is its default). Worker processes inherit the environment.
