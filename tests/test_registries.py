@@ -140,6 +140,18 @@ def test_prompt_cache_keeps_the_most_recently_used():
     assert "z" not in cache
 
 
+def test_prompt_cache_deep_copies_with_its_own_lock_and_items():
+    """copy.deepcopy of an adapter copies its caches (a lock cannot be pickled or deep-copied)."""
+    import copy
+
+    cache = models_base.PromptCache(3)
+    cache.put("a", [1])
+    clone = copy.deepcopy(cache)
+    clone.get("a").append(2)
+    clone.put("b", [3])
+    assert cache.get("a") == [1] and "b" not in cache and clone.get("a") == [1, 2] and clone.maxsize == 3
+
+
 def test_prompt_cache_stays_bounded_and_consistent_under_threads():
     cache = models_base.PromptCache(16)
     errors = []

@@ -105,6 +105,14 @@ class PromptCache(Generic[K, V]):
             clone._items = OrderedDict(self._items)
         return clone
 
+    def __deepcopy__(self, memo: dict[int, object]) -> PromptCache[K, V]:
+        """A deep copy (an adapter's ``copy.deepcopy``) gets its own lock: a lock cannot be copied."""
+        clone: PromptCache[K, V] = PromptCache(self.maxsize)
+        memo[id(self)] = clone
+        with self._lock:
+            clone._items = copy.deepcopy(self._items, memo)
+        return clone
+
     def __getitem__(self, key: K) -> V:
         with self._lock:
             self._items.move_to_end(key)  # KeyError when absent
