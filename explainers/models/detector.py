@@ -32,7 +32,7 @@ from ..errors import ModelLoadError, UserError
 from ..params import Param, shown
 from ..types import MIN_SPAN, ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
-from .sources import load_failure, locate, quietly
+from .sources import load_pretrained
 
 MAX_BOXES = 10  # boxes a detector offers for a query (after non-maximum suppression)
 NMS_IOU = 0.5  # boxes overlapping a better one by more than this are the same object
@@ -492,32 +492,17 @@ def _families() -> str:
 def load_detector(source: str) -> DetectorAdapter:
     """Load a zero-shot object detector and its processor from a hub id or (when allowed) a local
     folder. Raises ModelLoadError saying what was tried and why it failed. Never runs remote code."""
-    from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
+    from transformers import AutoModelForZeroShotObjectDetection
 
-    where = locate(source, "detector", "google/owlv2-base-patch16-ensemble")
-    if where.is_folder and where.model_type not in FAMILIES:
-        raise ModelLoadError(
-            f"the folder {source.strip()!r} holds a {where.model_type!r} model; the detector kind takes {_families()} models"
-        )
-    try:
-        config = AutoConfig.from_pretrained(where.source, trust_remote_code=False)
-    except Exception as error:  # noqa: BLE001 - turned into one plain sentence
-        raise load_failure("detector", where, error) from None
-    if config.model_type not in FAMILIES:
-        raise ModelLoadError(
-            f"{where.where} holds a {config.model_type!r} model; the detector kind takes {_families()} models"
-        )
-    try:
-        with quietly():
-            processor = AutoProcessor.from_pretrained(where.source, trust_remote_code=False)
-            model = AutoModelForZeroShotObjectDetection.from_pretrained(
-                where.source, trust_remote_code=False, dtype=torch.float32
-            )
-    except Exception as error:  # noqa: BLE001 - turned into one plain sentence
-        raise load_failure("detector", where, error) from None
-    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
-        raise ModelLoadError(f"{where.where} has no image processor and tokenizer for a detector")
-    return DetectorAdapter(model, processor, name=f"detector:{where.source if not where.is_folder else source.strip()}")
+    name, processor, model = load_pretrained(
+        source,
+        "detector",
+        "detector",
+        "google/owlv2-base-patch16-ensemble",
+        FAMILIES,
+        AutoModelForZeroShotObjectDetection,
+    )
+    return DetectorAdapter(model, processor, name=name)
 
 
 def _load(source: str) -> ModelAdapter:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelLoadError
 from .clip import ALLOW_LOCAL_ENV, HUB_ID
@@ -81,3 +82,38 @@ def quietly() -> Iterator[None]:
     finally:
         if shown:
             logging.enable_progress_bar()
+
+
+def load_pretrained(
+    source: str, what: str, kind: str, example: str, families: Collection[str], auto_model: Any
+) -> tuple[str, Any, Any]:
+    """``(name, processor, model)`` of a transformers model from a hub id or (when allowed) a local
+    folder, in fp32, through ``auto_model`` (an Auto* class) and AutoProcessor; ``name`` is what the
+    adapter is called after (``kind:`` + the hub id or the folder as given). Every failure is one
+    ModelLoadError sentence: a family the kind does not take (``families``, by config model_type), a
+    load that failed, a processor without an image processor and a tokenizer. Never runs remote code."""
+    from transformers import AutoConfig, AutoProcessor
+
+    taken = ", ".join(sorted(families))
+    where = locate(source, what, example)
+    if where.is_folder and where.model_type not in families:
+        raise ModelLoadError(
+            f"the folder {source.strip()!r} holds a {where.model_type!r} model; the {kind} kind takes {taken} models"
+        )
+    try:
+        config = AutoConfig.from_pretrained(where.source, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 - turned into one plain sentence
+        raise load_failure(what, where, error) from None
+    if config.model_type not in families:
+        raise ModelLoadError(f"{where.where} holds a {config.model_type!r} model; the {kind} kind takes {taken} models")
+    try:
+        import torch
+
+        with quietly():
+            processor = AutoProcessor.from_pretrained(where.source, trust_remote_code=False)
+            model = auto_model.from_pretrained(where.source, trust_remote_code=False, dtype=torch.float32)
+    except Exception as error:  # noqa: BLE001 - turned into one plain sentence
+        raise load_failure(what, where, error) from None
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        raise ModelLoadError(f"{where.where} has no image processor and tokenizer for a {what}")
+    return f"{kind}:{where.source if not where.is_folder else source.strip()}", processor, model

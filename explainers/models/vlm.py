@@ -33,7 +33,7 @@ from ..errors import ModelLoadError, UserError
 from ..params import Param, shown
 from ..types import MIN_SPAN, ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
-from .sources import Source, load_failure, locate, quietly
+from .sources import load_pretrained
 
 MAX_ANSWER_CHARS = 1000
 MAX_ANSWER_TOKENS = 256
@@ -644,32 +644,12 @@ def _families() -> str:
 def load_vlm(source: str) -> VlmAdapter:
     """Load an image-text-to-text model and its processor from a hub id or (when allowed) a local
     folder. Raises ModelLoadError saying what was tried and why it failed. Never runs remote code."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
-    where: Source = locate(source, "VLM", "llava-hf/llava-1.5-7b-hf")
-    if where.is_folder and where.model_type not in LAYOUTS:
-        raise ModelLoadError(
-            f"the folder {source.strip()!r} holds a {where.model_type!r} model; the vlm kind takes {_families()} models"
-        )
-    try:
-        config = AutoConfig.from_pretrained(where.source, trust_remote_code=False)
-    except Exception as error:  # noqa: BLE001 - turned into one plain sentence
-        raise load_failure("VLM", where, error) from None
-    if config.model_type not in LAYOUTS:
-        raise ModelLoadError(
-            f"{where.where} holds a {config.model_type!r} model; the vlm kind takes {_families()} models"
-        )
-    try:
-        with quietly():
-            processor = AutoProcessor.from_pretrained(where.source, trust_remote_code=False)
-            model = AutoModelForImageTextToText.from_pretrained(
-                where.source, trust_remote_code=False, dtype=torch.float32
-            )
-    except Exception as error:  # noqa: BLE001 - turned into one plain sentence
-        raise load_failure("VLM", where, error) from None
-    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
-        raise ModelLoadError(f"{where.where} has no image processor and tokenizer for a VLM")
-    return VlmAdapter(model, processor, name=f"vlm:{where.source if not where.is_folder else source.strip()}")
+    name, processor, model = load_pretrained(
+        source, "VLM", "vlm", "llava-hf/llava-1.5-7b-hf", LAYOUTS, AutoModelForImageTextToText
+    )
+    return VlmAdapter(model, processor, name=name)
 
 
 def _load(source: str) -> ModelAdapter:
