@@ -53,6 +53,7 @@ def one(mode: str, args: argparse.Namespace) -> dict:
             device="cpu",
             progress=False,
             curve_steps=args.steps,
+            score_substrates=args.score_substrates,
         )
         wall = time.perf_counter() - started
     run = summary.run
@@ -81,6 +82,11 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="curve steps (the CLI's 50 makes each mode minutes)")
     parser.add_argument("--methods", default="gradcam,ig,region")
+    parser.add_argument(
+        "--score-substrates",
+        default="black",
+        help="curves scored on (default black: the settings of the first measurement)",
+    )
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode, print its JSON
     args = parser.parse_args()
@@ -115,6 +121,8 @@ def main() -> None:
                 str(args.steps),
                 "--methods",
                 args.methods,
+                "--score-substrates",
+                args.score_substrates,
             ],
             cwd=ROOT,
             env=env,
