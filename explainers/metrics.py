@@ -30,6 +30,7 @@ scored once for all of them, per substrate.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -164,22 +165,17 @@ def curves_for_orders(
     return [(s.deletion, s.insertion, s.full, s.empty) for s in scored]
 
 
+@dataclass(frozen=True)
 class ScoredOrder:
     """One ordering's raw curves on one substrate: scores and probabilities of the deletion and
     insertion images (``steps + 1`` points each) and the two end points' scores."""
 
-    def __init__(
-        self,
-        deletion: np.ndarray,
-        insertion: np.ndarray,
-        deletion_probabilities: np.ndarray,
-        insertion_probabilities: np.ndarray,
-        full: float,
-        empty: float,
-    ) -> None:
-        self.deletion, self.insertion = deletion, insertion
-        self.deletion_probabilities, self.insertion_probabilities = deletion_probabilities, insertion_probabilities
-        self.full, self.empty = full, empty
+    deletion: np.ndarray
+    insertion: np.ndarray
+    deletion_probabilities: np.ndarray
+    insertion_probabilities: np.ndarray
+    full: float
+    empty: float
 
 
 def scored_orders(

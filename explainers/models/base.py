@@ -29,6 +29,7 @@ CONTRAST_MEANING = ScoreMeaning(
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ class ModelKind:
         if name.startswith(self.prefix) and name[len(self.prefix) :].strip():
             return name[len(self.prefix) :]
         return None
+
+
+def frozen(module: M) -> M:
+    """``module`` in eval mode with every parameter's gradient off (adapters take gradients with
+    respect to the pixels only), returned for chaining."""
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
 
 
 class PromptCache(Generic[K, V]):

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..types import MIN_SPAN, ScoreMeaning, Target
-from .base import CamLayer, ModelAdapter, PromptCache, parameter_units, units_label
+from .base import CamLayer, ModelAdapter, PromptCache, frozen, parameter_units, units_label
 from .runtime import CompiledForward, Forward
 
 LOG_PROBABILITY_MEANING = ScoreMeaning(
@@ -126,9 +126,7 @@ class ClassifierAdapter(ModelAdapter):
         max_batch: int = 16,
         max_grad_batch: int = 16,
     ) -> None:
-        self.network = network.eval()
-        for p in self.network.parameters():
-            p.requires_grad_(False)
+        self.network = frozen(network)
         self.class_names = list(class_names)
         self.preprocess = preprocess if preprocess is not None else Normalize()
         if isinstance(self.preprocess, nn.Module):

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..types import MIN_SPAN, ScoreMeaning, Target
-from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
+from .base import CamLayer, ModelAdapter, ModelKind, PromptCache, frozen
 from .runtime import CompiledForward, Forward
 
 # The fixed vocabulary CLIP's probability is taken against (SMDL's choice for CLIP on ImageNet).
@@ -55,9 +55,7 @@ class ClipAdapter(ModelAdapter):
     max_batch = 16
 
     def __init__(self, model, tokenizer, name: str = "clip", mean=OPENAI_MEAN, std=OPENAI_STD) -> None:
-        self.model = model.float().eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = frozen(model.float())
         self.tokenizer = tokenizer
         self.name = name
         vision = model.config.vision_config

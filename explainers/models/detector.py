@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import ModelLoadError, UserError
 from ..params import Param, shown
 from ..types import MIN_SPAN, ScoreMeaning, Target
-from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
+from .base import CamLayer, ModelAdapter, ModelKind, PromptCache, frozen
 from .sources import load_pretrained
 
 MAX_BOXES = 10  # boxes a detector offers for a query (after non-maximum suppression)
@@ -293,9 +293,7 @@ class DetectorAdapter(ModelAdapter):
         model_type = model.config.model_type
         if model_type not in FAMILIES:
             raise ModelLoadError(f"the detector kind does not know {model_type!r} models; it takes {_families()}")
-        self.model = model.float().eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = frozen(model.float())
         self.processor = processor
         self.name = name
         self.family = FAMILIES[model_type](model, processor)

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import ModelLoadError, UserError
 from ..params import Param, shown
 from ..types import MIN_SPAN, ScoreMeaning, Target
-from .base import CamLayer, ModelAdapter, ModelKind, PromptCache
+from .base import CamLayer, ModelAdapter, ModelKind, PromptCache, frozen
 from .sources import load_pretrained
 
 MAX_ANSWER_CHARS = 1000
@@ -353,9 +353,7 @@ class VlmAdapter(ModelAdapter):
         model_type = model.config.model_type
         if model_type not in LAYOUTS:
             raise ModelLoadError(f"the vlm kind has no image layout for {model_type!r} models; it takes {_families()}")
-        self.model = model.float().eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = frozen(model.float())
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.name = name
