@@ -1,6 +1,6 @@
 """Forward-only passes on the compiled CPU runtime (explainers/models/runtime.py: OpenVINO, f32):
 the same scores as torch's (<= 1e-4 on the log-probabilities) on the assets photos and on the
-masked images the curves score, for the bundled model and random CLIPs; gradients, hooked
+masked images the curves score, for the bundled model and random CLIPs; Grad-CAM's hooked gradients, hooked
 networks, randomised copies and the runtime switched off stay in torch; changed weights are
 compiled again; a network the tracer cannot capture falls back to torch."""
 
@@ -17,6 +17,7 @@ from conftest import ASSETS, vit_b32_clip_adapter
 from torch import nn
 
 from explainers.images import open_image
+from explainers.methods import run_method
 from explainers.metrics import pixel_order, pixel_ranks, step_count
 from explainers.models import runtime
 from explainers.models.classifier import ClassifierAdapter
@@ -102,13 +103,14 @@ def test_vit_b32_random_clip_scores_equal_torch(monkeypatch):
             assert float((compiled - reference).abs().max()) <= PARITY, photo
 
 
-def test_gradients_stay_in_torch(bundled):
-    pixels = torch.rand(2, 3, 224, 224, requires_grad=True)
-    calls = bundled._runtime.calls
-    score = bundled.score(pixels, Target("a cat"))
-    (gradient,) = torch.autograd.grad(score.sum(), pixels)
-    assert bundled._runtime.calls == calls
-    assert float(gradient.abs().sum()) > 0
+def test_grad_cams_gradients_stay_in_torch(bundled):
+    """Grad-CAM hooks an inner layer, which a compiled graph would not run (input gradients alone
+    are compiled: tests/test_runtime_gradients.py)."""
+    pixels = bundled.load_image(open_image(ASSETS / "chelsea.jpg"))
+    calls, gradients = bundled._runtime.calls, bundled._runtime.vjp_calls
+    saliency = run_method("gradcam", bundled, pixels, Target("a cat"))
+    assert (bundled._runtime.calls, bundled._runtime.vjp_calls) == (calls, gradients)
+    assert float(saliency.values.max()) > 0
 
 
 def test_the_runtime_switched_off_is_torch_exactly(bundled, monkeypatch):

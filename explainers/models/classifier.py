@@ -151,6 +151,7 @@ class ClassifierAdapter(ModelAdapter):
             tolerance=LOGIT_TOLERANCE,
             label=name,
             signature=f"classifier|{type(network).__qualname__}|{preprocess_name}",
+            gradients=True,  # integrated gradients' input gradients too (measured ~1.7x torch's)
         )
 
     @property

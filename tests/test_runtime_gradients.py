@@ -1,0 +1,168 @@
+"""Input gradients on the compiled runtime (explainers/models/runtime.py, "Input gradients"): the
+compiled vector-Jacobian product gives torch's gradients (to 1e-4 of their size) for the bundled
+model, for strided, grouped and padded convolutions on odd sizes, and through integrated
+gradients' map; hooks, weights that want gradients, CLIP and the runtime switched off stay in
+torch's autograd; a backward that cannot be compiled falls back to torch with one warning."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import ASSETS
+from torch import nn
+
+from explainers.images import open_image
+from explainers.methods import integrated_gradients
+from explainers.models import runtime
+from explainers.models.classifier import ClassifierAdapter
+from explainers.types import Target
+
+RELATIVE = 1e-4
+
+
+def gradient(adapter, pixels: torch.Tensor, target: Target) -> torch.Tensor:
+    leaf = pixels.detach().clone().requires_grad_(True)
+    (result,) = torch.autograd.grad(adapter.score(leaf, target).sum(), leaf)
+    return result
+
+
+def torch_gradient(adapter, pixels, target, monkeypatch) -> torch.Tensor:
+    with monkeypatch.context() as patch:
+        patch.setenv(runtime.RUNTIME_ENV, "torch")
+        calls = adapter._runtime.vjp_calls
+        out = gradient(adapter, pixels, target)
+        assert adapter._runtime.vjp_calls == calls  # really torch
+    return out
+
+
+def assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = float(expected.abs().max())
+    assert scale > 0
+    assert float((got - expected).abs().max()) <= RELATIVE * scale
+
+
+class StridedNet(nn.Module):
+    """Strided, grouped (depthwise) and padded convolutions with ReLU6, as EfficientNet-Lite's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU6(),
+            nn.Conv2d(8, 8, 5, stride=2, padding=2, groups=8),
+            nn.ReLU6(),
+            nn.Conv2d(8, 16, 1),
+        )
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+class TransposedNet(StridedNet):
+    """A transposed convolution in the forward: its input gradient is not compiled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 3, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.up(x))
+
+
+NAMES = ["cat", "dog", "car", "cup", "tree", "boat", "bird", "fish", "house", "rocket"]
+
+
+def small(network: nn.Module, embedder, size: int = 33) -> ClassifierAdapter:
+    return ClassifierAdapter(network, NAMES, input_size=(size, size), embedder=embedder, name="small", max_batch=4)
+
+
+@pytest.fixture(scope="module")
+def embedder(bundled):
+    return bundled.embedder
+
+
+def test_bundled_gradients_equal_torch_on_a_photo_and_its_path(bundled, monkeypatch):
+    photo = bundled.load_image(open_image(ASSETS / "chelsea.jpg"))
+    path = torch.cat([photo * a for a in (0.05, 0.3, 1.0)])  # three points of IG's path from black
+    for target in (Target("a cat"), Target("a cat", ("a dog",))):
+        calls = bundled._runtime.vjp_calls
+        compiled = gradient(bundled, path, target)
+        assert bundled._runtime.vjp_calls > calls, "the compiled gradient was not used"
+        assert_close(compiled, torch_gradient(bundled, path, target, monkeypatch))
+
+
+def test_strided_grouped_convolutions_on_odd_sizes(embedder, monkeypatch):
+    adapter = small(StridedNet(), embedder)
+    for count in (1, 3):  # 3: a last chunk padded to the compiled batch
+        pixels = torch.rand(count, 3, 33, 33, generator=torch.Generator().manual_seed(count))
+        compiled = gradient(adapter, pixels, Target("a dog"))
+        assert_close(compiled, torch_gradient(adapter, pixels, Target("a dog"), monkeypatch))
+    assert adapter._runtime.vjp_compiles == 1 and adapter._runtime.vjp_calls == 2
+
+
+def test_integrated_gradients_map_equals_torch(embedder, monkeypatch):
+    adapter = small(StridedNet(), embedder)
+    pixels = torch.rand(1, 3, 33, 33, generator=torch.Generator().manual_seed(5))
+    settings = dict(steps=4, max_steps=4)
+    compiled = integrated_gradients.explain(adapter, pixels, Target("a cat"), **settings)
+    assert adapter._runtime.vjp_calls >= 2
+    with monkeypatch.context() as patch:
+        patch.setenv(runtime.RUNTIME_ENV, "torch")
+        reference = integrated_gradients.explain(adapter, pixels, Target("a cat"), **settings)
+    assert abs(compiled.values - reference.values).max() <= RELATIVE * reference.values.max()
+    assert compiled.meta["completeness_error"] == pytest.approx(reference.meta["completeness_error"], abs=1e-4)
+
+
+def test_hooks_and_weights_that_want_gradients_stay_in_torch(embedder):
+    adapter = small(StridedNet(), embedder)
+    pixels = torch.rand(2, 3, 33, 33)
+    handle = adapter.network.features.register_forward_hook(lambda *_: None)
+    try:
+        gradient(adapter, pixels, Target("a cat"))
+    finally:
+        handle.remove()
+    adapter.network.fc.weight.requires_grad_(True)
+    try:
+        gradient(adapter, pixels, Target("a cat"))
+    finally:
+        adapter.network.fc.weight.requires_grad_(False)
+    assert adapter._runtime.vjp_calls == 0
+    gradient(adapter, pixels, Target("a cat"))
+    assert adapter._runtime.vjp_calls == 1
+
+
+def test_a_backward_that_cannot_be_compiled_falls_back_to_torch(embedder, monkeypatch):
+    adapter = small(TransposedNet(), embedder, size=16)
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    with pytest.warns(RuntimeWarning, match="input gradients stay in torch"):
+        first = gradient(adapter, pixels, Target("a cat"))
+    assert adapter._runtime._vjp_failed and adapter._runtime.vjp_calls == 0
+    assert adapter._runtime.calls >= 1  # the forward still ran compiled
+    assert_close(first, torch_gradient(adapter, pixels, Target("a cat"), monkeypatch))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning comes once
+        gradient(adapter, pixels, Target("a cat"))
+
+
+def test_clip_gradients_stay_in_torch(tiny_clip):
+    pixels = torch.rand(1, 3, *tiny_clip.input_size, requires_grad=True)
+    (result,) = torch.autograd.grad(tiny_clip.score(pixels, Target("a cat")).sum(), pixels)
+    assert not tiny_clip._runtime.gradients and tiny_clip._runtime.vjp_calls == 0
+    assert float(result.abs().sum()) > 0
+
+
+@pytest.mark.slow
+def test_the_compiled_gradient_is_read_back_from_the_disk_cache(embedder, tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
+    pixels = torch.rand(2, 3, 33, 33, generator=torch.Generator().manual_seed(7))
+    first = small(StridedNet(), embedder)
+    expected = gradient(first, pixels, Target("a cat"))
+    graphs = sorted(tmp_path.rglob("*.xml"))
+    assert len(graphs) == 2  # the forward and the vector-Jacobian product
+    second = small(StridedNet(), embedder)
+    assert torch.allclose(gradient(second, pixels, Target("a cat")), expected, rtol=0, atol=1e-6)
+    assert second._runtime.vjp_compiles == 1 and sorted(tmp_path.rglob("*.xml")) == graphs
