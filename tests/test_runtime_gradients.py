@@ -1,6 +1,6 @@
 """Input gradients on the compiled runtime (explainers/models/runtime.py, "Input gradients"): the
-compiled vector-Jacobian product gives torch's gradients (to 1e-4 of their size) for the bundled
-model, for strided, grouped and padded convolutions on odd sizes, and through integrated
+compiled graphs (the score and its input gradient together; the network's own vector-Jacobian
+product) give torch's gradients (to 1e-4 of their size) for the bundled model, for strided, grouped and padded convolutions on odd sizes, and through integrated
 gradients' map; hooks, weights that want gradients, CLIP and the runtime switched off stay in
 torch's autograd; a backward that cannot be compiled falls back to torch with one warning."""
 
@@ -16,7 +16,7 @@ from torch import nn
 from explainers.images import open_image
 from explainers.methods import integrated_gradients
 from explainers.models import runtime
-from explainers.models.classifier import ClassifierAdapter
+from explainers.models.classifier import ABSENT_LOG_WEIGHT, ClassifierAdapter, prompt_score_head
 from explainers.types import Target
 
 RELATIVE = 1e-4
@@ -95,6 +95,41 @@ def test_bundled_gradients_equal_torch_on_a_photo_and_its_path(bundled, monkeypa
         assert_close(compiled, torch_gradient(bundled, path, target, monkeypatch))
 
 
+def test_the_dense_prompt_head_is_the_adapters_score(bundled):
+    """prompt_score_head (what the compiled graph scores) against the adapter's torch score."""
+    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(8)) * 4
+    for target in (Target("a cat"), Target("a cat", ("a dog", "a car"))):
+        rows = []
+        for prompt in target.prompts:
+            indices, weights = bundled.class_weights(prompt)
+            rows.append(torch.full((1000,), ABSENT_LOG_WEIGHT).index_put((indices,), weights.log()))
+        head = prompt_score_head(logits, torch.stack(rows))
+        columns = torch.stack(
+            [
+                torch.logsumexp(torch.log_softmax(logits, 1)[:, i] + w.log(), 1)
+                for i, w in map(bundled.class_weights, target.prompts)
+            ],
+            1,
+        )
+        assert torch.allclose(head, bundled._target_score(columns, target), rtol=0, atol=1e-6)
+
+
+def test_the_networks_own_gradient_is_compiled_too(embedder, monkeypatch):
+    """Gradients through the logits alone (no score head): the compiled vector-Jacobian product."""
+    adapter = small(StridedNet(), embedder)
+    pixels = torch.rand(3, 3, 33, 33, generator=torch.Generator().manual_seed(9))
+    cotangent = torch.randn(3, 10, generator=torch.Generator().manual_seed(10))
+    leaf = pixels.clone().requires_grad_(True)
+    (compiled,) = torch.autograd.grad(adapter.logits(leaf), leaf, cotangent)
+    assert adapter._runtime.vjp_calls == 1
+    with monkeypatch.context() as patch:
+        patch.setenv(runtime.RUNTIME_ENV, "torch")
+        leaf = pixels.clone().requires_grad_(True)
+        (reference,) = torch.autograd.grad(adapter.logits(leaf), leaf, cotangent)
+    assert adapter._runtime.vjp_calls == 1
+    assert_close(compiled, reference)
+
+
 def test_strided_grouped_convolutions_on_odd_sizes(embedder, monkeypatch):
     adapter = small(StridedNet(), embedder)
     for count in (1, 3):  # 3: a last chunk padded to the compiled batch
@@ -141,7 +176,7 @@ def test_a_backward_that_cannot_be_compiled_falls_back_to_torch(embedder, monkey
     with pytest.warns(RuntimeWarning, match="input gradients stay in torch"):
         first = gradient(adapter, pixels, Target("a cat"))
     assert adapter._runtime._vjp_failed and adapter._runtime.vjp_calls == 0
-    assert adapter._runtime.calls >= 1  # the forward still ran compiled
+    assert adapter._runtime.compiles == 1 and not adapter._runtime._failed  # the forward itself still compiles
     assert_close(first, torch_gradient(adapter, pixels, Target("a cat"), monkeypatch))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the warning comes once

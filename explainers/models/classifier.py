@@ -101,6 +101,19 @@ def find_cam_layer(network: nn.Module, input_size: tuple[int, int]) -> str:
     return seen[-1]
 
 
+# A class no prompt names gets this log-weight in prompt_score_head: exp(-1e4) is 0 in float32, so
+# the dense row sums over the matched classes only, as prompt_scores' indexing does.
+ABSENT_LOG_WEIGHT = -1e4
+
+
+def prompt_score_head(logits: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """``ClassifierAdapter.score`` from the logits, with each prompt's class weights as a dense row
+    of ``log_weights`` (``[prompts, classes]``): the weighted log-probability mass of the first
+    prompt, or with contrast prompts its softmax probability among them (ModelAdapter._target_score)."""
+    columns = torch.logsumexp(torch.log_softmax(logits, dim=1).unsqueeze(1) + log_weights.unsqueeze(0), dim=2)
+    return torch.softmax(columns, dim=1)[:, 0] if log_weights.shape[0] > 1 else columns[:, 0]
+
+
 class ClassifierAdapter(ModelAdapter):
     """A torch image classifier scored through MiniLM prompt matching.
 
@@ -225,6 +238,21 @@ class ClassifierAdapter(ModelAdapter):
         """A log-probability (its probability: the mass on the matched classes, ``exp(score)``);
         with contrast prompts, the prompt's probability among them."""
         return super().score_meaning(target) if target.contrast else LOG_PROBABILITY_MEANING
+
+    def score(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
+        """The base's score; where integrated gradients asks for its input gradient on the CPU,
+        the score and that gradient come from one compiled graph (models/runtime.py ``scored``:
+        no separate forward pass), equal to torch's (tests/test_runtime_gradients.py)."""
+        if self._runtime is not None and pixels.requires_grad and torch.is_grad_enabled():
+            rows = []
+            for prompt in target.prompts:
+                indices, weights = self.class_weights(prompt)
+                row = torch.full((len(self.class_names),), ABSENT_LOG_WEIGHT, device=pixels.device)
+                rows.append(row.index_put((indices,), weights.log().to(row.dtype)))
+            scored = self._runtime.scored(pixels, prompt_score_head, (torch.stack(rows),), "prompt-score")
+            if scored is not None:
+                return scored
+        return super().score(pixels, target)
 
     def prompt_scores(self, pixels: torch.Tensor, prompts: tuple[str, ...]) -> torch.Tensor:
         log_probs = torch.log_softmax(self.logits(pixels), dim=1)

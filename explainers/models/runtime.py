@@ -30,19 +30,25 @@ Choices, each measured:
   to the same core.
 
 **Input gradients.** When gradients are on and only the pixels need one (the network's weights
-frozen, no hooks: integrated gradients' path points), ``compiled(pixels)`` returns the compiled
-forward's output inside a ``torch.autograd.Function`` whose backward is a second compiled graph:
-the network's vector-Jacobian product, (pixels, d score / d output) -> d score / d pixels. That
-graph is traced once with ``make_fx`` over ``torch.func.vjp`` into ATen operations, each
+frozen, no hooks: integrated gradients' path points), two more compiled graphs serve them:
+
+- ``scored(pixels, head, head_inputs)``: an adapter's score on top of the network (the
+  classifier's weighted log-softmax, whose per-prompt class weights are the graph's inputs, so one
+  graph serves every prompt) and its gradient w.r.t. the pixels, from ONE graph: no separate
+  forward pass. The classifier's ``score`` uses it where IG asks for gradients.
+- ``compiled(pixels)`` with gradients on: the compiled forward inside a ``torch.autograd.Function``
+  whose backward is the network's vector-Jacobian product, (pixels, d loss / d output) ->
+  d loss / d pixels, for any score built on the output in torch.
+
+Both are traced once with ``make_fx`` over ``torch.func.vjp`` into ATen operations, each
 convolution's input gradient written as the transposed convolution it is (so only forward
-operators remain), then converted like the forward; it has a fixed batch (``VJP_BATCH`` per
-stream, the last chunk padded), is checked against torch's gradient on a probe and cached on
-disk the same way. The score on top of the network (a log-softmax, CLIP's cosine) stays in torch:
-it costs nothing and differs per target. Measured on the bundled model: ~16-21 ms per image
-against ~31-42 for torch's forward+backward, the gradients equal to ~1e-6 of their size; so the
+operators remain), then converted like the forward; each has a fixed batch (``VJP_BATCH`` per
+stream, the last chunk padded), is checked against torch on a probe and cached on disk the same
+way. Measured on the bundled model under load: 24 ms per image (score and gradient together)
+against 49 for torch's forward+backward, the gradients equal to ~1e-6 of their size; so the
 classifier adapters ask for it (``gradients=True``). CLIP ViT-B/32's vision tower does not: its
 compiled backward measured no faster than torch's (150-160 ms per image at a batch of 2 against
-140-145, 250-265 at 8). A graph that cannot be traced or fails its probe leaves the gradient to
+140-145, 250-265 at 8). A graph that cannot be traced or fails its probe leaves the gradients to
 torch (one warning).
 
 ``SALIENCY_LAB_RUNTIME=torch`` switches the runtime off (every pass in torch).
@@ -234,12 +240,8 @@ class CompiledForward:
     def _differentiable(self, pixels: torch.Tensor) -> torch.Tensor | None:
         """The compiled forward with the compiled input gradient as its backward (module docstring),
         or None (torch) unless the pixels are the only thing that needs a gradient."""
-        if not self.gradients or self._vjp_failed or not pixels.requires_grad:
-            return None
-        if any(p.requires_grad for p in self.module.parameters()):
-            return None  # someone wants the weights' gradients: torch's autograd it is
-        fingerprint = self._applies(pixels, grad=True)
-        if fingerprint is None or self._get(tuple(pixels.shape[1:]), fingerprint) is None:
+        fingerprint = self._gradient_fingerprint(pixels)
+        if fingerprint is None:
             return None
         return _CompiledGradient.apply(pixels, self, fingerprint)
 
@@ -309,10 +311,17 @@ class CompiledForward:
         _save_cached(model, path)
         return compiled
 
-    def _checked(self, model: Any, threads: int, probe: Any, expected: torch.Tensor) -> tuple[Any, float]:
-        """The compiled model and its largest difference from torch's output on the probe (a
-        tensor, or the inputs by position)."""
-        compiled = _ov_core().compile_model(
+    def _checked(self, model: Any, threads: int, probe: torch.Tensor, expected: torch.Tensor) -> tuple[Any, float]:
+        """The compiled model and its largest difference from torch's output on the probe."""
+        compiled = self._compiled_model(model, threads)
+        request = compiled.create_infer_request()
+        request.infer({0: probe.numpy()}, share_inputs=True)
+        got = torch.from_numpy(request.get_output_tensor(0).data.copy())
+        error = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
+        return compiled, error
+
+    def _compiled_model(self, model: Any, threads: int) -> Any:
+        return _ov_core().compile_model(
             model,
             "CPU",
             {
@@ -323,11 +332,6 @@ class CompiledForward:
                 "ENABLE_CPU_PINNING": False,
             },
         )
-        request = compiled.create_infer_request()
-        request.infer(probe if isinstance(probe, dict) else {0: probe.numpy()}, share_inputs=True)
-        got = torch.from_numpy(request.get_output_tensor(0).data.copy())
-        error = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-        return compiled, error
 
     def _convert(self, shape: tuple[int, ...]) -> Any:
         """Trace ``module`` with torch.jit (faster than letting OpenVINO trace it: 1.6 s against
@@ -342,37 +346,96 @@ class CompiledForward:
     def input_gradient(self, pixels: torch.Tensor, cotangent: torch.Tensor, fingerprint: tuple) -> torch.Tensor:
         """d <module(pixels), cotangent> / d pixels: on the compiled vector-Jacobian product, or in
         torch when it cannot be compiled (then with one more forward pass)."""
-        compiled = self._get_vjp(tuple(pixels.shape[1:]), fingerprint)
+        shape = tuple(pixels.shape[1:])
+        module = self.module
+
+        def vector_jacobian_product(images: torch.Tensor, cotangents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (torch.func.vjp(module, images)[1](cotangents)[0],)
+
+        compiled = self._gradient_graph(
+            ("vjp", *shape, torch.get_num_threads()),
+            fingerprint,
+            vector_jacobian_product,
+            batched=(shape, tuple(cotangent.shape[1:])),
+            constants=(),
+            absolute=(False,),
+        )
         if compiled is None:
             return _torch_input_gradient(self.module, pixels, cotangent)
-        pixels, cotangent = pixels.detach().contiguous(), cotangent.detach().contiguous()
-        count = len(pixels)
-        padding = -count % VJP_BATCH  # a traced backward has a fixed batch: pad the last chunk with zeros
-        if padding:
-            pixels = torch.cat([pixels, pixels.new_zeros(padding, *pixels.shape[1:])])
-            cotangent = torch.cat([cotangent, cotangent.new_zeros(padding, *cotangent.shape[1:])])
-        chunks = list(zip(pixels.split(VJP_BATCH), cotangent.split(VJP_BATCH)))
-        queue = _openvino.AsyncInferQueue(compiled, max(1, min(int(compiled.get_property("NUM_STREAMS")), len(chunks))))
-        gradients: list[torch.Tensor | None] = [None] * len(chunks)
-
-        def done(request: Any, index: int) -> None:
-            gradients[index] = torch.from_numpy(request.get_output_tensor(0).data.copy())
-
-        queue.set_callback(done)
-        for index, (part, part_cotangent) in enumerate(chunks):
-            queue.start_async({0: part.numpy(), 1: part_cotangent.numpy()}, userdata=index, share_inputs=True)
-        queue.wait_all()
+        (gradient,) = _run_in_chunks(compiled, [pixels, cotangent], [], outputs=1)
         self.vjp_calls += 1
-        return torch.cat([g for g in gradients if g is not None])[:count]
+        return gradient
 
-    def _get_vjp(self, shape: tuple[int, ...], fingerprint: tuple) -> Any:
-        key = (*shape, torch.get_num_threads())
+    def scored(
+        self,
+        pixels: torch.Tensor,
+        head: Callable[..., torch.Tensor],
+        head_inputs: tuple[torch.Tensor, ...],
+        head_name: str,
+    ) -> torch.Tensor | None:
+        """``head(module(pixels), *head_inputs)`` (``[B]`` scores, each image's own) with its
+        gradient w.r.t. the pixels, from ONE compiled graph that gives the scores and their input
+        gradients together (no separate forward pass), as a differentiable tensor; None (torch)
+        where the compiled input gradient does not apply (see ``__call__``). ``head`` must be a
+        pure torch function of its tensors; ``head_name`` names it in the caches' keys."""
+        if not torch.is_grad_enabled():
+            return None
+        fingerprint = self._gradient_fingerprint(pixels)
+        if fingerprint is None:
+            return None
+        shape = tuple(pixels.shape[1:])
+        module = self.module
+
+        def scores_and_gradients(images: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            values, pullback = torch.func.vjp(lambda x: head(module(x), *inputs), images)[:2]
+            return values, pullback(torch.ones_like(values))[0]
+
+        key = ("head", head_name, *(tuple(t.shape) for t in head_inputs), *shape, torch.get_num_threads())
+        compiled = self._gradient_graph(
+            key,
+            fingerprint,
+            scores_and_gradients,
+            batched=(shape,),
+            constants=tuple(t.detach() for t in head_inputs),
+            absolute=(True, False),
+        )
+        if compiled is None:
+            return None
+        values, gradients = _run_in_chunks(compiled, [pixels], [t.detach() for t in head_inputs], outputs=2)
+        self.vjp_calls += 1
+        return _PrecomputedGradient.apply(pixels, values, gradients)
+
+    def _gradient_fingerprint(self, pixels: torch.Tensor) -> tuple | None:
+        """The weights' fingerprint when a call with gradients can run compiled: only the pixels
+        need a gradient, the weights are frozen and nothing hooks the network; else None."""
+        if not self.gradients or self._vjp_failed or not pixels.requires_grad:
+            return None
+        if any(p.requires_grad for p in self.module.parameters()):
+            return None  # someone wants the weights' gradients: torch's autograd it is
+        fingerprint = self._applies(pixels, grad=True)
+        if fingerprint is None or self._get(tuple(pixels.shape[1:]), fingerprint) is None:
+            return None  # (the forward compiled first: its probe vouches for the network)
+        return fingerprint
+
+    def _gradient_graph(
+        self,
+        key: tuple,
+        fingerprint: tuple,
+        function: Callable[..., tuple[torch.Tensor, ...]],
+        batched: tuple[tuple[int, ...], ...],
+        constants: tuple[torch.Tensor, ...],
+        absolute: tuple[bool, ...],
+    ) -> Any:
+        """``function`` (batched inputs of these per-image shapes, then the constants) compiled at a
+        batch of ``VJP_BATCH``, checked against torch on a probe (output i within the forward's
+        tolerance if ``absolute[i]``, else within VJP_RELATIVE_TOLERANCE of its largest value) and
+        cached in memory and on disk; None (with one warning) when it cannot be."""
         with _lock:
             if fingerprint != self._fingerprint or self._vjp_failed:
                 return None  # the weights changed since the forward was compiled: torch this once
             if key not in self._vjp:
                 try:
-                    self._vjp[key] = self._compile_vjp(shape, key[-1])
+                    self._vjp[key] = self._compile_gradient_graph(key, function, batched, constants, absolute)
                 except Exception as error:  # noqa: BLE001 - any tracing or conversion failure: torch's autograd
                     self._vjp_failed = True
                     warnings.warn(
@@ -384,66 +447,127 @@ class CompiledForward:
                     return None
             return self._vjp[key]
 
-    def _compile_vjp(self, shape: tuple[int, ...], threads: int) -> Any:
+    def _compile_gradient_graph(
+        self,
+        key: tuple,
+        function: Callable[..., tuple[torch.Tensor, ...]],
+        batched: tuple[tuple[int, ...], ...],
+        constants: tuple[torch.Tensor, ...],
+        absolute: tuple[bool, ...],
+    ) -> Any:
+        threads = key[-1]
         generator = torch.Generator().manual_seed(PROBE_SEED)
-        probe = torch.rand(VJP_BATCH, *shape, generator=generator)
-        with torch.no_grad():
-            output = self.module(probe)
-        probe_cotangent = torch.randn(output.shape, generator=generator)
-        expected = _torch_input_gradient(self.module, probe, probe_cotangent)
-        tolerance = VJP_RELATIVE_TOLERANCE * max(float(expected.abs().max()), 1e-12)
+        probe = (
+            torch.rand(VJP_BATCH, *batched[0], generator=generator),
+            *(torch.randn(VJP_BATCH, *shape, generator=generator) for shape in batched[1:]),
+            *constants,
+        )
+        expected = function(*probe)
+        tolerances = [
+            self.tolerance if exact else VJP_RELATIVE_TOLERANCE * max(float(out.abs().max()), 1e-12)
+            for exact, out in zip(absolute, expected)
+        ]
         folder = cache_folder()
-        signature = f"{self.signature}|vjp|{VJP_BATCH}|{tuple(output.shape[1:])}"
+        signature = f"{self.signature}|gradient|{key[:-1]}|{VJP_BATCH}"
+        shape = batched[0]
         path = folder / f"{_weights_digest(self.module, shape, signature)}.xml" if folder is not None else None
-        inputs = {0: probe.numpy(), 1: probe_cotangent.numpy()}
+        inputs = {i: t.contiguous().numpy() for i, t in enumerate(probe)}
         model = _read_cached(path)
         if model is not None:
-            compiled, error = self._checked(model, threads, inputs, expected)
-            if error <= tolerance:
+            compiled, errors = self._checked_outputs(model, threads, inputs, expected)
+            if all(e <= t for e, t in zip(errors, tolerances)):
                 self.vjp_compiles += 1
                 return compiled
-        model = self._convert_vjp(shape, tuple(output.shape[1:]))
-        compiled, error = self._checked(model, threads, inputs, expected)
-        if not error <= tolerance:
-            raise ValueError(f"the compiled gradient differs from torch's by {error:.2g} (tolerance {tolerance:.2g})")
+        model = _trace_gradient_graph(function, probe)
+        compiled, errors = self._checked_outputs(model, threads, inputs, expected)
+        if not all(e <= t for e, t in zip(errors, tolerances)):
+            raise ValueError(f"the compiled gradient differs from torch's by {max(errors):.2g}")
         self.vjp_compiles += 1
         _save_cached(model, path)
         return compiled
 
-    def _convert_vjp(self, shape: tuple[int, ...], output_shape: tuple[int, ...]) -> Any:
-        """Trace the vector-Jacobian product into ATen operations (make_fx, with the convolutions'
-        input gradients decomposed into transposed convolutions), then through torch.jit into
-        OpenVINO, at a batch of ``VJP_BATCH``. 3-4 s for the bundled model, once per cache."""
-        from torch._decomp import core_aten_decompositions, get_decompositions
-        from torch.fx.experimental.proxy_tensor import make_fx
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    def _checked_outputs(
+        self, model: Any, threads: int, inputs: dict, expected: tuple[torch.Tensor, ...]
+    ) -> tuple[Any, list[float]]:
+        compiled = self._compiled_model(model, threads)
+        request = compiled.create_infer_request()
+        request.infer(inputs, share_inputs=True)
+        errors = []
+        for index, reference in enumerate(expected):
+            got = torch.from_numpy(request.get_output_tensor(index).data.copy())
+            errors.append(float((got - reference).abs().max()) if got.shape == reference.shape else float("inf"))
+        return compiled, errors
 
-        module = self.module
 
-        def vector_jacobian_product(pixels: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
-            pullback = torch.func.vjp(module, pixels)[1]
-            return pullback(cotangent)[0]
+def _trace_gradient_graph(function: Callable[..., tuple[torch.Tensor, ...]], example: tuple[torch.Tensor, ...]) -> Any:
+    """Trace ``function`` (which takes gradients with torch.func) into ATen operations with make_fx,
+    each convolution's input gradient decomposed into the transposed convolution it is, so only
+    forward operators remain; then through torch.jit into OpenVINO. 3-4 s for the bundled model,
+    once per disk cache."""
+    from torch._decomp import core_aten_decompositions, get_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        generator = torch.Generator().manual_seed(TRACE_SEED)
-        example = (
-            torch.rand(VJP_BATCH, *shape, generator=generator),
-            torch.randn(VJP_BATCH, *output_shape, generator=generator),
+    aten = torch.ops.aten
+    # Core ATen keeps softmax and layer norm whole, which OpenVINO's TorchScript frontend does
+    # not read in their aten-internal forms; their reference decompositions are plain operators.
+    decompositions = {
+        **core_aten_decompositions(),
+        **get_decompositions([aten._softmax, aten._log_softmax, aten.native_layer_norm]),
+        aten.convolution_backward.default: _convolution_input_gradient,
+    }
+    # Attention through the math kernel, so that its backward is matrix products and a softmax
+    # (the fused CPU kernel's backward is one operator no converter knows).
+    with warnings.catch_warnings(), sdpa_kernel(SDPBackend.MATH):
+        warnings.simplefilter("ignore")
+        graph = make_fx(function, decomposition_table=decompositions)(*example)
+        traced = torch.jit.trace(graph, example, check_trace=False)
+        return _openvino.convert_model(traced, example_input=example)
+
+
+def _run_in_chunks(
+    compiled: Any, batched: list[torch.Tensor], constants: list[torch.Tensor], outputs: int
+) -> list[torch.Tensor]:
+    """Run a graph of fixed batch ``VJP_BATCH`` on ``batched`` inputs of any length (the last chunk
+    padded with zeros, its rows dropped after), one chunk per stream at a time, the ``constants``
+    given to every chunk; its first ``outputs`` outputs, concatenated."""
+    count = len(batched[0])
+    padding = -count % VJP_BATCH
+    tensors = [t.detach().contiguous() for t in batched]
+    if padding:
+        tensors = [torch.cat([t, t.new_zeros(padding, *t.shape[1:])]) for t in tensors]
+    fixed = {len(tensors) + i: t.contiguous().numpy() for i, t in enumerate(constants)}
+    chunks = list(zip(*(t.split(VJP_BATCH) for t in tensors)))
+    streams = max(1, min(int(compiled.get_property("NUM_STREAMS")), len(chunks)))
+    queue = _openvino.AsyncInferQueue(compiled, streams)
+    results: list[list[torch.Tensor]] = [[] for _ in chunks]
+
+    def done(request: Any, index: int) -> None:
+        results[index] = [torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(outputs)]
+
+    queue.set_callback(done)
+    for index, parts in enumerate(chunks):
+        queue.start_async(
+            {**{i: part.numpy() for i, part in enumerate(parts)}, **fixed}, userdata=index, share_inputs=True
         )
-        aten = torch.ops.aten
-        # Core ATen keeps softmax and layer norm whole, which OpenVINO's TorchScript frontend does
-        # not read in their aten-internal forms; their reference decompositions are plain operators.
-        decompositions = {
-            **core_aten_decompositions(),
-            **get_decompositions([aten._softmax, aten._log_softmax, aten.native_layer_norm]),
-            aten.convolution_backward.default: _convolution_input_gradient,
-        }
-        # Attention through the math kernel, so that its backward is matrix products and a softmax
-        # (the fused CPU kernel's backward is one operator no converter knows).
-        with warnings.catch_warnings(), sdpa_kernel(SDPBackend.MATH):
-            warnings.simplefilter("ignore")
-            graph = make_fx(vector_jacobian_product, decomposition_table=decompositions)(*example)
-            traced = torch.jit.trace(graph, example, check_trace=False)
-            return _openvino.convert_model(traced, example_input=example)
+    queue.wait_all()
+    return [torch.cat([r[i] for r in results])[:count] for i in range(outputs)]
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """Scores whose input gradients were computed with them (``CompiledForward.scored``): the
+    backward scales each image's gradient by its incoming cotangent."""
+
+    @staticmethod
+    def forward(ctx: Any, pixels: torch.Tensor, values: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:  # noqa: ARG004 - the input the gradients are for
+        ctx.save_for_backward(gradients)
+        return values
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (gradients,) = ctx.saved_tensors
+        return gradients * cotangent.view(-1, *([1] * (gradients.dim() - 1))), None, None
 
 
 class _CompiledGradient(torch.autograd.Function):
