@@ -1,13 +1,15 @@
 """Input gradients on the compiled runtime (explainers/models/runtime.py, "Input gradients"): the
 compiled graphs (the score and its input gradient together; the network's own vector-Jacobian
-product) give torch's gradients (to 1e-4 of their size) for the bundled model, for strided, grouped and padded convolutions on odd sizes, and through integrated
-gradients' map; hooks, weights that want gradients, CLIP and the runtime switched off stay in
+product) give torch's gradients (to 1e-4 of their size) for the bundled model on random pixels
+and for strided, grouped and padded convolutions on odd sizes, and torch's integrated-gradients
+map on a photo; hooks, weights that want gradients, CLIP and the runtime switched off stay in
 torch's autograd; a backward that cannot be compiled falls back to torch with one warning."""
 
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from conftest import ASSETS
@@ -85,14 +87,31 @@ def embedder(bundled):
     return bundled.embedder
 
 
-def test_bundled_gradients_equal_torch_on_a_photo_and_its_path(bundled, monkeypatch):
-    photo = bundled.load_image(open_image(ASSETS / "chelsea.jpg"))
-    path = torch.cat([photo * a for a in (0.05, 0.3, 1.0)])  # three points of IG's path from black
+def test_bundled_gradients_equal_torch(bundled, monkeypatch):
+    pixels = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(11))
     for target in (Target("a cat"), Target("a cat", ("a dog",))):
         calls = bundled._runtime.vjp_calls
-        compiled = gradient(bundled, path, target)
+        compiled = gradient(bundled, pixels, target)
         assert bundled._runtime.vjp_calls > calls, "the compiled gradient was not used"
-        assert_close(compiled, torch_gradient(bundled, path, target, monkeypatch))
+        assert_close(compiled, torch_gradient(bundled, pixels, target, monkeypatch))
+
+
+def test_bundled_integrated_gradients_on_a_photo_equal_torchs(bundled, monkeypatch):
+    """On a photo's path from black, a ReLU6 network's gradient is piecewise constant: torch's own
+    moves by 4-19 % of its largest value when the pixels move by 1e-6 (bench/gradients.py), so the
+    compiled one is compared where it matters, on the integrated map and its completeness."""
+    photo = bundled.load_image(open_image(ASSETS / "chelsea.jpg"))
+    settings = dict(steps=8, max_steps=8)
+    for target in (Target("a cat"), Target("a cat", ("a dog",))):
+        calls = bundled._runtime.vjp_calls
+        compiled = integrated_gradients.explain(bundled, photo, target, **settings)
+        assert bundled._runtime.vjp_calls > calls
+        with monkeypatch.context() as patch:
+            patch.setenv(runtime.RUNTIME_ENV, "torch")
+            reference = integrated_gradients.explain(bundled, photo, target, **settings)
+        assert abs(compiled.values - reference.values).max() <= 2e-2 * reference.values.max()
+        assert np.corrcoef(compiled.values.ravel(), reference.values.ravel())[0, 1] >= 0.9999
+        assert compiled.meta["completeness_error"] == pytest.approx(reference.meta["completeness_error"], abs=2e-3)
 
 
 def test_the_dense_prompt_head_is_the_adapters_score(bundled):
