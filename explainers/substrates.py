@@ -308,14 +308,43 @@ def _fine_stencil(level: _Level) -> torch.Tensor:
     return stencil
 
 
-def _galerkin(level: _Level, size: tuple[int, int]) -> torch.Tensor:
+_GALERKIN_WEIGHTS: dict[tuple[tuple[int, int], torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _galerkin_weights(strides: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """_galerkin_terms as convolution weights ``[5, 9, 3, 3]``: output d - 4 (the offsets d >= the
+    centre; the others mirror them), input the field g_s, kernel position the hat tap t + 1."""
+    key = (strides, dtype, device)
+    if key not in _GALERKIN_WEIGHTS:
+        weights = torch.zeros(9 - _CENTRE, 9, 3, 3, dtype=torch.float64)
+        for d, s, t, weight in _galerkin_terms(strides):
+            if d >= _CENTRE:
+                weights[d - _CENTRE, s, t // 3, t % 3] += weight
+        _GALERKIN_WEIGHTS[key] = weights.to(dtype=dtype, device=device)
+    return _GALERKIN_WEIGHTS[key]
+
+
+# The first Galerkin products are computed by a convolution, whose summation order is oneDNN's
+# (it may change with the batch size). Their sums are exact in float32 whatever the order: level 0's
+# entries are integers, the hat products multiples of 1/16, so level k's entries are multiples of
+# 2^-4k, and every partial sum is bounded by the row l1 norm 24 * 4^k (level 0's is 24, each product
+# at most 4 times its input's): 11, 17 and 23 significant bits for levels 1 to 3, within float32's
+# 24. Every mask so gets the same operators whatever it is batched with. Deeper levels (29x29 cells
+# and fewer) are summed term by term in a fixed order.
+_EXACT_GALERKIN_LEVELS = 3
+
+
+def _galerkin(level: _Level, size: tuple[int, int], by_convolution: bool) -> torch.Tensor:
     """The next level's operator R A P (R = P^T) as 9-point stencils ``[B, 9, h, w]``, in closed form.
 
     With P = diag(active) P0 (P0 bilinear: cell I covers fine pixels sigma I + t with weight h(t)),
     (R A P)[I, I + d] = sum_s sum_t h(t) h(t + s - sigma d) g_s(sigma I + t), where
-    g_s(p) = active_p a_{p, p+s} active_{p+s}: 169 strided multiply-adds of the 9 fields g_s (13
-    nonzero (d, s, t) per dimension), instead of probing the fine operator 9 times.
+    g_s(p) = active_p a_{p, p+s} active_{p+s} (13 nonzero (d, s, t) per dimension), instead of
+    probing the fine operator 9 times: ``by_convolution``, one strided 3x3 convolution of the 9
+    fields g_s (see _EXACT_GALERKIN_LEVELS), otherwise 169 strided multiply-adds.
     """
+    if by_convolution:
+        return _galerkin_by_convolution(level, size)
     height, width = level.active.shape[-2:]
     padded = F.pad(level.active, (1, 1, 1, 1))
     shifted = torch.cat([padded[..., 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] for dr, dc in _OFFSETS], dim=1)
@@ -358,6 +387,37 @@ def _galerkin(level: _Level, size: tuple[int, int]) -> torch.Tensor:
     return _pad_to(coarse, *size)
 
 
+def _galerkin_by_convolution(level: _Level, size: tuple[int, int]) -> torch.Tensor:
+    """_galerkin as one strided convolution of the fields g_s. On coarse levels g_s is the stencil
+    itself (an inactive cell's row and column are exactly zero); on level 0 it is
+    active_p active_{p+s} times ROAD's weight, the weight folded into the convolution's."""
+    height, width = level.active.shape[-2:]
+    weights = _galerkin_weights(level.strides, level.active.dtype, level.active.device)
+    if level.stencil is None:  # level 0: a_{p, p+s} = -K_s off the centre, d_p at it
+        padded = F.pad(level.active, (1, 1, 1, 1))
+        fields = torch.cat(
+            [padded[..., 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] for dr, dc in _OFFSETS], dim=1
+        ).mul_(level.active)
+        assert level.diagonal is not None
+        fields[:, _CENTRE : _CENTRE + 1] = level.diagonal - 4.0 * level.active
+        scale = torch.tensor([-w for row in _NEIGHBOUR_WEIGHTS for w in row], dtype=weights.dtype)
+        scale[_CENTRE] = 1.0
+        weights = weights * scale.to(weights.device).view(1, 9, 1, 1)
+    else:
+        fields = level.stencil
+    half = F.conv2d(fields, weights, stride=level.strides, padding=1)  # [B, 5, cells]: offsets >= the centre
+    height, width = half.shape[-2:]
+    coarse = half.new_zeros(half.shape[0], 9, height, width)
+    coarse[:, _CENTRE:] = half
+    # (R A P)[I, I - d] = (R A P)[I - d, I]: offset 8 - k mirrors offset k, read at I - d.
+    for k in range(_CENTRE + 1, 9):
+        dr, dc = _OFFSETS[k]
+        coarse[:, 8 - k, max(dr, 0) : height + min(dr, 0), max(dc, 0) : width + min(dc, 0)] = coarse[
+            :, k, max(-dr, 0) : height + min(-dr, 0), max(-dc, 0) : width + min(-dc, 0)
+        ]
+    return _pad_to(coarse, *size)
+
+
 def _dense(stencil: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     """``[B, N, N]`` matrices (N = h w <= 9) of 9-point stencils; inactive cells get identity rows."""
     batch, _, height, width = stencil.shape
@@ -392,7 +452,7 @@ def _hierarchy(unknown: torch.Tensor, inside: torch.Tensor) -> list[_Level]:
     levels = [_fine_level(unknown, inside)]
     while max(levels[-1].active.shape[-2:]) > _COARSEST:
         size = _next_size(*levels[-1].active.shape[-2:])
-        stencil = _galerkin(levels[-1], size)
+        stencil = _galerkin(levels[-1], size, by_convolution=len(levels) <= _EXACT_GALERKIN_LEVELS)
         diag = stencil[:, _CENTRE : _CENTRE + 1]
         # A coarse cell that touches no removed pixel has a zero row: it takes no part.
         active = (diag > 1e-6).to(stencil.dtype)
@@ -424,6 +484,22 @@ def _v_cycle(levels: list[_Level], residual: torch.Tensor, depth: int = 0) -> to
     below = tuple(levels[depth + 1].active.shape[-2:])
     x += _prolong(level, _v_cycle(levels, _restrict(level, _residual(level, residual, x), below), depth + 1))
     return x.addcmul_(level.smoother, _residual(level, residual, x))
+
+
+def _select(level: _Level, index: torch.Tensor) -> _Level:
+    """The level for the masks at ``index`` of its batch."""
+
+    def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor[index]
+
+    return _Level(
+        level.smoother[index],
+        level.active[index],
+        pick(level.stencil),
+        pick(level.diagonal),
+        pick(level.inverse),
+        level.strides,
+    )
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -489,30 +565,50 @@ def _multigrid_solve(
     known = _pad_to((1.0 - unknown) * pixels, *size)  # [B, 3, H', W']
     levels = _hierarchy(unknown_p, _neighbour_sum(real) * real)
     rhs = _box_sum(known).mul_(unknown_p)  # sum of the kept neighbours' weighted values (a * known = 0)
-    x = _push_pull(known, real - unknown_p, levels) * unknown_p
+    solution = _push_pull(known, real - unknown_p, levels) * unknown_p
+    x = solution
     residual = _residual(levels[0], rhs, x)
     z = _v_cycle(levels, residual)
     direction = z
     rz = _dot(residual, z)
-    running = torch.ones(batch, 1, 1, 1, dtype=torch.bool, device=x.device)
-    counts = torch.zeros(batch, dtype=torch.long, device=x.device)
+    counts = [0] * batch
+    converged = [False] * batch
+    live = list(range(batch))  # the masks still iterating, in the order of the batch's tensors
     for _ in range(max_iterations):
         product = _apply_level(levels[0], direction)
         curvature = _dot(direction, product)
-        step = torch.where(running & (curvature > 0), rz / curvature.clamp_min(1e-300), 0.0).to(x.dtype)
+        step = torch.where(curvature > 0, rz / curvature.clamp_min(1e-300), 0.0).to(x.dtype)
         x.addcmul_(step, direction)
         residual.addcmul_(step, product, value=-1.0)
-        counts += running.view(-1)
+        for i in live:
+            counts[i] += 1
         z = _v_cycle(levels, residual)
-        running = running & (z.abs().amax(dim=(1, 2, 3), keepdim=True) > tolerance)
-        if not bool(running.any()):
-            break
+        done = (z.abs().amax(dim=(1, 2, 3)) <= tolerance).tolist()
+        if any(done):
+            # A mask that has converged leaves the batch: its iterate is final, and the others go
+            # on without computing it (a batch otherwise runs as long as its slowest mask).
+            going = [j for j, stop in enumerate(done) if not stop]
+            for j, stop in enumerate(done):
+                if stop:
+                    converged[live[j]] = True
+            if x is not solution:
+                solution[live] = x
+            if not going:
+                break
+            index = torch.tensor(going, device=x.device)
+            levels = [_select(level, index) for level in levels]
+            x, residual, z, direction, rz = (t[index] for t in (x, residual, z, direction, rz))
+            live = [live[j] for j in going]
         rz_next = _dot(residual, z)
         beta = torch.where(rz > 0, rz_next / rz.clamp_min(1e-300), 0.0).to(x.dtype)
         direction = z.addcmul_(beta, direction)
         rz = rz_next
+    else:
+        if x is not solution:
+            solution[live] = x
+    x = solution
     out = (known + x * unknown_p)[..., :height, :width]
-    return out, counts.tolist(), (~running).view(-1).tolist()
+    return out, counts, converged
 
 
 def road_impute(

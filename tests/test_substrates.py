@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from explainers import metrics
+from explainers import metrics, substrates
 from explainers.models.base import ModelAdapter
 from explainers.substrates import (
     BASELINES,
@@ -163,6 +163,24 @@ def test_deterministic_under_a_seed_and_independent_of_batching():
     removed = keep.expand_as(together) < 0.5
     assert torch.equal(other[~removed], together[~removed])
     assert bool((other[removed] != together[removed]).all())
+
+
+def test_the_galerkin_convolution_equals_the_term_by_term_sums_exactly():
+    """The first coarse operators come from a convolution whose summation order oneDNN picks (by
+    batch size, threads); their sums are exact in float32, so they equal the fixed-order sums bit
+    for bit, alone or in a batch, and a mask's image cannot depend on what it is batched with."""
+    keep = torch.cat([m for name, m in keep_masks(96, 96, seed=21).items() if "pixel" not in name])
+    unknown = substrates._pad_to(1.0 - keep, 97, 97)
+    real = substrates._pad_to(torch.ones_like(keep[:1]), 97, 97)
+    levels = substrates._hierarchy(unknown, substrates._neighbour_sum(real) * real)
+    assert len(levels) > substrates._EXACT_GALERKIN_LEVELS
+    for depth in range(substrates._EXACT_GALERKIN_LEVELS):
+        size = tuple(levels[depth + 1].active.shape[-2:])
+        by_terms = substrates._galerkin(levels[depth], size, by_convolution=False)
+        assert torch.equal(substrates._galerkin(levels[depth], size, by_convolution=True), by_terms), depth
+        alone = substrates._select(levels[depth], torch.tensor([2]))
+        assert torch.equal(substrates._galerkin(alone, size, by_convolution=True), by_terms[2:3]), depth
+        assert torch.equal(levels[depth + 1].stencil, by_terms)
 
 
 def test_noise_is_gaussian_with_the_stated_deviation_on_removed_pixels_only():
