@@ -324,14 +324,16 @@ def _galerkin_weights(strides: tuple[int, int], dtype: torch.dtype, device: torc
     return _GALERKIN_WEIGHTS[key]
 
 
-# The first Galerkin products are computed by a convolution, whose summation order is oneDNN's
-# (it may change with the batch size). Their sums are exact in float32 whatever the order: level 0's
-# entries are integers, the hat products multiples of 1/16, so level k's entries are multiples of
-# 2^-4k, and every partial sum is bounded by the row l1 norm 24 * 4^k (level 0's is 24, each product
-# at most 4 times its input's): 11, 17 and 23 significant bits for levels 1 to 3, within float32's
-# 24. Every mask so gets the same operators whatever it is batched with. Deeper levels (29x29 cells
-# and fewer) are summed term by term in a fixed order.
+# The Galerkin products are computed by a convolution, whose summation order is oneDNN's (it may
+# change with the batch size), but their sums are exact whatever the order, so every mask gets the
+# same operators whatever it is batched with: level 0's entries are integers and the hat products
+# multiples of 1/16, so level k's entries are multiples of 2^-4k, and every partial sum is bounded
+# by the row l1 norm 24 * 4^k (level 0's is 24; a product's is at most 4 times its input's). That
+# is 11, 17 and 23 significant bits for levels 1 to 3, within float32's 24; deeper levels (29x29
+# cells and fewer at 224x224) are summed in float64, exact to level 8 (53 bits; a photo of up to
+# 513 pixels a side), and rounded to float32 for the V-cycle. Beyond, term by term in a fixed order.
 _EXACT_GALERKIN_LEVELS = 3
+_EXACT_GALERKIN_LEVELS_FLOAT64 = 8
 
 
 def _galerkin(level: _Level, size: tuple[int, int], by_convolution: bool) -> torch.Tensor:
@@ -387,13 +389,17 @@ def _galerkin(level: _Level, size: tuple[int, int], by_convolution: bool) -> tor
     return _pad_to(coarse, *size)
 
 
-def _galerkin_by_convolution(level: _Level, size: tuple[int, int]) -> torch.Tensor:
+def _galerkin_by_convolution(level: _Level, size: tuple[int, int], stencil: torch.Tensor | None = None) -> torch.Tensor:
     """_galerkin as one strided convolution of the fields g_s. On coarse levels g_s is the stencil
-    itself (an inactive cell's row and column are exactly zero); on level 0 it is
-    active_p active_{p+s} times ROAD's weight, the weight folded into the convolution's."""
+    itself (an inactive cell's row and column are exactly zero), or ``stencil`` if given (the same
+    in float64: then so is the result); on level 0 it is active_p active_{p+s} times ROAD's weight,
+    the weight folded into the convolution's."""
     height, width = level.active.shape[-2:]
-    weights = _galerkin_weights(level.strides, level.active.dtype, level.active.device)
-    if level.stencil is None:  # level 0: a_{p, p+s} = -K_s off the centre, d_p at it
+    fields = stencil if stencil is not None else level.stencil
+    weights = _galerkin_weights(
+        level.strides, level.active.dtype if fields is None else fields.dtype, level.active.device
+    )
+    if fields is None:  # level 0: a_{p, p+s} = -K_s off the centre, d_p at it
         padded = F.pad(level.active, (1, 1, 1, 1))
         fields = torch.cat(
             [padded[..., 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] for dr, dc in _OFFSETS], dim=1
@@ -403,8 +409,6 @@ def _galerkin_by_convolution(level: _Level, size: tuple[int, int]) -> torch.Tens
         scale = torch.tensor([-w for row in _NEIGHBOUR_WEIGHTS for w in row], dtype=weights.dtype)
         scale[_CENTRE] = 1.0
         weights = weights * scale.to(weights.device).view(1, 9, 1, 1)
-    else:
-        fields = level.stencil
     half = F.conv2d(fields, weights, stride=level.strides, padding=1)  # [B, 5, cells]: offsets >= the centre
     height, width = half.shape[-2:]
     coarse = half.new_zeros(half.shape[0], 9, height, width)
@@ -450,9 +454,18 @@ def _hierarchy(unknown: torch.Tensor, inside: torch.Tensor) -> list[_Level]:
     """Levels down to at most _COARSEST x _COARSEST cells, whose Galerkin operator is inverted
     (at most a 9 x 9 matrix per mask)."""
     levels = [_fine_level(unknown, inside)]
+    exact: torch.Tensor | None = None  # the last level's stencil in float64, past _EXACT_GALERKIN_LEVELS
     while max(levels[-1].active.shape[-2:]) > _COARSEST:
         size = _next_size(*levels[-1].active.shape[-2:])
-        stencil = _galerkin(levels[-1], size, by_convolution=len(levels) <= _EXACT_GALERKIN_LEVELS)
+        if len(levels) <= _EXACT_GALERKIN_LEVELS:
+            stencil = _galerkin(levels[-1], size, by_convolution=True)
+        elif len(levels) <= _EXACT_GALERKIN_LEVELS_FLOAT64 and levels[-1].stencil is not None:
+            exact = _galerkin_by_convolution(
+                levels[-1], size, exact if exact is not None else levels[-1].stencil.double()
+            )
+            stencil = exact.to(levels[-1].stencil.dtype)
+        else:
+            stencil = _galerkin(levels[-1], size, by_convolution=False)
         diag = stencil[:, _CENTRE : _CENTRE + 1]
         # A coarse cell that touches no removed pixel has a zero row: it takes no part.
         active = (diag > 1e-6).to(stencil.dtype)
