@@ -252,27 +252,29 @@ def _pad_to(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(tensor, (0, extra_w, 0, extra_h)) if extra_h or extra_w else tensor
 
 
-def _prolong(level: _Level, coarse: torch.Tensor) -> torch.Tensor:
-    """Bilinear interpolation from the next level's cells to ``level``'s, zero where ``level`` is
-    inactive. (The next level's padding cell, if any, is dropped: it is inactive.)"""
+def _prolong_unmasked(level: _Level, coarse: torch.Tensor) -> torch.Tensor:
+    """Bilinear interpolation from the next level's cells to ``level``'s (the next level's padding
+    cell, if any, is dropped: it is inactive). Columns first: the strided passes along the last
+    dimension then run on the smaller field."""
     height, width = level.active.shape[-2:]
     rows, cols = level.strides
     fine = coarse[..., : (height + 1) // 2 if rows == 2 else height, : (width + 1) // 2 if cols == 2 else width]
-    if rows == 2:
-        fine = _interpolate(fine, 2)
     if cols == 2:
         fine = _interpolate(fine, 3)
-    return fine * level.active
+    if rows == 2:
+        fine = _interpolate(fine, 2)
+    return fine
 
 
 def _restrict(level: _Level, fine: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """The transpose of ``_prolong`` for a ``fine`` field that vanishes where ``level`` is
-    inactive (residuals do), padded to the next level's ``size``."""
+    """R = P^T, P the prolongation (``_prolong_unmasked`` times ``level.active``), for a ``fine``
+    field that vanishes where ``level`` is inactive (residuals do), padded to the next level's
+    ``size``. Rows first, so that the strided passes run on the smaller field."""
     rows, cols = level.strides
-    if cols == 2:
-        fine = _interpolate_transpose(fine, 3)
     if rows == 2:
         fine = _interpolate_transpose(fine, 2)
+    if cols == 2:
+        fine = _interpolate_transpose(fine, 3)
     return _pad_to(fine, *size)
 
 
@@ -495,7 +497,8 @@ def _v_cycle(levels: list[_Level], residual: torch.Tensor, depth: int = 0) -> to
         return _coarsest_solve(level, residual)
     x = level.smoother * residual
     below = tuple(levels[depth + 1].active.shape[-2:])
-    x += _prolong(level, _v_cycle(levels, _restrict(level, _residual(level, residual, x), below), depth + 1))
+    correction = _v_cycle(levels, _restrict(level, _residual(level, residual, x), below), depth + 1)
+    x.addcmul_(_prolong_unmasked(level, correction), level.active)  # x += P correction
     return x.addcmul_(level.smoother, _residual(level, residual, x))
 
 
@@ -526,13 +529,13 @@ def _push_pull(known: torch.Tensor, kept: torch.Tensor, levels: list[_Level]) ->
     """A cheap first guess for the removed pixels (push-pull, Gortler et al. 1996): the kept
     pixels averaged down the hierarchy's transfers, then each removed pixel takes the average of
     the coarsest level at which it has kept pixels around. Smooth and within the kept values'
-    range, it starts conjugate gradients much closer than black does."""
+    range, it starts conjugate gradients much closer than black does. Zero on kept pixels."""
     values, weights = [known], [kept]
     for level, below in zip(levels[:-1], levels[1:]):
         size = below.active.shape[-2:]
         rows, cols = level.strides
         v, w = values[-1], weights[-1]
-        for dim, stride in ((3, cols), (2, rows)):
+        for dim, stride in ((2, rows), (3, cols)):
             if stride == 2:
                 v, w = _interpolate_transpose(v, dim), _interpolate_transpose(w, dim)
         values.append(_pad_to(v, *size))
@@ -543,20 +546,14 @@ def _push_pull(known: torch.Tensor, kept: torch.Tensor, levels: list[_Level]) ->
         guess,
         (values[-1].sum((2, 3), keepdim=True) / weights[-1].sum((2, 3), keepdim=True).clamp_min(1e-12)),
     )
-    for depth in range(len(levels) - 2, -1, -1):
-        level = levels[depth]
-        height, width = level.active.shape[-2:]
-        rows, cols = level.strides
-        up = guess[..., : (height + 1) // 2 if rows == 2 else height, : (width + 1) // 2 if cols == 2 else width]
-        if rows == 2:
-            up = _interpolate(up, 2)
-        if cols == 2:
-            up = _interpolate(up, 3)
+    for depth in range(len(levels) - 2, 0, -1):
+        up = _prolong_unmasked(levels[depth], guess)
         v, w = values[depth], weights[depth]
-        mean = v / w.clamp_min(1e-12)
-        share = w.clamp(max=1.0)
-        guess = share * mean + (1.0 - share) * up
-    return guess
+        share = w.clamp(max=1.0)  # share * (v / w) + (1 - share) * up, on one-channel weights
+        guess = torch.addcmul(up.mul_(1.0 - share), v, share / w.clamp_min(1e-12))
+    # Level 0: a removed pixel has no weight of its own, so it takes the interpolation (and a kept
+    # one is not an unknown).
+    return _prolong_unmasked(levels[0], guess).mul_(levels[0].active)
 
 
 def _multigrid_solve(
@@ -578,8 +575,8 @@ def _multigrid_solve(
     known = _pad_to((1.0 - unknown) * pixels, *size)  # [B, 3, H', W']
     levels = _hierarchy(unknown_p, _neighbour_sum(real) * real)
     rhs = _box_sum(known).mul_(unknown_p)  # sum of the kept neighbours' weighted values (a * known = 0)
-    solution = _push_pull(known, real - unknown_p, levels) * unknown_p
-    x = solution
+    x = _push_pull(known, real - unknown_p, levels)
+    solution = torch.empty_like(x)
     residual = _residual(levels[0], rhs, x)
     z = _v_cycle(levels, residual)
     direction = z
@@ -596,29 +593,30 @@ def _multigrid_solve(
         for i in live:
             counts[i] += 1
         z = _v_cycle(levels, residual)
-        done = (z.abs().amax(dim=(1, 2, 3)) <= tolerance).tolist()
-        if any(done):
-            # A mask that has converged leaves the batch: its iterate is final, and the others go
-            # on without computing it (a batch otherwise runs as long as its slowest mask).
-            going = [j for j, stop in enumerate(done) if not stop]
-            for j, stop in enumerate(done):
-                if stop:
-                    converged[live[j]] = True
-            if x is not solution:
-                solution[live] = x
-            if not going:
+        done = z.abs().amax(dim=(1, 2, 3)) <= tolerance
+        if bool(done.any()):
+            # A converged mask leaves the batch, and the others go on without computing it (a
+            # batch otherwise runs as long as its slowest mask). Its image takes the last
+            # correction z too (z = M r estimates the remaining error; adding it costs nothing
+            # and cuts the error by up to 10x, so the returned image is within about ``tolerance``
+            # of the exact one, not twice that).
+            stopped = torch.nonzero(done).flatten()
+            rows = [live[j] for j in stopped.tolist()]
+            solution[rows] = x[stopped] + z[stopped]
+            for i in rows:
+                converged[i] = True
+            going = torch.nonzero(~done).flatten()
+            if len(going) == 0:
                 break
-            index = torch.tensor(going, device=x.device)
-            levels = [_select(level, index) for level in levels]
-            x, residual, z, direction, rz = (t[index] for t in (x, residual, z, direction, rz))
-            live = [live[j] for j in going]
+            levels = [_select(level, going) for level in levels]
+            x, residual, z, direction, rz = (t[going] for t in (x, residual, z, direction, rz))
+            live = [live[j] for j in going.tolist()]
         rz_next = _dot(residual, z)
         beta = torch.where(rz > 0, rz_next / rz.clamp_min(1e-300), 0.0).to(x.dtype)
         direction = z.addcmul_(beta, direction)
         rz = rz_next
     else:
-        if x is not solution:
-            solution[live] = x
+        solution[live] = x  # not converged within max_iterations (road_impute falls back)
     x = solution
     out = (known + x * unknown_p)[..., :height, :width]
     return out, counts, converged
