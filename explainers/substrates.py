@@ -326,6 +326,26 @@ def _galerkin_weights(strides: tuple[int, int], dtype: torch.dtype, device: torc
     return _GALERKIN_WEIGHTS[key]
 
 
+_FINE_GALERKIN_WEIGHTS: dict[tuple[tuple[int, int], torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _fine_galerkin_weights(strides: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Level 0's Galerkin product as convolution weights ``[5, 5, 5, 5]`` on 5 fields: d_p - 4 (the
+    centre) and the products active_p active_{p+s} for the 4 offsets s after the centre. The field
+    of an offset before it is one of those, shifted (g_s(p) = g_{-s}(p + s) up to ROAD's weight,
+    the same for s and -s), so its taps move by s in a 5x5 kernel; ROAD's weights are folded in."""
+    key = (strides, dtype, device)
+    if key not in _FINE_GALERKIN_WEIGHTS:
+        nine = _galerkin_weights(strides, torch.float64, torch.device("cpu"))
+        weights = torch.zeros(9 - _CENTRE, 9 - _CENTRE, 5, 5, dtype=torch.float64)
+        for s, (dr, dc) in enumerate(_OFFSETS):
+            field, (shift_r, shift_c) = (s - _CENTRE, (0, 0)) if s >= _CENTRE else (8 - s - _CENTRE, (dr, dc))
+            weight = 1.0 if s == _CENTRE else -_NEIGHBOUR_WEIGHTS[dr + 1][dc + 1]
+            weights[:, field, 1 + shift_r : 4 + shift_r, 1 + shift_c : 4 + shift_c] += weight * nine[:, s]
+        _FINE_GALERKIN_WEIGHTS[key] = weights.to(dtype=dtype, device=device)
+    return _FINE_GALERKIN_WEIGHTS[key]
+
+
 # The Galerkin products are computed by a convolution, whose summation order is oneDNN's (it may
 # change with the batch size), but their sums are exact whatever the order, so every mask gets the
 # same operators whatever it is batched with: level 0's entries are integers and the hat products
@@ -395,23 +415,24 @@ def _galerkin_by_convolution(level: _Level, size: tuple[int, int], stencil: torc
     """_galerkin as one strided convolution of the fields g_s. On coarse levels g_s is the stencil
     itself (an inactive cell's row and column are exactly zero), or ``stencil`` if given (the same
     in float64: then so is the result); on level 0 it is active_p active_{p+s} times ROAD's weight,
-    the weight folded into the convolution's."""
+    5 fields for the 9 offsets (_fine_galerkin_weights)."""
     height, width = level.active.shape[-2:]
     fields = stencil if stencil is not None else level.stencil
-    weights = _galerkin_weights(
-        level.strides, level.active.dtype if fields is None else fields.dtype, level.active.device
-    )
-    if fields is None:  # level 0: a_{p, p+s} = -K_s off the centre, d_p at it
-        padded = F.pad(level.active, (1, 1, 1, 1))
-        fields = torch.cat(
-            [padded[..., 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width] for dr, dc in _OFFSETS], dim=1
-        ).mul_(level.active)
+    if fields is None:  # level 0: a_{p, p+s} = -K_s active_p active_{p+s} off the centre, d_p at it
+        active = level.active
+        padded = F.pad(active, (1, 1, 1, 1))
+        fields = active.new_empty(active.shape[0], 9 - _CENTRE, height, width)
         assert level.diagonal is not None
-        fields[:, _CENTRE : _CENTRE + 1] = level.diagonal - 4.0 * level.active
-        scale = torch.tensor([-w for row in _NEIGHBOUR_WEIGHTS for w in row], dtype=weights.dtype)
-        scale[_CENTRE] = 1.0
-        weights = weights * scale.to(weights.device).view(1, 9, 1, 1)
-    half = F.conv2d(fields, weights, stride=level.strides, padding=1)  # [B, 5, cells]: offsets >= the centre
+        torch.sub(level.diagonal, active, alpha=4.0, out=fields[:, :1])
+        for k in range(_CENTRE + 1, 9):
+            dr, dc = _OFFSETS[k]
+            window = padded[..., 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width]
+            torch.mul(active, window, out=fields[:, k - _CENTRE : k - _CENTRE + 1])
+        weights = _fine_galerkin_weights(level.strides, active.dtype, active.device)
+        half = F.conv2d(fields, weights, stride=level.strides, padding=2)
+    else:
+        weights = _galerkin_weights(level.strides, fields.dtype, fields.device)
+        half = F.conv2d(fields, weights, stride=level.strides, padding=1)  # [B, 5, cells]: offsets >= the centre
     height, width = half.shape[-2:]
     coarse = half.new_zeros(half.shape[0], 9, height, width)
     coarse[:, _CENTRE:] = half
@@ -593,7 +614,8 @@ def _multigrid_solve(
         for i in live:
             counts[i] += 1
         z = _v_cycle(levels, residual)
-        done = z.abs().amax(dim=(1, 2, 3)) <= tolerance
+        flat = z.flatten(1)
+        done = torch.maximum(flat.amax(1), flat.amin(1).neg_()) <= tolerance  # max |z| without a |z| copy
         if bool(done.any()):
             # A converged mask leaves the batch, and the others go on without computing it (a
             # batch otherwise runs as long as its slowest mask). Its image takes the last
