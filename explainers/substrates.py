@@ -124,14 +124,15 @@ _COARSEST = 3  # a level with at most this many cells per side is solved exactly
 _TAPS = (0.5, 1.0, 0.5)  # the bilinear hat, per dimension: fine pixel 2i + t gets weight _TAPS[t + 1] of cell i
 
 
-def _box_sum(u: torch.Tensor) -> torch.Tensor:
+def _box_sum(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """sum_q k_q u_q with k = [1 2 1]^T [1 2 1] over the 3x3 neighbourhood (the centre too, weight
     4), zero outside, for ``[B, C, h, w]``. Per image and channel, so an image's result does not
     depend on what it is batched with. OpenCV's separable filter on the CPU (one pass over memory
     per plane), shifted slices elsewhere."""
     if u.device.type == "cpu" and u.dtype == torch.float32 and u.shape[-1] > 1 and u.shape[-2] > 1:
         source = u.contiguous()
-        out = torch.empty_like(source)
+        if out is None:
+            out = torch.empty_like(source)
         planes, targets = source.view(-1, *u.shape[-2:]).numpy(), out.view(-1, *u.shape[-2:]).numpy()
         for plane, target in zip(planes, targets):
             cv2.sepFilter2D(plane, -1, _CV_TAPS, _CV_TAPS, dst=target, borderType=cv2.BORDER_CONSTANT)
@@ -139,7 +140,8 @@ def _box_sum(u: torch.Tensor) -> torch.Tensor:
     padded = F.pad(u, (0, 0, 1, 1))
     rows = torch.add(padded[..., :-2, :], padded[..., 2:, :]).add_(u, alpha=2.0)
     padded = F.pad(rows, (1, 1, 0, 0))
-    return torch.add(padded[..., :-2], padded[..., 2:]).add_(rows, alpha=2.0)
+    summed = torch.add(padded[..., :-2], padded[..., 2:]).add_(rows, alpha=2.0)
+    return summed if out is None else out.copy_(summed)
 
 
 _CV_TAPS = np.array([1.0, 2.0, 1.0], dtype=np.float32)
@@ -179,6 +181,10 @@ class _Level:
     diagonal: torch.Tensor | None = None  # level 0: [B, 1, h, w] = removed * (neighbour weight inside + 4)
     inverse: torch.Tensor | None = None  # the coarsest level: [B, h w, h w]
     strides: tuple[int, int] = (2, 2)  # per dimension: 2 when the next level halves it, 1 when it keeps it
+    # level 0: [B, 3, h, w] reused for every operator application and residual whose result is
+    # consumed at once (the V-cycle's, the CG product): writing into memory just used is up to
+    # 3x cheaper than into a fresh allocation on the shared 2-core machine (bench/road_cost.py)
+    scratch: torch.Tensor | None = None
 
 
 def _padding(size: int) -> int:
@@ -207,19 +213,30 @@ def _fine_level(unknown: torch.Tensor, inside: torch.Tensor) -> _Level:
 
 def _apply_level(level: _Level, u: torch.Tensor) -> torch.Tensor:
     """The level's operator applied to ``[B, C, h, w]`` (which vanishes where the level is inactive).
-    Level 0: d u - unknown * (box(u) - 4 u) = (d + 4) u - unknown * box(u) on such fields."""
+    Level 0: d u - unknown * (box(u) - 4 u) = (d + 4) u - unknown * box(u) on such fields, in the
+    level's scratch field (valid until its next residual or product)."""
     if level.stencil is not None:
         return _apply(level.stencil, u)
     assert level.diagonal is not None  # level 0
-    return torch.addcmul(level.diagonal * u, level.active, _box_sum(u), value=-1.0)
+    out = _box_sum(u, _scratch(level, u)).mul_(level.active)
+    return out.neg_().addcmul_(level.diagonal, u)
 
 
-def _residual(level: _Level, rhs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """rhs - A u, fused where the operator is level 0's."""
+def _residual(level: _Level, rhs: torch.Tensor, u: torch.Tensor, scratch: bool = True) -> torch.Tensor:
+    """rhs - A u, fused where the operator is level 0's; there in the level's scratch field (valid
+    until the level's next residual or product) unless ``scratch`` is off."""
     if level.stencil is not None:
         return _apply(level.stencil, u, rhs)
     assert level.diagonal is not None  # level 0
-    return torch.addcmul(rhs, level.diagonal, u, value=-1.0).addcmul_(level.active, _box_sum(u))
+    out = _box_sum(u, _scratch(level, u) if scratch else None).mul_(level.active)
+    return out.add_(rhs).addcmul_(level.diagonal, u, value=-1.0)
+
+
+def _scratch(level: _Level, like: torch.Tensor) -> torch.Tensor:
+    """Level 0's scratch field for a result shaped like ``like`` (the first rows of the batch's)."""
+    if level.scratch is None or level.scratch.shape[1:] != like.shape[1:] or len(level.scratch) < len(like):
+        level.scratch = torch.empty_like(like, memory_format=torch.contiguous_format)
+    return level.scratch[: len(like)]
 
 
 def _along(tensor: torch.Tensor, dim: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
@@ -227,12 +244,12 @@ def _along(tensor: torch.Tensor, dim: int, start: int, stop: int, step: int = 1)
     return tensor[(slice(None),) * dim + (slice(start, stop, step),)]
 
 
-def _interpolate(coarse: torch.Tensor, dim: int) -> torch.Tensor:
+def _interpolate(coarse: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Linear interpolation along ``dim`` from h cells to 2h - 1 pixels: cell i sits on pixel 2i."""
     h = coarse.shape[dim]
     shape = list(coarse.shape)
     shape[dim] = 2 * h - 1
-    fine = coarse.new_empty(shape)
+    fine = coarse.new_empty(shape) if out is None else out
     _along(fine, dim, 0, 2 * h - 1, 2).copy_(coarse)
     odd = _along(fine, dim, 1, 2 * h - 2, 2)
     torch.add(_along(coarse, dim, 0, h - 1), _along(coarse, dim, 1, h), out=odd)
@@ -256,7 +273,7 @@ def _pad_to(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(tensor, (0, extra_w, 0, extra_h)) if extra_h or extra_w else tensor
 
 
-def _prolong_unmasked(level: _Level, coarse: torch.Tensor) -> torch.Tensor:
+def _prolong_unmasked(level: _Level, coarse: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Bilinear interpolation from the next level's cells to ``level``'s (the next level's padding
     cell, if any, is dropped: it is inactive). Columns first: the strided passes along the last
     dimension then run on the smaller field."""
@@ -264,10 +281,10 @@ def _prolong_unmasked(level: _Level, coarse: torch.Tensor) -> torch.Tensor:
     rows, cols = level.strides
     fine = coarse[..., : (height + 1) // 2 if rows == 2 else height, : (width + 1) // 2 if cols == 2 else width]
     if cols == 2:
-        fine = _interpolate(fine, 3)
+        fine = _interpolate(fine, 3, out if rows == 1 else None)
     if rows == 2:
-        fine = _interpolate(fine, 2)
-    return fine
+        fine = _interpolate(fine, 2, out)
+    return fine if out is None or rows == 2 or cols == 2 else out.copy_(fine)
 
 
 def _restrict(level: _Level, fine: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -514,16 +531,21 @@ def _coarsest_solve(level: _Level, residual: torch.Tensor) -> torch.Tensor:
     return (flat @ level.inverse.transpose(1, 2)).view(batch, channels, height, width) * level.active
 
 
-def _v_cycle(levels: list[_Level], residual: torch.Tensor, depth: int = 0) -> torch.Tensor:
+def _v_cycle(
+    levels: list[_Level], residual: torch.Tensor, depth: int = 0, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """One symmetric V-cycle (one damped Jacobi sweep before and after the coarse correction):
-    a fixed symmetric positive definite operator, as conjugate gradients need."""
+    a fixed symmetric positive definite operator, as conjugate gradients need. ``out``: a field
+    to write the result into (shaped like ``residual``; conjugate gradients hand back a spent one,
+    cheaper than fresh memory)."""
     level = levels[depth]
     if level.inverse is not None:
         return _coarsest_solve(level, residual)
-    x = level.smoother * residual
+    x = torch.mul(level.smoother, residual, out=out) if out is not None else level.smoother * residual
     below = tuple(levels[depth + 1].active.shape[-2:])
     correction = _v_cycle(levels, _restrict(level, _residual(level, residual, x), below), depth + 1)
-    x.addcmul_(_prolong_unmasked(level, correction), level.active)  # x += P correction
+    out = _scratch(level, x) if depth == 0 else None  # the residual just restricted is spent
+    x.addcmul_(_prolong_unmasked(level, correction, out), level.active)  # x += P correction
     return x.addcmul_(level.smoother, _residual(level, residual, x))
 
 
@@ -535,7 +557,8 @@ def _select(level: _Level, index: torch.Tensor) -> _Level:
         return None if tensor is None else tensor.index_select(0, index)
 
     smoother, active = level.smoother.index_select(0, index), level.active.index_select(0, index)
-    return _Level(smoother, active, pick(level.stencil), pick(level.diagonal), pick(level.inverse), level.strides)
+    stencil, diagonal, inverse = pick(level.stencil), pick(level.diagonal), pick(level.inverse)
+    return _Level(smoother, active, stencil, diagonal, inverse, level.strides, level.scratch)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -597,13 +620,14 @@ def _multigrid_solve(
     rhs = _box_sum(known).mul_(unknown_p)  # sum of the kept neighbours' weighted values (a * known = 0)
     x = _push_pull(known, real - unknown_p, levels)
     solution = torch.empty_like(x)
-    residual = _residual(levels[0], rhs, x)
+    residual = _residual(levels[0], rhs, x, scratch=False)
     z = _v_cycle(levels, residual)
     direction = z
     rz = _dot(residual, z)
     counts = [0] * batch
     converged = [False] * batch
     live = list(range(batch))  # the masks still iterating, in the order of the batch's tensors
+    spare: torch.Tensor | None = None  # the last search direction, spent: the next V-cycle's output
     for _ in range(max_iterations):
         product = _apply_level(levels[0], direction)
         curvature = _dot(direction, product)
@@ -612,7 +636,7 @@ def _multigrid_solve(
         residual.addcmul_(step, product, value=-1.0)
         for i in live:
             counts[i] += 1
-        z = _v_cycle(levels, residual)
+        z = _v_cycle(levels, residual, out=None if spare is None else spare[: len(residual)])
         flat = z.flatten(1)
         done = torch.maximum(flat.amax(1), flat.amin(1).neg_()) <= tolerance  # max |z| without a |z| copy
         if bool(done.any()):
@@ -623,7 +647,7 @@ def _multigrid_solve(
             # of the exact one, not twice that).
             stopped = torch.nonzero(done).flatten()
             rows = [live[j] for j in stopped.tolist()]
-            solution[rows] = x[stopped] + z[stopped]
+            solution[rows] = x.index_select(0, stopped).add_(z.index_select(0, stopped))
             for i in rows:
                 converged[i] = True
             going = torch.nonzero(~done).flatten()
@@ -634,7 +658,7 @@ def _multigrid_solve(
             live = [live[j] for j in going.tolist()]
         rz_next = _dot(residual, z)
         beta = torch.where(rz > 0, rz_next / rz.clamp_min(1e-300), 0.0).to(x.dtype)
-        direction = z.addcmul_(beta, direction)
+        direction, spare = z.addcmul_(beta, direction), direction
         rz = rz_next
     else:
         solution[live] = x  # not converged within max_iterations (road_impute falls back)
