@@ -13,7 +13,7 @@ shape of the removed set tells the model as little as possible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import cv2
@@ -184,7 +184,7 @@ class _Level:
     # level 0: [B, 3, h, w] reused for every operator application and residual whose result is
     # consumed at once (the V-cycle's, the CG product): writing into memory just used is up to
     # 3x cheaper than into a fresh allocation on the shared 2-core machine (bench/road_cost.py)
-    scratch: torch.Tensor | None = None
+    scratch: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _padding(size: int) -> int:
@@ -218,7 +218,7 @@ def _apply_level(level: _Level, u: torch.Tensor) -> torch.Tensor:
     if level.stencil is not None:
         return _apply(level.stencil, u)
     assert level.diagonal is not None  # level 0
-    out = _box_sum(u, _scratch(level, u)).mul_(level.active)
+    out = _box_sum(u, _scratch(level, u.shape, u)).mul_(level.active)
     return out.neg_().addcmul_(level.diagonal, u)
 
 
@@ -228,15 +228,19 @@ def _residual(level: _Level, rhs: torch.Tensor, u: torch.Tensor, scratch: bool =
     if level.stencil is not None:
         return _apply(level.stencil, u, rhs)
     assert level.diagonal is not None  # level 0
-    out = _box_sum(u, _scratch(level, u) if scratch else None).mul_(level.active)
+    out = _box_sum(u, _scratch(level, u.shape, u) if scratch else None).mul_(level.active)
     return out.add_(rhs).addcmul_(level.diagonal, u, value=-1.0)
 
 
-def _scratch(level: _Level, like: torch.Tensor) -> torch.Tensor:
-    """Level 0's scratch field for a result shaped like ``like`` (the first rows of the batch's)."""
-    if level.scratch is None or level.scratch.shape[1:] != like.shape[1:] or len(level.scratch) < len(like):
-        level.scratch = torch.empty_like(like, memory_format=torch.contiguous_format)
-    return level.scratch[: len(like)]
+def _scratch(
+    level: _Level, shape: torch.Size | tuple[int, ...], like: torch.Tensor, slot: str = "full"
+) -> torch.Tensor:
+    """Level 0's scratch field ``slot`` of ``shape`` (the first rows of the batch's: a compacted
+    batch keeps using it), allocated like ``like`` the first time."""
+    held = level.scratch.get(slot)
+    if held is None or held.shape[1:] != shape[1:] or len(held) < shape[0]:
+        held = level.scratch[slot] = like.new_empty(shape)
+    return held[: shape[0]]
 
 
 def _along(tensor: torch.Tensor, dim: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
@@ -257,10 +261,11 @@ def _interpolate(coarse: torch.Tensor, dim: int, out: torch.Tensor | None = None
     return fine
 
 
-def _interpolate_transpose(fine: torch.Tensor, dim: int) -> torch.Tensor:
+def _interpolate_transpose(fine: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """The exact transpose of ``_interpolate`` along ``dim`` (2h - 1 pixels -> h cells)."""
     h = (fine.shape[dim] + 1) // 2
-    coarse = _along(fine, dim, 0, 2 * h - 1, 2).clone()
+    even = _along(fine, dim, 0, 2 * h - 1, 2)
+    coarse = even.clone(memory_format=torch.contiguous_format) if out is None else out.copy_(even)
     odd = _along(fine, dim, 1, 2 * h - 2, 2)
     _along(coarse, dim, 0, h - 1).add_(odd, alpha=0.5)
     _along(coarse, dim, 1, h).add_(odd, alpha=0.5)
@@ -281,19 +286,26 @@ def _prolong_unmasked(level: _Level, coarse: torch.Tensor, out: torch.Tensor | N
     rows, cols = level.strides
     fine = coarse[..., : (height + 1) // 2 if rows == 2 else height, : (width + 1) // 2 if cols == 2 else width]
     if cols == 2:
-        fine = _interpolate(fine, 3, out if rows == 1 else None)
+        half = None
+        if out is not None:
+            half = out if rows == 1 else _scratch(level, (*fine.shape[:-1], width), out, "half")
+        fine = _interpolate(fine, 3, half)
     if rows == 2:
         fine = _interpolate(fine, 2, out)
     return fine if out is None or rows == 2 or cols == 2 else out.copy_(fine)
 
 
-def _restrict(level: _Level, fine: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+def _restrict(level: _Level, fine: torch.Tensor, size: tuple[int, ...], scratch: bool = False) -> torch.Tensor:
     """R = P^T, P the prolongation (``_prolong_unmasked`` times ``level.active``), for a ``fine``
     field that vanishes where ``level`` is inactive (residuals do), padded to the next level's
-    ``size``. Rows first, so that the strided passes run on the smaller field."""
+    ``size``. Rows first, so that the strided passes run on the smaller field; with ``scratch``
+    (level 0) the intermediate field is the level's."""
     rows, cols = level.strides
     if rows == 2:
-        fine = _interpolate_transpose(fine, 2)
+        half = None
+        if scratch and cols == 2:
+            half = _scratch(level, (*fine.shape[:-2], (fine.shape[-2] + 1) // 2, fine.shape[-1]), fine, "half")
+        fine = _interpolate_transpose(fine, 2, half)
     if cols == 2:
         fine = _interpolate_transpose(fine, 3)
     return _pad_to(fine, *size)
@@ -543,8 +555,8 @@ def _v_cycle(
         return _coarsest_solve(level, residual)
     x = torch.mul(level.smoother, residual, out=out) if out is not None else level.smoother * residual
     below = tuple(levels[depth + 1].active.shape[-2:])
-    correction = _v_cycle(levels, _restrict(level, _residual(level, residual, x), below), depth + 1)
-    out = _scratch(level, x) if depth == 0 else None  # the residual just restricted is spent
+    correction = _v_cycle(levels, _restrict(level, _residual(level, residual, x), below, depth == 0), depth + 1)
+    out = _scratch(level, x.shape, x) if depth == 0 else None  # the residual just restricted is spent
     x.addcmul_(_prolong_unmasked(level, correction, out), level.active)  # x += P correction
     return x.addcmul_(level.smoother, _residual(level, residual, x))
 
