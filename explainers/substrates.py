@@ -124,7 +124,7 @@ _COARSEST = 3  # a level with at most this many cells per side is solved exactly
 _TAPS = (0.5, 1.0, 0.5)  # the bilinear hat, per dimension: fine pixel 2i + t gets weight _TAPS[t + 1] of cell i
 
 
-def _box_sum(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _box_sum(u: torch.Tensor, out: torch.Tensor | None = None, negate: bool = False) -> torch.Tensor:
     """sum_q k_q u_q with k = [1 2 1]^T [1 2 1] over the 3x3 neighbourhood (the centre too, weight
     4), zero outside, for ``[B, C, h, w]``. Per image and channel, so an image's result does not
     depend on what it is batched with. OpenCV's separable filter on the CPU (one pass over memory
@@ -135,16 +135,20 @@ def _box_sum(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
             out = torch.empty_like(source)
         planes, targets = source.view(-1, *u.shape[-2:]).numpy(), out.view(-1, *u.shape[-2:]).numpy()
         for plane, target in zip(planes, targets):
-            cv2.sepFilter2D(plane, -1, _CV_TAPS, _CV_TAPS, dst=target, borderType=cv2.BORDER_CONSTANT)
+            rows = _CV_NEGATED_TAPS if negate else _CV_TAPS  # -box(u) exactly, at no extra pass
+            cv2.sepFilter2D(plane, -1, rows, _CV_TAPS, dst=target, borderType=cv2.BORDER_CONSTANT)
         return out
     padded = F.pad(u, (0, 0, 1, 1))
     rows = torch.add(padded[..., :-2, :], padded[..., 2:, :]).add_(u, alpha=2.0)
     padded = F.pad(rows, (1, 1, 0, 0))
     summed = torch.add(padded[..., :-2], padded[..., 2:]).add_(rows, alpha=2.0)
+    if negate:
+        summed.neg_()
     return summed if out is None else out.copy_(summed)
 
 
 _CV_TAPS = np.array([1.0, 2.0, 1.0], dtype=np.float32)
+_CV_NEGATED_TAPS = -_CV_TAPS
 
 
 def _neighbour_sum(u: torch.Tensor) -> torch.Tensor:
@@ -218,8 +222,8 @@ def _apply_level(level: _Level, u: torch.Tensor) -> torch.Tensor:
     if level.stencil is not None:
         return _apply(level.stencil, u)
     assert level.diagonal is not None  # level 0
-    out = _box_sum(u, _scratch(level, u.shape, u)).mul_(level.active)
-    return out.neg_().addcmul_(level.diagonal, u)
+    out = _box_sum(u, _scratch(level, u.shape, u), negate=True).mul_(level.active)
+    return out.addcmul_(level.diagonal, u)
 
 
 def _residual(level: _Level, rhs: torch.Tensor, u: torch.Tensor, scratch: bool = True) -> torch.Tensor:
@@ -228,8 +232,9 @@ def _residual(level: _Level, rhs: torch.Tensor, u: torch.Tensor, scratch: bool =
     if level.stencil is not None:
         return _apply(level.stencil, u, rhs)
     assert level.diagonal is not None  # level 0
-    out = _box_sum(u, _scratch(level, u.shape, u) if scratch else None).mul_(level.active)
-    return out.add_(rhs).addcmul_(level.diagonal, u, value=-1.0)
+    box = _box_sum(u, _scratch(level, u.shape, u, "box") if scratch else None)
+    out = _scratch(level, u.shape, u) if scratch else None
+    return torch.addcmul(rhs, level.diagonal, u, value=-1.0, out=out).addcmul_(level.active, box)
 
 
 def _scratch(
