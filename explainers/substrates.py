@@ -30,13 +30,14 @@ BLUR_SIGMA = 10.0  # RISE-style blurred substrate: object shapes vanish, colours
 # ROAD's noise, in pixel units ([0, 1]); see RoadSubstrate for why this value.
 ROAD_NOISE_STD = 0.01
 # The multigrid solver stops a mask when its estimate of the largest error of any imputed value is
-# below this (pixel units). Measured against scipy's direct solve on curve masks the error is then
-# at most 3e-4; tests/test_substrates.py asserts < 1e-3, a quarter of one 8-bit grey level.
+# below this (pixel units), and adds that estimated error. Measured against scipy's direct solve
+# the error is then at most 9.4e-5 (32 curve masks and 50 stress masks of bench/road_cost.py);
+# tests/test_substrates.py asserts < 1e-3, a quarter of one 8-bit grey level.
 ROAD_TOLERANCE = 1e-4
 ROAD_MAX_ITERATIONS = 50
-# Masks solved together. bench/road_cost.py: per image, batches of 2 to 16 cost about the same on
-# the 2-core CPU (64-77 ms CPU each under load), 1 and 32 more; 8 is what the curves hand over
-# at once (the bundled model's batch), and memory grows with the batch (~10 MB per 224x224 mask).
+# Masks solved together. bench/road_cost.py: per image, batches of 4 to 8 cost about the same on
+# the 2-core CPU, 1 (1.6x), 2 and 16 more; 8 is what the curves hand over at once (the bundled
+# model's batch), and memory grows with the batch (~10 MB per 224x224 mask).
 ROAD_CHUNK = 8
 
 
@@ -100,14 +101,16 @@ class FixedSubstrate:
 # apply; a geometric multigrid V-cycle (bilinear transfers, Galerkin coarse operators) makes the
 # iteration count independent of the hole's size.
 #
-# How it is made cheap (bench/road_cost.py; 64-77 ms per image before, measured under load): every
-# level has an odd size (the photo is padded by one inactive row or column where needed), so the
-# bilinear transfers have no special last cell and the Galerkin operator R A P has a closed form:
-# one unfold of the 9 masked stencil fields and a small matrix product, instead of 9 probes of
-# the fine operator; the fine operator's neighbour sum is one OpenCV separable filter per plane
-# (a third of the memory passes of the shifted-slice sums); the coarsest level (at most 3x3
-# cells) is solved exactly; the iteration starts from a push-pull fill of the kept pixels
-# instead of black, and the residuals are updated in place.
+# How it is made cheap (bench/road_cost.py, section 0; 43 CPU ms per image before issue 20, 24
+# after a first rewrite, on a quiet machine): every level has an odd size (the photo is padded by
+# one inactive row or column where needed), so the bilinear transfers have no special last cell
+# and the Galerkin operator R A P has a closed form, one strided convolution exact in any
+# summation order (_EXACT_GALERKIN_LEVELS), instead of 9 probes of the fine operator; the fine
+# operator's neighbour sum is one OpenCV separable filter per plane; the coarsest level (at most
+# 3x3 cells) is solved exactly; the iteration starts from a push-pull fill of the kept pixels
+# instead of black; a mask that has converged leaves its batch; and the fine level, whose
+# passes over memory are the cost, updates in place and reuses its scratch fields (a fresh
+# 5 MB field cost up to 4 ms in page faults).
 
 _OFFSETS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]  # index 4 is the pixel itself
 _CENTRE = 4
@@ -622,10 +625,12 @@ def _multigrid_solve(
     """ROAD's imputation for masks with at least one kept pixel: conjugate gradients
     preconditioned by a multigrid V-cycle, the masks and the 3 channels at once.
 
-    A mask stops (its iterate frozen) once its preconditioned residual, the V-cycle's estimate
-    of the remaining error in pixel units, is below ``tolerance`` on every pixel: each mask gets
-    the image it would get alone, whatever it is batched with. Returns (images, iterations
-    per mask, whether each mask converged).
+    A mask stops once its preconditioned residual z, the V-cycle's estimate of the remaining
+    error in pixel units, is below ``tolerance`` on every pixel; its image is then x + z, and it
+    leaves the batch. Every operation is per mask (the Galerkin convolutions exact, see
+    _EXACT_GALERKIN_LEVELS), so each mask gets the image it would get alone, bit for bit,
+    whatever it is batched with. Returns (images, iterations per mask, whether each mask
+    converged).
     """
     batch = unknown.shape[0]
     height, width = unknown.shape[-2:]
@@ -803,7 +808,8 @@ class RoadSubstrate:
       pixel's colour everywhere: the end point is the mean, not a limit of the curve.)
 
     The system is solved by multigrid-preconditioned conjugate gradients on the pixels' device
-    (``solver="multigrid"``, within 1e-3 of the exact solution), or by scipy's direct solver
+    (``solver="multigrid"``, within 1e-4 of the exact solution on bench/road_cost.py's masks, 1e-3
+    asserted by the tests), or by scipy's direct solver
     (``solver="direct"``, the reference; slow). ``iterations`` lists the solver's iteration
     count for each mask solved so far (for bench/road_cost.py).
     """
