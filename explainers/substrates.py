@@ -137,9 +137,9 @@ def _box_sum(u: torch.Tensor, out: torch.Tensor | None = None, negate: bool = Fa
         if out is None:
             out = torch.empty_like(source)
         planes, targets = source.view(-1, *u.shape[-2:]).numpy(), out.view(-1, *u.shape[-2:]).numpy()
+        taps = _CV_NEGATED_TAPS if negate else _CV_TAPS  # -box(u) exactly, at no extra pass
         for plane, target in zip(planes, targets):
-            rows = _CV_NEGATED_TAPS if negate else _CV_TAPS  # -box(u) exactly, at no extra pass
-            cv2.sepFilter2D(plane, -1, rows, _CV_TAPS, dst=target, borderType=cv2.BORDER_CONSTANT)
+            cv2.sepFilter2D(plane, -1, taps, _CV_TAPS, dst=target, borderType=cv2.BORDER_CONSTANT)
         return out
     padded = F.pad(u, (0, 0, 1, 1))
     rows = torch.add(padded[..., :-2, :], padded[..., 2:, :]).add_(u, alpha=2.0)

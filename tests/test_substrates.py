@@ -286,3 +286,16 @@ def test_the_neighbour_sum_is_the_same_on_opencv_and_torch():
     on_torch = substrates._box_sum(field.double()).float()  # float64 takes the torch path
     torch.testing.assert_close(on_opencv, on_torch, rtol=0, atol=1e-5)
     assert float(on_torch.abs().max()) > 1.0
+    # negated (the operator product's), into a given field: exactly minus the plain sum on both paths
+    out = torch.empty_like(field)
+    assert torch.equal(substrates._box_sum(field, out, negate=True), -on_opencv)
+    assert torch.equal(substrates._box_sum(field.double(), negate=True).float(), -on_torch)
+
+
+def test_the_solver_is_the_same_on_the_torch_path():
+    """float64 pixels take the shifted-slice neighbour sums instead of OpenCV's (as CUDA does)."""
+    pixels = photo(40, 37, seed=23)
+    keep = torch.cat(list(keep_masks(40, 37, seed=24).values()))
+    on_opencv = road_impute(pixels, keep, fallback=False)
+    on_torch = road_impute(pixels.double(), keep.double(), fallback=False).float()
+    assert float((on_opencv - on_torch).abs().max()) < AGREEMENT
