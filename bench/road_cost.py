@@ -9,9 +9,10 @@ and blur, and what it changes in the AUCs.
 
 Sections (Markdown tables; bundled model, 224x224):
 
-0. The solver now against the one at a git revision (``--against``, default the last commit before
-   issue 20's work): CPU and wall ms per imputed image on the same curve masks, interleaved, with
-   iteration counts and the error against scipy's direct solve.
+0. The solver now against the ones at git revisions (``--against``, default the last commit before
+   issue 20's work and the first rewrite's last commit): CPU and wall ms per imputed image on the
+   same 32 curve masks, interleaved, with iteration counts and the error against scipy's direct
+   solve on all 32.
 
 1. ms per filled image by batch size for black, blur and road (multigrid, the masks of a batch
    solved together), next to the model's own ms per image. The masks are curve masks of
@@ -267,21 +268,24 @@ def substrates_at(revision: str):
     return module
 
 
-def section_against(pixels, masks, revision: str, repeats: int) -> None:
-    header(f"0. The solver now against the solver at {revision} (the same 32 curve masks, batches of 8, interleaved)")
+def section_against(pixels, masks, revisions: list[str], repeats: int) -> None:
+    header(
+        f"0. The solver now against the solver at {', '.join(revisions)} (the same {len(masks)} curve masks, "
+        "batches of 8, interleaved)"
+    )
     from explainers import substrates as now
 
-    then = substrates_at(revision)
+    solvers = {"now": now, **{revision: substrates_at(revision) for revision in revisions}}
     print(
-        "| solver | CPU ms per image (median of rounds) | wall ms per image | CG iterations mean / max | max abs difference from scipy's direct solve (8 masks) |"
+        f"| solver | CPU ms per image (median of rounds) | wall ms per image | CG iterations mean / max | max abs difference from scipy's direct solve ({len(masks)} masks) |"
     )
     print("|---|---|---|---|---|")
-    exact = road_impute_direct(pixels, masks[:8])
-    figures = {"now": [], revision: []}
+    exact = road_impute_direct(pixels, masks)
+    figures = {label: [] for label in solvers}
     counts = {}
     outputs = {}
     for _ in range(repeats):
-        for label, module in (("now", now), (revision, then)):
+        for label, module in solvers.items():
             iterations: list[int] = []
             with Clock() as clock:
                 outputs[label] = torch.cat(
@@ -292,10 +296,10 @@ def section_against(pixels, masks, revision: str, repeats: int) -> None:
                 )
             figures[label].append((clock.cpu / len(masks) * 1000, clock.wall / len(masks) * 1000))
             counts[label] = iterations
-    for label in ("now", revision):
+    for label in solvers:
         cpu = statistics.median(c for c, _ in figures[label])
         wall = statistics.median(w for _, w in figures[label])
-        error = float((outputs[label][:8] - exact).abs().max())
+        error = float((outputs[label] - exact).abs().max())
         print(
             f"| {label} | {cpu:.1f} | {wall:.1f} | {np.mean(counts[label]):.2f} / {max(counts[label])} | {error:.1e} |",
             flush=True,
@@ -348,7 +352,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", default="0,1,2,3,4")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
-    parser.add_argument("--against", default="dab9e36", help="section 0: the git revision whose solver to compare with")
+    parser.add_argument(
+        "--against",
+        default="dab9e36,30ab05c",
+        help="section 0: the git revisions whose solvers to compare with (comma-separated; default: before issue "
+        "20's work, and the first rewrite)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -362,7 +371,7 @@ def main() -> None:
     masks = curve_masks(orders, 50, 32)
     iterations_seen: list[int] = []
     if 0 in sections:
-        section_against(pixels, masks, args.against, args.repeats)
+        section_against(pixels, masks, args.against.split(","), args.repeats)
     if 1 in sections:
         section_fill_by_batch(adapter, pixels, target, masks, args.repeats)
     if 3 in sections:

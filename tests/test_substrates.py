@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from explainers import metrics
+from explainers import metrics, substrates
 from explainers.models.base import ModelAdapter
 from explainers.substrates import (
     BASELINES,
@@ -165,6 +165,28 @@ def test_deterministic_under_a_seed_and_independent_of_batching():
     assert bool((other[removed] != together[removed]).all())
 
 
+def test_the_galerkin_convolution_equals_the_term_by_term_sums_exactly():
+    """The coarse operators come from a convolution whose summation order oneDNN picks (by batch
+    size, threads); their sums are exact (float32 for the first levels, float64 below), so the
+    first ones equal the fixed-order sums bit for bit and every level is the same for a mask alone
+    as in a batch: a mask's image cannot depend on what it is batched with."""
+    keep = torch.cat([m for name, m in keep_masks(96, 96, seed=21).items() if "pixel" not in name])
+    unknown = substrates._pad_to(1.0 - keep, 97, 97)
+    real = substrates._pad_to(torch.ones_like(keep[:1]), 97, 97)
+    inside = substrates._neighbour_sum(real) * real
+    levels = substrates._hierarchy(unknown, inside)
+    assert len(levels) > substrates._EXACT_GALERKIN_LEVELS + 1  # float64 levels too
+    for depth in range(substrates._EXACT_GALERKIN_LEVELS):
+        size = tuple(levels[depth + 1].active.shape[-2:])
+        by_terms = substrates._galerkin(levels[depth], size, by_convolution=False)
+        assert torch.equal(levels[depth + 1].stencil, by_terms), depth
+    for i in (0, 2):
+        alone = substrates._hierarchy(unknown[i : i + 1], inside)
+        for depth, (level, batched) in enumerate(zip(alone[1:], levels[1:])):
+            assert torch.equal(level.stencil, batched.stencil[i : i + 1]), (i, depth)
+        assert torch.equal(alone[-1].inverse, levels[-1].inverse[i : i + 1])
+
+
 def test_noise_is_gaussian_with_the_stated_deviation_on_removed_pixels_only():
     pixels = photo(64, 64, low=0.3, high=0.7, seed=13)  # far from 0 and 1: no clipping
     substrate = RoadSubstrate(pixels, seed=0)
@@ -264,3 +286,16 @@ def test_the_neighbour_sum_is_the_same_on_opencv_and_torch():
     on_torch = substrates._box_sum(field.double()).float()  # float64 takes the torch path
     torch.testing.assert_close(on_opencv, on_torch, rtol=0, atol=1e-5)
     assert float(on_torch.abs().max()) > 1.0
+    # negated (the operator product's), into a given field: exactly minus the plain sum on both paths
+    out = torch.empty_like(field)
+    assert torch.equal(substrates._box_sum(field, out, negate=True), -on_opencv)
+    assert torch.equal(substrates._box_sum(field.double(), negate=True).float(), -on_torch)
+
+
+def test_the_solver_is_the_same_on_the_torch_path():
+    """float64 pixels take the shifted-slice neighbour sums instead of OpenCV's (as CUDA does)."""
+    pixels = photo(40, 37, seed=23)
+    keep = torch.cat(list(keep_masks(40, 37, seed=24).values()))
+    on_opencv = road_impute(pixels, keep, fallback=False)
+    on_torch = road_impute(pixels.double(), keep.double(), fallback=False).float()
+    assert float((on_opencv - on_torch).abs().max()) < AGREEMENT
