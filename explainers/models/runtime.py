@@ -313,12 +313,8 @@ class CompiledForward:
 
     def _checked(self, model: Any, threads: int, probe: torch.Tensor, expected: torch.Tensor) -> tuple[Any, float]:
         """The compiled model and its largest difference from torch's output on the probe."""
-        compiled = self._compiled_model(model, threads)
-        request = compiled.create_infer_request()
-        request.infer({0: probe.numpy()}, share_inputs=True)
-        got = torch.from_numpy(request.get_output_tensor(0).data.copy())
-        error = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-        return compiled, error
+        compiled, errors = self._checked_outputs(model, threads, {0: probe.numpy()}, (expected,))
+        return compiled, errors[0]
 
     def _compiled_model(self, model: Any, threads: int) -> Any:
         return _ov_core().compile_model(
@@ -489,6 +485,7 @@ class CompiledForward:
     def _checked_outputs(
         self, model: Any, threads: int, inputs: dict, expected: tuple[torch.Tensor, ...]
     ) -> tuple[Any, list[float]]:
+        """The compiled model and, per output, its largest difference from torch's on the probe."""
         compiled = self._compiled_model(model, threads)
         request = compiled.create_infer_request()
         request.infer(inputs, share_inputs=True)
