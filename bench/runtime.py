@@ -1,6 +1,6 @@
 """Forward-only runtimes side by side, in one process, interleaved: torch eager (the reference),
 OpenVINO f32 as the adapters use it (explainers/models/runtime.py), the variants it was chosen
-over, and ONNX Runtime; then ms per image by batch size on the runtime the adapters use.
+over, and ONNX Runtime; then ms per image by images per infer request and per call on the runtime the adapters use.
 
     python bench/runtime.py                          # bundled, 2 threads, 5 rounds
     python bench/runtime.py --model clip-random      # CLIP of ViT-B/32 shape, random weights
@@ -11,7 +11,8 @@ measured in the same round (median of the per-round ratios: other jobs on the ma
 both), and the largest |difference| of the scores from torch's f32 scores on ImageNet photos
 (../shared/data/imagenet-samples, read from there, never copied) and on curve images of them
 (the bundled model: log-probabilities of each photo's class prompt; CLIP: its logits).
-Section 2: ms per image of the adapter's own forward-only call (``score_many``) by batch size,
+Section 2 (``--requests``): ms per image of the adapter's own forward-only call (``score_many``)
+by images per infer request and images per call (models/runtime.py REQUEST_IMAGES), interleaved,
 with the torch reference of the same round.
 """
 
@@ -172,9 +173,13 @@ def main() -> None:
     parser.add_argument("--model", default="bundled", choices=["bundled", "clip-random"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--images", type=int, default=32, help="images timed per runtime and round")
+    parser.add_argument("--images", type=int, default=64, help="images timed per runtime and round")
     parser.add_argument("--photos", type=int, default=16, help="ImageNet photos for the score differences")
-    parser.add_argument("--sizes", default="1,2,4,8,16,32")
+    parser.add_argument(
+        "--requests",
+        default="4x8,1x8,1x16,1x64,2x64,8x16,8x64",
+        help="REQUESTxCALL pairs: images per infer request x images per call (section 2)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     adapter = load(args.model)
@@ -217,20 +222,27 @@ def main() -> None:
             f"({min(ratios[name]):.2f}-{max(ratios[name]):.2f}) | {'-' if diff is None else f'{diff:.1e}'} |",
             flush=True,
         )
-    header(f"Batch size, {args.model}: the adapter's score_many on {runtime.runtime_name()}, ms per image")
-    print("| batch | score_many ms/image | torch eager batch 8, same round | x torch |")
-    print("|---|---|---|---|")
+    header(
+        f"Requests and calls, {args.model}: the adapter's score_many on {runtime.runtime_name()} over "
+        f"{len(pixels)} images, by images per infer request and per call, ms per image"
+    )
+    print("| images per request | images per call | score_many ms/image | torch eager batch 8, same round | x torch |")
+    print("|---|---|---|---|---|")
     target = Target("a cat")
-    for size in [int(s) for s in args.sizes.split(",")]:
-        adapter.max_batch = size
-        adapter.score_many(pixels[:size], target)
-        got, ref = [], []
-        for _ in range(max(2, args.rounds // 2)):
-            ref.append(time_it(table["torch eager (reference)"], pixels, 8))
-            got.append(time_it(lambda p: adapter.score_many(p, target), pixels, len(pixels)))
+    compiled = adapter._runtime
+    settings = [tuple(int(v) for v in pair.split("x")) for pair in args.requests.split(",")]
+    got: dict[tuple[int, int], list[float]] = {pair: [] for pair in settings}
+    ref: dict[tuple[int, int], list[float]] = {pair: [] for pair in settings}
+    for _ in range(args.rounds):  # interleaved: each round times every setting once
+        for request, call in settings:
+            compiled.request_images, compiled.call_images = request, call
+            ref[request, call].append(time_it(table["torch eager (reference)"], pixels, 8))
+            got[request, call].append(time_it(lambda p: adapter.score_many(p, target), pixels, len(pixels)))
+    for request, call in settings:
+        g, r = got[request, call], ref[request, call]
         print(
-            f"| {size} | {statistics.median(got):.1f} | {statistics.median(ref):.1f} "
-            f"| {statistics.median([r / g for r, g in zip(ref, got)]):.2f} |",
+            f"| {request} | {call} | {statistics.median(g):.1f} | {statistics.median(r):.1f} "
+            f"| {statistics.median([a / b for a, b in zip(r, g)]):.2f} |",
             flush=True,
         )
 

@@ -191,7 +191,7 @@ def scored_orders(
     """The raw curves (scores and probabilities) of every pixel ordering on one substrate.
 
     Every interior point of every curve is one image; they are built lazily and scored in
-    batches of ``adapter.max_batch``, each image's score and probability from one forward pass
+    batches of ``adapter.forward_batch()``, each image's score and probability from one forward pass
     (``ModelAdapter.scores_many``).
     """
     _, _, height, width = pixels.shape
@@ -212,7 +212,7 @@ def scored_orders(
         values[:, 0, 0], values[:, 0, steps] = whole, blank  # deletion: full image -> substrate
         values[:, 1, 0], values[:, 1, steps] = blank, whole  # insertion: substrate -> full image
     ranks_t = [pixel_ranks(order, height, width).to(pixels.device) for order in orders]
-    batch = adapter.max_batch
+    batch = adapter.forward_batch()
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
         masks = torch.cat([(ranks_t[o] < counts[k]).float() for o, _, k in chunk])

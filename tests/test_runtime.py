@@ -165,6 +165,24 @@ def test_a_user_classifier_is_converted_and_matches_torch(embedder, monkeypatch)
     assert adapter._runtime.compiles == 1
 
 
+def test_calls_are_queued_in_requests_of_any_size_and_callers_get_the_runtimes_batch(embedder, monkeypatch):
+    """Requests of 1 image, of 4, or of more images than the call has (an uneven last request
+    included) give torch's scores; callers that score many get CALL_IMAGES per call while the
+    runtime serves them and the adapter's own max_batch when it is switched off or has failed."""
+    adapter = small_adapter(SmallNet(), embedder)
+    pixels = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    for request in (1, 4, 16):
+        adapter._runtime.request_images = request
+        compiled, reference = compiled_and_torch(adapter, pixels, Target("a cat"), monkeypatch)
+        assert float((compiled - reference).abs().max()) <= PARITY
+    assert adapter.forward_batch() == runtime.CALL_IMAGES > adapter.max_batch == 4
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "torch")
+    assert adapter.forward_batch() == 4
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "openvino")
+    adapter._runtime._failed = True
+    assert adapter.forward_batch() == 4
+
+
 def test_a_network_the_tracer_cannot_capture_falls_back_to_torch(embedder):
     adapter = small_adapter(NumpyNet(), embedder)
     pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))

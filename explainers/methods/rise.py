@@ -86,7 +86,7 @@ def explain(
     weighted = torch.zeros(2, height, width, dtype=torch.float64, device=device)  # even / odd masks
     coverage = torch.zeros(2, height, width, dtype=torch.float64, device=device)
     score_chunks: list[torch.Tensor] = []
-    batch = adapter.max_batch
+    batch = adapter.forward_batch()
     for start in range(0, masks, batch):
         chunk = upsample_masks(grids[start : start + batch], shifts[start : start + batch], height, width).to(device)
         chunk_scores = adapter.score_many(removed.fill(chunk), target).to(torch.float64)

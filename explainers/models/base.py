@@ -187,6 +187,12 @@ class ModelAdapter:
         matching); None for models that score text directly."""
         return None
 
+    def forward_batch(self) -> int:
+        """Images per call when a caller scores many without gradients (the curves, RISE,
+        ``score_many``): ``max_batch``, unless the adapter's forward-only passes run on a compiled
+        runtime that takes more at once (models/runtime.py ``CompiledForward.batch``)."""
+        return self.max_batch
+
     def variant(self, **attributes: Any) -> ModelAdapter:
         """A shallow copy with some declared settings changed (``max_batch=4``, a classifier's
         ``cam_layer_name="blocks.10"``): the network, its weights and the caches are shared, and
@@ -253,14 +259,14 @@ class ModelAdapter:
 
     @torch.no_grad()
     def score_many(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
-        """The target score of many images, in batches of ``max_batch``, without gradients."""
-        out = [self.score(chunk, target) for chunk in pixels.split(self.max_batch)]
+        """The target score of many images, in batches of ``forward_batch()``, without gradients."""
+        out = [self.score(chunk, target) for chunk in pixels.split(self.forward_batch())]
         return torch.cat(out) if out else torch.empty(0)
 
     @torch.no_grad()
     def scores_many(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-        """``scores`` of many images, in batches of ``max_batch``, without gradients."""
-        return _cat_pairs([self.scores(chunk, target) for chunk in pixels.split(self.max_batch)])
+        """``scores`` of many images, in batches of ``forward_batch()``, without gradients."""
+        return _cat_pairs([self.scores(chunk, target) for chunk in pixels.split(self.forward_batch())])
 
     # --- the target ---------------------------------------------------------------------
     def resolve_target(
@@ -397,7 +403,7 @@ class Metered:
 
     @torch.no_grad()
     def score_many(self, pixels: torch.Tensor, target: Target) -> torch.Tensor:
-        out = [self.score(chunk, target) for chunk in pixels.split(self.adapter.max_batch)]
+        out = [self.score(chunk, target) for chunk in pixels.split(self.adapter.forward_batch())]
         return torch.cat(out) if out else torch.empty(0)
 
     def scores(self, pixels: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:

@@ -167,6 +167,9 @@ class ClassifierAdapter(ModelAdapter):
             gradients=True,  # integrated gradients' input gradients too (measured ~1.7x torch's)
         )
 
+    def forward_batch(self) -> int:
+        return self.max_batch if self._runtime is None else self._runtime.batch(self.max_batch, self.device)
+
     @property
     def device(self) -> torch.device:
         parameter = next(self.network.parameters(), None)

@@ -73,7 +73,12 @@ class ClipAdapter(ModelAdapter):
             tolerance=FEATURE_TOLERANCE,
             label=name,
             signature=f"clip|{tuple(mean)}|{tuple(std)}",
+            request_images=8,  # a ViT's matrix products want rows (runtime.REQUEST_IMAGES)
+            call_images=self.max_batch,
         )
+
+    def forward_batch(self) -> int:
+        return self.max_batch if self._runtime is None else self._runtime.batch(self.max_batch, self.device)
 
     @property
     def device(self) -> torch.device:
