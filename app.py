@@ -1036,4 +1036,6 @@ demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    # The default model loads and compiles while the page opens, not in the first visitor's Run.
+    app_runtime.LOCKS.preload(DEFAULT_MODEL)
     demo.launch(max_file_size="10mb", allowed_paths=[str(ASSETS)], show_error=False, css=CSS)

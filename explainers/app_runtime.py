@@ -136,6 +136,37 @@ class ModelLocks:
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
         self._loaded: set[str] = set()
+        self._preloading: set[str] = set()
+
+    def preload(self, model: str, load: Callable[[str], Any] | None = None) -> threading.Thread:
+        """Load and warm ``model`` in a background thread (``load(model)``, by default
+        ``api.resolve_model``, then the adapter's
+        ``warm_up``), holding its lock, so the page's first Run finds it ready: on the bundled
+        model that run otherwise pays ~1.5 s of loading and ~0.5 s of compiling before Grad-CAM's
+        map (~3.5 s more in IG on a new machine). A Run that comes meanwhile waits, saying the
+        model is loading; a failure is logged and left to that Run to report."""
+
+        def work() -> None:
+            with self._lock(model):
+                try:
+                    (load or api.resolve_model)(model).warm_up()
+                    with self._guard:
+                        self._loaded.add(model)
+                except Exception:  # the first Run loads it again and says why it cannot
+                    log.exception("preloading %s failed", model)
+                finally:
+                    with self._guard:
+                        self._preloading.discard(model)
+
+        with self._guard:
+            self._preloading.add(model)
+        thread = threading.Thread(target=work, name=f"preload-{model}", daemon=True)
+        thread.start()
+        return thread
+
+    def preloading(self, model: str) -> bool:
+        with self._guard:
+            return model in self._preloading
 
     def _lock(self, model: str) -> threading.Lock:
         with self._guard:
@@ -155,7 +186,10 @@ class ModelLocks:
             if cancelled.is_set():
                 raise RunCancelled()
             if not waited:
-                progress(0.0, desc="Waiting for another run on this model to finish…")
+                if self.preloading(model):
+                    progress(0.0, desc=f"Loading {loading_words(model)}…")
+                else:
+                    progress(0.0, desc="Waiting for another run on this model to finish…")
                 waited = True
         try:
             if cancelled.is_set():

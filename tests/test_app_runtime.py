@@ -201,6 +201,37 @@ def test_loading_is_said_once_per_model():
     assert len(loading) == 1 and "bundled" in loading[0] and "offline" in loading[0]
 
 
+def test_a_run_that_comes_while_the_model_preloads_waits_for_it_and_says_it_is_loading():
+    locks, messages, gate, warmed = ModelLocks(), [], threading.Event(), []
+
+    class Warming:
+        def warm_up(self):
+            gate.wait(5)
+            warmed.append(True)
+
+    thread = locks.preload("toy", lambda _: Warming())
+    assert locks.preloading("toy")
+    threading.Timer(0.6, gate.set).start()
+    collect("toy", lambda p, e: warmed.copy(), lambda fraction, desc="": messages.append(desc), locks)
+    thread.join(5)
+    assert warmed == [True] and not locks.preloading("toy") and locks.loaded("toy")
+    assert messages[0].startswith("Loading toy") and not any(m.startswith("Waiting") for m in messages)
+
+
+def test_a_preload_that_fails_is_left_to_the_first_run(caplog):
+    locks = ModelLocks()
+
+    def broken(_model):
+        raise OSError("no such folder")
+
+    locks.preload("toy", broken).join(5)
+    assert not locks.loaded("toy") and not locks.preloading("toy")
+    assert "preloading toy failed" in caplog.text
+    messages = []
+    collect("toy", lambda p, e: None, lambda fraction, desc="": messages.append(desc), locks)
+    assert messages[0].startswith("Loading toy")  # the run loads it itself, and says so
+
+
 # --- the page's jobs -------------------------------------------------------------------------
 
 

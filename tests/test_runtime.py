@@ -183,6 +183,19 @@ def test_calls_are_queued_in_requests_of_any_size_and_callers_get_the_runtimes_b
     assert adapter.forward_batch() == 4
 
 
+def test_warm_up_compiles_what_the_first_explain_would(embedder):
+    adapter = small_adapter(SmallNet(), embedder)
+    adapter.warm_up()
+    compiled = (adapter._runtime.compiles, adapter._runtime.vjp_compiles)
+    assert compiled == (1, 1)
+    photo = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for method in ("gradcam", "ig"):
+        run_method(method, adapter, photo, Target("a dog"), steps=4, max_steps=4)
+    adapter.score_many(photo.repeat(3, 1, 1, 1), Target("a dog"))
+    assert (adapter._runtime.compiles, adapter._runtime.vjp_compiles) == compiled  # nothing new
+    assert adapter._runtime.vjp_calls >= 2  # IG did use the warmed gradient graph
+
+
 def test_a_network_the_tracer_cannot_capture_falls_back_to_torch(embedder):
     adapter = small_adapter(NumpyNet(), embedder)
     pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))

@@ -187,6 +187,11 @@ class ModelAdapter:
         matching); None for models that score text directly."""
         return None
 
+    def warm_up(self) -> None:
+        """Do now what the first run would pay for (compiling a runtime's graphs), so a loaded
+        model answers its first Run at full speed (the app calls this when it starts). Default:
+        nothing to do."""
+
     def forward_batch(self) -> int:
         """Images per call when a caller scores many without gradients (the curves, RISE,
         ``score_many``): ``max_batch``, unless the adapter's forward-only passes run on a compiled

@@ -77,6 +77,13 @@ class ClipAdapter(ModelAdapter):
             call_images=self.max_batch,
         )
 
+    def warm_up(self) -> None:
+        """Compile the vision tower's forward-only graph (models/runtime.py) now, not in the first
+        run (its input gradients stay in torch)."""
+        if self._runtime is not None and self.device.type == "cpu":
+            with torch.no_grad():
+                self._runtime(torch.zeros(1, 3, *self.input_size))
+
     def forward_batch(self) -> int:
         return self.max_batch if self._runtime is None else self._runtime.batch(self.max_batch, self.device)
 
