@@ -7,7 +7,8 @@ gradients integrated gradients asks for (see "Input gradients" below). Grad-CAM 
 inner layer), every CUDA model and every network that cannot be converted stay in torch. Measured on the project's 2-core AVX-512 VM (bench/runtime.py), batch
 8, in one process against torch eager (2 threads): EfficientNet-Lite0 as bundled (folded batch
 norms, channels_last) ~3x faster, CLIP ViT-B/32's vision tower ~1.5x; ONNX Runtime f32 was slower
-than OpenVINO on both.
+than OpenVINO on both. On an AVX2-only host (no AVX-512) the bundled network is still ~3x faster,
+the ViT only ~1.1x (bench/RESULTS.md, "third session").
 
 Choices, each measured:
 
