@@ -140,8 +140,8 @@ class ModelLocks:
 
     def preload(self, model: str, load: Callable[[str], Any] | None = None) -> threading.Thread:
         """Load and warm ``model`` in a background thread (``load(model)``, by default
-        ``api.resolve_model``, then the adapter's
-        ``warm_up``), holding its lock, so the page's first Run finds it ready: on the bundled
+        ``api.resolve_model``, then the adapter's ``warm_up``), holding its lock, so the page's
+        first Run finds it ready: on the bundled
         model that run otherwise pays ~1.5 s of loading and ~0.5 s of compiling before Grad-CAM's
         map (~3.5 s more in IG on a new machine). A Run that comes meanwhile waits, saying the
         model is loading; a failure is logged and left to that Run to report."""

@@ -27,8 +27,8 @@ Choices, each measured:
   the next call convert again, so the compiled network is always the network torch would run.
 - **Threads follow torch's** (``torch.get_num_threads()`` when compiled), as that many streams of
   one thread each, a call's images queued on them in small infer requests (REQUEST_IMAGES): an
-  evaluate worker with one torch thread gets one stream of one thread. Thread pinning is off, so two worker processes do not pin their threads
-  to the same core.
+  evaluate worker with one torch thread gets one stream of one thread. Thread pinning is off, so
+  two worker processes do not pin their threads to the same core.
 
 **Input gradients.** When gradients are on and only the pixels need one (the network's weights
 frozen, no hooks: integrated gradients' path points), two more compiled graphs serve them:
@@ -189,8 +189,7 @@ class CompiledForward:
     input gradient too (module docstring), for networks where it measured faster than torch's.
     ``request_images`` / ``call_images``: images per infer request / per call of callers that score
     many (``batch``), measured per network (REQUEST_IMAGES).
-    Thread-safe: one compile at a time, one infer request
-    per call.
+    Thread-safe: one compile at a time, each call with infer requests of its own.
     """
 
     def __init__(
