@@ -13,7 +13,8 @@ both), and the largest |difference| of the scores from torch's f32 scores on Ima
 (the bundled model: log-probabilities of each photo's class prompt; CLIP: its logits).
 Section 2 (``--requests``): ms per image of the adapter's own forward-only call (``score_many``)
 by images per infer request and images per call (models/runtime.py REQUEST_IMAGES), interleaved,
-with the torch reference of the same round.
+with the torch reference of the same round. One image per request runs the graph compiled at a
+static batch of 1 (STATIC_SINGLE_IMAGE); ``1d`` runs it on the dynamic graph instead.
 """
 
 from __future__ import annotations
@@ -177,8 +178,9 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=16, help="ImageNet photos for the score differences")
     parser.add_argument(
         "--requests",
-        default="4x8,1x8,1x16,1x64,2x64,8x16,8x64",
-        help="REQUESTxCALL pairs: images per infer request x images per call (section 2)",
+        default="1x64,1dx64,4x8,1x8,1x16,2x64,8x16,8x64",
+        help="REQUESTxCALL pairs: images per infer request x images per call (section 2); 1dxN: "
+        "one image per request on the dynamic-batch graph",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -230,18 +232,21 @@ def main() -> None:
     print("|---|---|---|---|---|")
     target = Target("a cat")
     compiled = adapter._runtime
-    settings = [tuple(int(v) for v in pair.split("x")) for pair in args.requests.split(",")]
-    got: dict[tuple[int, int], list[float]] = {pair: [] for pair in settings}
-    ref: dict[tuple[int, int], list[float]] = {pair: [] for pair in settings}
+    settings = [tuple(pair.split("x")) for pair in args.requests.split(",")]
+    got: dict[tuple[str, str], list[float]] = {pair: [] for pair in settings}
+    ref: dict[tuple[str, str], list[float]] = {pair: [] for pair in settings}
     for _ in range(args.rounds):  # interleaved: each round times every setting once
         for request, call in settings:
-            compiled.request_images, compiled.call_images = request, call
+            compiled.request_images, compiled.call_images = int(request.rstrip("d")), int(call)
+            runtime.STATIC_SINGLE_IMAGE = not request.endswith("d")
             ref[request, call].append(time_it(table["torch eager (reference)"], pixels, 8))
             got[request, call].append(time_it(lambda p: adapter.score_many(p, target), pixels, len(pixels)))
+    runtime.STATIC_SINGLE_IMAGE = True
     for request, call in settings:
         g, r = got[request, call], ref[request, call]
+        shown = f"{request[:-1]} (dynamic batch)" if request.endswith("d") else request
         print(
-            f"| {request} | {call} | {statistics.median(g):.1f} | {statistics.median(r):.1f} "
+            f"| {shown} | {call} | {statistics.median(g):.1f} | {statistics.median(r):.1f} "
             f"| {statistics.median([a / b for a, b in zip(r, g)]):.2f} |",
             flush=True,
         )

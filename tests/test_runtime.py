@@ -183,6 +183,22 @@ def test_calls_are_queued_in_requests_of_any_size_and_callers_get_the_runtimes_b
     assert adapter.forward_batch() == 4
 
 
+def test_one_image_requests_run_a_static_graph_and_longer_ones_the_dynamic(embedder, monkeypatch):
+    """STATIC_SINGLE_IMAGE: one image per request compiles the graph at a static batch of 1 (it
+    measured faster); requests of several keep the dynamic batch. Both give torch's scores."""
+    adapter = small_adapter(SmallNet(), embedder)
+    pixels = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    batches = {}
+    for request in (1, 4):
+        adapter._runtime.request_images = request
+        compiled, reference = compiled_and_torch(adapter, pixels, Target("a cat"), monkeypatch)
+        assert float((compiled - reference).abs().max()) <= PARITY
+        (graph,) = [g for key, g in adapter._runtime._compiled.items() if key[3] == (request == 1)]
+        batches[request] = graph.input(0).get_partial_shape()[0]
+    assert batches[1].is_static and batches[1].get_length() == 1
+    assert batches[4].is_dynamic
+
+
 def test_warm_up_compiles_what_the_first_explain_would(embedder):
     adapter = small_adapter(SmallNet(), embedder)
     adapter.warm_up()
