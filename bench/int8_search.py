@@ -41,7 +41,7 @@ from explainers.substrates import make_substrate
 SHAPE = (3, 224, 224)
 
 
-def calibration_images(adapter, photos: list[torch.Tensor], fills: int, seed: int = 0) -> list[np.ndarray]:
+def calibration_images(photos: list[torch.Tensor], fills: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     images = []
     for pixels in photos:
@@ -108,7 +108,7 @@ def main() -> None:
     model = compiled._convert(SHAPE)
     photos = [adapter.load_image(open_image(photo_path(name))) for name in PHOTOS]
     started = time.perf_counter()
-    int8 = compiled._compiled_model(quantized(model, calibration_images(adapter, photos, args.fills)), 2)
+    int8 = compiled._compiled_model(quantized(model, calibration_images(photos, args.fills)), 2)
     f32 = compiled._compiled_model(model, 2)
     print(f"quantized in {time.perf_counter() - started:.1f} s")
 

@@ -244,7 +244,7 @@ def main() -> None:
     runtime.STATIC_SINGLE_IMAGE = True
     for request, call in settings:
         g, r = got[request, call], ref[request, call]
-        shown = f"{request[:-1]} (dynamic batch)" if request.endswith("d") else request
+        shown = f"{request.rstrip('d')} (dynamic batch)" if request.endswith("d") else request
         print(
             f"| {shown} | {call} | {statistics.median(g):.1f} | {statistics.median(r):.1f} "
             f"| {statistics.median([a / b for a, b in zip(r, g)]):.2f} |",

@@ -294,7 +294,8 @@ class CompiledForward:
         return out
 
     def _get(self, shape: tuple[int, ...], fingerprint: tuple) -> Any:
-        key = (*shape, self._single_image(), torch.get_num_threads())
+        single_image = self._single_image()
+        key = (*shape, single_image, torch.get_num_threads())
         compiled = self._compiled.get(key) if fingerprint == self._fingerprint else None
         if compiled is not None:
             return compiled
@@ -305,7 +306,7 @@ class CompiledForward:
                 self._fingerprint = fingerprint
             if key not in self._compiled and not self._failed:
                 try:
-                    self._compiled[key] = self._compile(shape, key[-1])
+                    self._compiled[key] = self._compile(shape, key[-1], single_image)
                 except Exception as error:  # noqa: BLE001 - any conversion failure: torch it is
                     self._failed = True
                     warnings.warn(
@@ -317,7 +318,7 @@ class CompiledForward:
                     return None
             return self._compiled.get(key)
 
-    def _compile(self, shape: tuple[int, ...], threads: int) -> Any:
+    def _compile(self, shape: tuple[int, ...], threads: int, single_image: bool) -> Any:
         probe = torch.rand(PROBE_BATCH, *shape, generator=torch.Generator().manual_seed(PROBE_SEED))
         with torch.no_grad():
             expected = self.module(probe)
@@ -325,7 +326,7 @@ class CompiledForward:
         path = folder / f"{_weights_digest(self.module, shape, self.signature)}.xml" if folder is not None else None
         model = _read_cached(path)
         if model is not None:
-            compiled, error = self._checked(model, threads, probe, expected)
+            compiled, error = self._checked(model, threads, probe, expected, single_image)
             self.compiles += 1
             self.last_probe_error = error
             if error <= self.tolerance:
@@ -333,7 +334,7 @@ class CompiledForward:
                 return compiled
             log.info("%s: the cached graph %s differs from torch by %.2g; converting again", self.label, path, error)
         model = self._convert(shape)
-        compiled, error = self._checked(model, threads, probe, expected)
+        compiled, error = self._checked(model, threads, probe, expected, single_image)
         self.compiles += 1
         self.last_probe_error = error
         if not error <= self.tolerance:
@@ -346,17 +347,19 @@ class CompiledForward:
         """Whether the forward graph is compiled at a static batch of one (STATIC_SINGLE_IMAGE)."""
         return STATIC_SINGLE_IMAGE and self.request_images == 1
 
-    def _checked(self, model: Any, threads: int, probe: torch.Tensor, expected: torch.Tensor) -> tuple[Any, float]:
-        """The compiled model (at a static batch of one where requests carry one image,
-        STATIC_SINGLE_IMAGE) and its largest difference from torch's output on the probe."""
-        if not self._single_image():
+    def _checked(
+        self, model: Any, threads: int, probe: torch.Tensor, expected: torch.Tensor, single_image: bool
+    ) -> tuple[Any, float]:
+        """The compiled model (at a static batch of one with ``single_image``, STATIC_SINGLE_IMAGE)
+        and its largest difference from torch's output on the probe."""
+        if not single_image:
             compiled, errors = self._checked_outputs(model, threads, {0: probe.numpy()}, (expected,))
             return compiled, errors[0]
         single = model.clone()
         single.reshape([1, *probe.shape[1:]])
         compiled = self._compiled_model(single, threads)
         (got,) = _run_in_chunks(compiled, [probe], [], outputs=1, chunk=1, pad=False)
-        return compiled, float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
+        return compiled, _largest_difference(got, expected)
 
     def _compiled_model(self, model: Any, threads: int) -> Any:
         return _ov_core().compile_model(
@@ -534,7 +537,7 @@ class CompiledForward:
         errors = []
         for index, reference in enumerate(expected):
             got = torch.from_numpy(request.get_output_tensor(index).data.copy())
-            errors.append(float((got - reference).abs().max()) if got.shape == reference.shape else float("inf"))
+            errors.append(_largest_difference(got, reference))
         return compiled, errors
 
 
@@ -562,6 +565,11 @@ def _trace_gradient_graph(function: Callable[..., tuple[torch.Tensor, ...]], exa
         graph = make_fx(function, decomposition_table=decompositions)(*example)
         traced = torch.jit.trace(graph, example, check_trace=False)
         return _openvino.convert_model(traced, example_input=example)
+
+
+def _largest_difference(got: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |got - reference|, or infinity where the shapes differ (the probe's measure)."""
+    return float((got - reference).abs().max()) if got.shape == reference.shape else float("inf")
 
 
 def _run_in_chunks(
