@@ -4,6 +4,7 @@ runtime on against off.
 
     python bench/precision_slice.py compare DIR_A DIR_B            # two evaluate folders, paired
     python bench/precision_slice.py bf16 --out DIR [--limit 16] [--manifest CSV] [--score-substrates black,blur,road]
+        [--methods gradcam,ig,region] [--scope all|search]
 
 ``bf16`` runs ``explainers.evaluate`` in this process with the runtime compiled in bf16 and its
 probe (which would refuse it: the f32 tolerance is 5e-5 on the logits) switched off -- for this
@@ -16,7 +17,9 @@ precision: every paired difference's CI within +-0.005 over the 200 photos.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import csv
+import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -66,15 +69,22 @@ def compare(a: Path, b: Path) -> None:
         )
 
 
-def run_bf16(manifest: Path, out: Path, limit: int, threads: int, substrates: str) -> None:
+SEARCHING = contextvars.ContextVar("searching", default=False)  # inside region search or RISE (--scope search)
+SEARCH_METHODS = ("region", "rise")
+
+
+def run_bf16(manifest: Path, out: Path, limit: int, threads: int, substrates: str, methods: str, scope: str) -> None:
     """An evaluate run with the bundled network's forward-only graphs compiled in bf16. The
     gradient graphs (IG) stay f32 and Grad-CAM stays on torch, so their maps are f32's and their
-    differences are what bf16 curves change; region search and RISE search in bf16 too."""
+    differences are what bf16 curves change; region search and RISE search in bf16 too. With
+    ``scope="search"`` only the searches' passes are bf16 (their own graphs, cached apart)."""
+    from explainers import methods as registry
     from explainers.evaluate import evaluate
     from explainers.models import runtime
 
     f32_checked = runtime.CompiledForward._checked
     f32_compiled_model = runtime.CompiledForward._compiled_model
+    f32_get = runtime.CompiledForward._get
 
     def checked_bf16(self, model, threads_, probe, expected, single_image):
         self._bf16 = True
@@ -101,11 +111,46 @@ def run_bf16(manifest: Path, out: Path, limit: int, threads: int, substrates: st
             },
         )
 
-    runtime.CompiledForward._checked = checked_bf16
+    def get_by_scope(self, shape, fingerprint):
+        """Forward graphs from a bf16 cache of their own inside the searches, f32's elsewhere."""
+        if not SEARCHING.get():
+            return f32_get(self, shape, fingerprint)
+        f32_graphs = self._compiled
+        self._compiled = self.__dict__.setdefault("_bf16_graphs", {})
+        self._bf16_scope = True
+        try:
+            return f32_get(self, shape, fingerprint)
+        finally:
+            self._compiled, self._bf16_scope = f32_graphs, False
+
+    def checked_by_scope(self, model, threads_, probe, expected, single_image):
+        if getattr(self, "_bf16_scope", False):
+            return checked_bf16(self, model, threads_, probe, expected, single_image)
+        return f32_checked(self, model, threads_, probe, expected, single_image)
+
+    def searching(explain):
+        def explain_in_bf16(*args, **kwargs):
+            token = SEARCHING.set(True)
+            try:
+                return explain(*args, **kwargs)
+            finally:
+                SEARCHING.reset(token)
+
+        return explain_in_bf16
+
     runtime.CompiledForward._compiled_model = compiled_model
+    if scope == "all":
+        runtime.CompiledForward._checked = checked_bf16
+    else:
+        runtime.CompiledForward._checked = checked_by_scope
+        runtime.CompiledForward._get = get_by_scope
+        for name in SEARCH_METHODS:
+            method = registry.METHODS[name]
+            registry.METHODS[name] = dataclasses.replace(method, explain=searching(method.explain))
     evaluate(
         manifest,
         out,
+        methods=methods or None,
         limit=limit,
         workers=1,
         threads=threads,
@@ -127,11 +172,15 @@ def main() -> None:
     r.add_argument("--limit", type=int, default=16)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--score-substrates", default="black,blur,road", help="as evaluate's (the README table's)")
+    r.add_argument("--methods", default="", help="as evaluate's (default: its default methods)")
+    r.add_argument(
+        "--scope", choices=("all", "search"), default="all", help="bf16 for every forward pass, or the searches' only"
+    )
     args = parser.parse_args()
     if args.command == "compare":
         compare(args.first, args.second)
     else:
-        run_bf16(args.manifest, args.out, args.limit, args.threads, args.score_substrates)
+        run_bf16(args.manifest, args.out, args.limit, args.threads, args.score_substrates, args.methods, args.scope)
 
 
 if __name__ == "__main__":
