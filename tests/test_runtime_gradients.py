@@ -226,3 +226,25 @@ def test_the_compiled_gradient_is_read_back_from_the_disk_cache(embedder, tmp_pa
     second = small(StridedNet(), embedder)
     assert torch.allclose(gradient(second, pixels, Target("a cat")), expected, rtol=0, atol=1e-6)
     assert second._runtime.vjp_compiles == 1 and sorted(tmp_path.rglob("*.xml")) == graphs
+
+
+def test_relu6_backward_as_traced_is_torchs_mask_but_next_to_the_lower_kink():
+    """The gradient graphs' ReLU6 backward (one fused pass in OpenVINO) passes the gradient exactly
+    where torch's does (min < x < max), at and around both kinks, save the documented band
+    0 < x - min <= 1.2e-7 (half of float32's spacing at the midpoint) where it drops it."""
+    six = torch.tensor(6.0)
+    below_six = torch.nextafter(six, torch.tensor(0.0))
+    x = torch.cat(
+        [
+            torch.arange(-2000, 8001) / 1000,  # (linspace lands one point at 9.5e-8, in the band)
+            torch.tensor([0.0, -0.0, 6.0, float(below_six), float(torch.nextafter(six, torch.tensor(9.0)))]),
+            torch.tensor([1e-6, 3e-7, -1e-7, 6 - 1e-6, 3.0]),
+        ]
+    )
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    got = runtime._hardtanh_input_gradient(grad, x, 0.0, 6.0)
+    expected = torch.ops.aten.hardtanh_backward(grad, x, 0.0, 6.0)
+    assert torch.equal(got, expected)
+    tiny = torch.tensor([1e-9, 5e-8, 1.1e-7])  # inside the band: dropped
+    assert torch.equal(runtime._hardtanh_input_gradient(torch.ones(3), tiny, 0.0, 6.0), torch.zeros(3))
+    assert torch.equal(torch.ops.aten.hardtanh_backward(torch.ones(3), tiny, 0.0, 6.0), torch.ones(3))
