@@ -117,14 +117,13 @@ def run_bf16(manifest: Path, out: Path, limit: int, threads: int, substrates: st
             return f32_get(self, shape, fingerprint)
         f32_graphs = self._compiled
         self._compiled = self.__dict__.setdefault("_bf16_graphs", {})
-        self._bf16_scope = True
         try:
             return f32_get(self, shape, fingerprint)
         finally:
-            self._compiled, self._bf16_scope = f32_graphs, False
+            self._compiled = f32_graphs
 
     def checked_by_scope(self, model, threads_, probe, expected, single_image):
-        if getattr(self, "_bf16_scope", False):
+        if SEARCHING.get():  # (only _get compiles, and inside a search that is get_by_scope)
             return checked_bf16(self, model, threads_, probe, expected, single_image)
         return f32_checked(self, model, threads_, probe, expected, single_image)
 
