@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The compiled runtime's converted graphs (explainers/models/runtime.py) go to a folder of this
+# The compiled runtime's cache of compiled models (explainers/models/runtime.py) goes to a folder of this
 # session (shared with the app and CLI subprocesses it starts), not to the user's cache.
 _RUNTIME_CACHE = tempfile.mkdtemp(prefix="saliency-lab-test-cache-")
 os.environ.setdefault("SALIENCY_LAB_CACHE", _RUNTIME_CACHE)

@@ -20,9 +20,17 @@ Choices, each measured:
   converted lazily on the first forward-only call, then cached on the ``CompiledForward``.
 - **Checked on every compile**: a probe batch goes through torch and the compiled model; if
   they differ by more than the adapter's tolerance, the network stays on torch (with a warning).
-  The converted graph is kept on disk (``SALIENCY_LAB_CACHE``, default ~/.cache/saliency-lab),
-  keyed by a hash of the weights, so a new process reads it in ~0.1 s instead of tracing again
+  The compiled model is kept on disk (``SALIENCY_LAB_CACHE``, default ~/.cache/saliency-lab),
+  keyed by a hash of the weights, so a new process imports it in ~0.4 s instead of tracing again
   (1.5 s for the bundled model, ~7 s for CLIP ViT-B/32); the probe guards that cache too.
+- **The cache keeps compiled models, not graph files** (``export_model`` / ``import_model``):
+  PyTorch's frontend marks every ``aten::div`` so that OpenVINO does not turn a division by a
+  constant into a multiplication by its reciprocal, and a graph file loses that mark. Read back
+  from one, the preprocessing's ``x / std`` became ``x * (1 / std)``, 1-ulp differences in the
+  pixels that flip ReLU6 units at their kinks: the bundled gradient graph then failed its probe
+  (5.3e-3 of its largest value, against 3e-7 as traced) and was traced again, ~5 s, in every new
+  process, and the forward differed from its own first run by ~3e-6. Imported, every graph gives
+  exactly what it gave as traced.
 - **The weights are watched**: a parameter changed in place (its version counter) or moved makes
   the next call convert again, so the compiled network is always the network torch would run.
 - **Threads follow torch's** (``torch.get_num_threads()`` when compiled), as that many streams of
@@ -58,6 +66,7 @@ torch (one warning).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -72,7 +81,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 RUNTIME_ENV = "SALIENCY_LAB_RUNTIME"  # "openvino" (the default) or "torch"
-CACHE_ENV = "SALIENCY_LAB_CACHE"  # where converted graphs are kept; "off" keeps none
+CACHE_ENV = "SALIENCY_LAB_CACHE"  # where compiled graphs are kept; "off" keeps none
 RUNTIMES = ("openvino", "torch")
 # The probe's pixels: seeded batches in [0, 1] (two images, so batched code is exercised). The
 # trace's example and the probe differ, so a network whose output the tracer froze to a constant
@@ -93,8 +102,8 @@ VJP_BATCH = 2
 # products want rows): 8 per request 72-86 ms per image, 1 per request 94-105, 4: 82-103, 16: 74-103.
 REQUEST_IMAGES = 1
 CALL_IMAGES = 64
-# Where requests carry one image, the forward graph is compiled at a static batch of 1 (the disk
-# cache keeps the dynamic one): 10.65 against 11.62 ms per image for the bundled network, faster in
+# Where requests carry one image, the forward graph is compiled at a static batch of 1 (and cached
+# so, apart from the dynamic one): 10.65 against 11.62 ms per image for the bundled network, faster in
 # 12 of 15 interleaved rounds of 64 images, the outputs identical (2-core AVX2 EPYC; bench/runtime.py,
 # section 2, "1dx64"). A request of several images keeps the dynamic batch: a short call would pad.
 STATIC_SINGLE_IMAGE = True
@@ -145,7 +154,7 @@ def _ov_core() -> Any:
 
 
 def cache_folder() -> Path | None:
-    """Where converted graphs are kept (``SALIENCY_LAB_CACHE``; ``off`` for none)."""
+    """Where compiled graphs are kept (``SALIENCY_LAB_CACHE``; ``off`` for none)."""
     value = os.environ.get(CACHE_ENV, "").strip()
     if value.lower() in ("off", "none", "0"):
         return None
@@ -223,6 +232,7 @@ class CompiledForward:
         self._vjp_failed = False
         self.vjp_compiles = 0  # for tests and benches, like compiles and calls
         self.vjp_calls = 0
+        self.vjp_source: str | None = None  # where the last gradient graph came from: "traced" or "cache"
         # For tests and benches: graphs compiled (each checked by the probe), calls served compiled,
         # where the last graph came from ("traced" or "cache"), the last probe's difference.
         self.compiles = 0
@@ -235,7 +245,7 @@ class CompiledForward:
         their own graph when first used: OpenVINO's compiled models do not copy."""
         state = dict(self.__dict__)
         state.update(_compiled={}, _fingerprint=None, compiles=0, calls=0, source=None, last_probe_error=None, _vjp={})
-        state.update(vjp_compiles=0, vjp_calls=0)
+        state.update(vjp_compiles=0, vjp_calls=0, vjp_source=None)
         return state
 
     def batch(self, default: int, device: torch.device) -> int:
@@ -326,10 +336,11 @@ class CompiledForward:
         with torch.no_grad():
             expected = self.module(probe)
         folder = cache_folder()
-        path = folder / f"{_weights_digest(self.module, shape, self.signature)}.xml" if folder is not None else None
-        model = _read_cached(path)
-        if model is not None:
-            compiled, error = self._checked(model, threads, probe, expected, single_image)
+        signature = f"{self.signature}|{'single image' if single_image else 'dynamic batch'}"
+        path = folder / f"{_weights_digest(self.module, shape, signature)}.blob" if folder is not None else None
+        compiled = _import_cached(path, threads)  # the compiled model as exported (module docstring)
+        if compiled is not None:
+            error = self._probe_error(compiled, probe, expected, single_image)
             self.compiles += 1
             self.last_probe_error = error
             if error <= self.tolerance:
@@ -343,7 +354,7 @@ class CompiledForward:
         if not error <= self.tolerance:
             raise ValueError(f"the compiled network differs from torch by {error:.2g} (tolerance {self.tolerance:.2g})")
         self.source = "traced"
-        _save_cached(model, path)
+        _save_compiled(compiled, path)
         return compiled
 
     def _single_image(self) -> bool:
@@ -355,27 +366,19 @@ class CompiledForward:
     ) -> tuple[Any, float]:
         """The compiled model (at a static batch of one with ``single_image``, STATIC_SINGLE_IMAGE)
         and its largest difference from torch's output on the probe."""
-        if not single_image:
-            compiled, errors = self._checked_outputs(model, threads, {0: probe.numpy()}, (expected,))
-            return compiled, errors[0]
-        single = model.clone()
-        single.reshape([1, *probe.shape[1:]])
-        compiled = self._compiled_model(single, threads)
-        (got,) = _run_in_chunks(compiled, [probe], [], outputs=1, chunk=1, pad=False)
-        return compiled, _largest_difference(got, expected)
+        if single_image:
+            model = model.clone()
+            model.reshape([1, *probe.shape[1:]])
+        compiled = self._compiled_model(model, threads)
+        return compiled, self._probe_error(compiled, probe, expected, single_image)
 
-    def _compiled_model(self, model: Any, threads: int) -> Any:
-        return _ov_core().compile_model(
-            model,
-            "CPU",
-            {
-                "INFERENCE_PRECISION_HINT": _openvino.Type.f32,
-                "INFERENCE_NUM_THREADS": threads,
-                "PERFORMANCE_HINT": "THROUGHPUT",
-                "NUM_STREAMS": threads,
-                "ENABLE_CPU_PINNING": False,
-            },
-        )
+    @staticmethod
+    def _probe_error(compiled: Any, probe: torch.Tensor, expected: torch.Tensor, single_image: bool) -> float:
+        """The compiled forward's largest difference from torch's output on the probe."""
+        if not single_image:
+            return _probe_errors(compiled, {0: probe.numpy()}, (expected,))[0]
+        (got,) = _run_in_chunks(compiled, [probe], [], outputs=1, chunk=1, pad=False)
+        return _largest_difference(got, expected)
 
     def _convert(self, shape: tuple[int, ...]) -> Any:
         """Trace ``module`` with torch.jit (faster than letting OpenVINO trace it: 1.6 s against
@@ -514,20 +517,28 @@ class CompiledForward:
         folder = cache_folder()
         signature = f"{self.signature}|gradient|{GRADIENT_GRAPH_VERSION}|{key[:-1]}|{VJP_BATCH}"
         shape = batched[0]
-        path = folder / f"{_weights_digest(self.module, shape, signature)}.xml" if folder is not None else None
+        path = folder / f"{_weights_digest(self.module, shape, signature)}.blob" if folder is not None else None
         inputs = {i: t.contiguous().numpy() for i, t in enumerate(probe)}
-        model = _read_cached(path)
-        if model is not None:
-            compiled, errors = self._checked_outputs(model, threads, inputs, expected)
+        compiled = _import_cached(path, threads)  # the compiled model as exported (module docstring)
+        if compiled is not None:
+            errors = _probe_errors(compiled, inputs, expected)
             if all(e <= t for e, t in zip(errors, tolerances)):
                 self.vjp_compiles += 1
+                self.vjp_source = "cache"
                 return compiled
+            log.info(
+                "%s: the cached gradient graph %s differs from torch by %.2g; tracing again",
+                self.label,
+                path,
+                max(errors),
+            )
         model = _trace_gradient_graph(function, probe)
         compiled, errors = self._checked_outputs(model, threads, inputs, expected)
         if not all(e <= t for e, t in zip(errors, tolerances)):
             raise ValueError(f"the compiled gradient differs from torch's by {max(errors):.2g}")
         self.vjp_compiles += 1
-        _save_cached(model, path)
+        self.vjp_source = "traced"
+        _save_compiled(compiled, path)
         return compiled
 
     def _checked_outputs(
@@ -535,13 +546,10 @@ class CompiledForward:
     ) -> tuple[Any, list[float]]:
         """The compiled model and, per output, its largest difference from torch's on the probe."""
         compiled = self._compiled_model(model, threads)
-        request = compiled.create_infer_request()
-        request.infer(inputs, share_inputs=True)
-        errors = []
-        for index, reference in enumerate(expected):
-            got = torch.from_numpy(request.get_output_tensor(index).data.copy())
-            errors.append(_largest_difference(got, reference))
-        return compiled, errors
+        return compiled, _probe_errors(compiled, inputs, expected)
+
+    def _compiled_model(self, model: Any, threads: int) -> Any:
+        return _ov_core().compile_model(model, "CPU", _compile_properties(threads))
 
 
 def _trace_gradient_graph(function: Callable[..., tuple[torch.Tensor, ...]], example: tuple[torch.Tensor, ...]) -> Any:
@@ -569,6 +577,27 @@ def _trace_gradient_graph(function: Callable[..., tuple[torch.Tensor, ...]], exa
         graph = make_fx(function, decomposition_table=decompositions)(*example)
         traced = torch.jit.trace(graph, example, check_trace=False)
         return _openvino.convert_model(traced, example_input=example)
+
+
+def _compile_properties(threads: int) -> dict[str, Any]:
+    """What every compile (and every import of a cached compiled model) asks OpenVINO for."""
+    return {
+        "INFERENCE_PRECISION_HINT": _openvino.Type.f32,
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "NUM_STREAMS": threads,
+        "ENABLE_CPU_PINNING": False,
+    }
+
+
+def _probe_errors(compiled: Any, inputs: dict, expected: tuple[torch.Tensor, ...]) -> list[float]:
+    """Per output, the compiled model's largest difference from torch's on the probe ``inputs``."""
+    request = compiled.create_infer_request()
+    request.infer(inputs, share_inputs=True)
+    return [
+        _largest_difference(torch.from_numpy(request.get_output_tensor(i).data.copy()), reference)
+        for i, reference in enumerate(expected)
+    ]
 
 
 def _largest_difference(got: torch.Tensor, reference: torch.Tensor) -> float:
@@ -700,44 +729,46 @@ def _hardtanh_input_gradient(
     return torch.where((torch.clamp(inputs, min_val, max_val) - middle).abs() < half, grad_output, 0.0)
 
 
-def _read_cached(path: Path | None) -> Any:
-    if path is None or not (path.is_file() and path.with_suffix(".bin").is_file()):
+def _import_cached(path: Path | None, threads: int) -> Any:
+    """The compiled model exported to ``path`` (``_save_compiled``), imported for ``threads``; None
+    when there is none or it cannot be imported (another OpenVINO, a damaged file)."""
+    if path is None or not path.is_file():
         return None
     try:
-        model = _ov_core().read_model(str(path))
+        compiled = _ov_core().import_model(io.BytesIO(path.read_bytes()), "CPU", _compile_properties(threads))
         path.touch()  # most recently used: kept longest by _prune_cache
-        return model
-    except Exception:  # noqa: BLE001 - a damaged cache entry: convert again
-        log.info("could not read %s; converting again", path)
+        return compiled
+    except Exception:  # noqa: BLE001 - a damaged or foreign cache entry: trace again
+        log.info("could not import %s; tracing again", path)
         return None
 
 
-def _save_cached(model: Any, path: Path | None) -> None:
-    """Write the graph under a temporary name, then rename: a reader never sees half a file."""
+def _save_compiled(compiled: Any, path: Path | None) -> None:
+    """Export the compiled model under a temporary name, then rename: a reader never sees half a file."""
     if path is None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.xml")
-        _openvino.save_model(model, str(partial), compress_to_fp16=False)
-        partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial")
+        exported = compiled.export_model()
+        partial.write_bytes(exported.getvalue() if isinstance(exported, io.BytesIO) else bytes(exported))
         partial.replace(path)
         _prune_cache(path.parent)
     except OSError as error:  # e.g. a read-only home: no cache, still compiled
-        log.info("could not keep the converted graph in %s: %s", path.parent, error)
+        log.info("could not keep the compiled graph in %s: %s", path.parent, error)
 
 
 def _prune_cache(folder: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
-    """Delete the least recently used graphs beyond ``max_bytes`` (the newest one always stays)."""
-    entries = sorted(folder.glob("*.xml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    """Delete the least recently used entries (a graph's .xml and .bin, or a compiled .blob)
+    beyond ``max_bytes`` (the newest one always stays)."""
+    entries = sorted([*folder.glob("*.xml"), *folder.glob("*.blob")], key=lambda p: p.stat().st_mtime, reverse=True)
     total = 0
-    for i, xml in enumerate(entries):
-        total += xml.stat().st_size + (
-            xml.with_suffix(".bin").stat().st_size if xml.with_suffix(".bin").exists() else 0
-        )
+    for i, entry in enumerate(entries):
+        files = [entry] if entry.suffix == ".blob" else [entry, entry.with_suffix(".bin")]
+        total += sum(f.stat().st_size for f in files if f.exists())
         if i and total > max_bytes:
-            xml.with_suffix(".bin").unlink(missing_ok=True)
-            xml.unlink(missing_ok=True)
+            for f in reversed(files):
+                f.unlink(missing_ok=True)
 
 
 class Forward(nn.Module):
