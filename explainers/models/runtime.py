@@ -153,14 +153,15 @@ def _ov_core() -> Any:
     return _core
 
 
-def cache_folder() -> Path | None:
-    """Where compiled graphs are kept (``SALIENCY_LAB_CACHE``; ``off`` for none)."""
+def cache_folder(kind: str = "openvino") -> Path | None:
+    """Where compiled graphs (``kind`` "openvino") or other derived data that a new process would
+    otherwise compute again are kept (``SALIENCY_LAB_CACHE``; ``off`` for none)."""
     value = os.environ.get(CACHE_ENV, "").strip()
     if value.lower() in ("off", "none", "0"):
         return None
     if value:
-        return Path(value).expanduser() / "openvino"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saliency-lab" / "openvino"
+        return Path(value).expanduser() / kind
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saliency-lab" / kind
 
 
 def _state(module: nn.Module) -> tuple | None:
