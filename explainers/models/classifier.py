@@ -222,7 +222,11 @@ class ClassifierAdapter(ModelAdapter):
         path = None
         if folder is not None and callable(state):
             digest = hashlib.blake2b(digest_size=20)
-            digest.update(f"{self.embedder!r}|{torch.__version__}|{_library_version(self.embedder)}".encode())
+            # A module's repr lists its parts and settings; another object's may hold its address.
+            described = (
+                repr(self.embedder) if isinstance(self.embedder, nn.Module) else type(self.embedder).__qualname__
+            )
+            digest.update(f"{described}|{torch.__version__}|{_library_version(self.embedder)}".encode())
             digest.update("\n".join(self.class_names).encode())
             for name, tensor in state().items():
                 digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
