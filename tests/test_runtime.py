@@ -333,12 +333,15 @@ def test_the_cache_keeps_the_most_recent_graphs_within_its_size(tmp_path):
         (tmp_path / f"{i}.bin").write_bytes(b"0" * size)
         stamp = 1_000_000 + i
         os.utime(tmp_path / f"{i}.xml", (stamp, stamp))
-    runtime._prune_cache(tmp_path, max_bytes=700)
+    runtime.prune_cache(tmp_path, max_bytes=700)
     assert sorted(p.name for p in tmp_path.glob("*.xml")) == ["1.xml", "2.xml"]
     assert not (tmp_path / "0.bin").exists()
     (tmp_path / "3.blob").write_bytes(b"0" * 301)  # the newest: 1.xml (and its .bin) go
-    runtime._prune_cache(tmp_path, max_bytes=700)
+    runtime.prune_cache(tmp_path, max_bytes=700)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2.bin", "2.xml", "3.blob"]
+    (tmp_path / "4.pt").write_bytes(b"0" * 350)  # kept data (class embeddings) counts the same
+    runtime.prune_cache(tmp_path, max_bytes=700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3.blob", "4.pt"]
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import UserError
 from ..types import MIN_SPAN, ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, PromptCache, frozen, parameter_units, units_label
-from .runtime import CompiledForward, Forward, cache_folder
+from .runtime import CompiledForward, Forward, cache_folder, prune_cache
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ class ClassifierAdapter(ModelAdapter):
             except Exception:  # noqa: BLE001 - a damaged cache entry: embed again
                 cached = None
             if isinstance(cached, torch.Tensor) and cached.dim() == 2 and cached.shape[0] == len(self.class_names):
+                path.touch()  # most recently used: kept longest by prune_cache
                 return cached
         with torch.no_grad():
             embeddings = self._embed(self.class_names)
@@ -246,6 +247,7 @@ class ClassifierAdapter(ModelAdapter):
                 partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
                 torch.save(embeddings, partial)
                 partial.replace(path)
+                prune_cache(path.parent)
             except OSError as error:  # e.g. a read-only home: embedded in every process
                 log.info("could not keep the class embeddings in %s: %s", path.parent, error)
         return embeddings

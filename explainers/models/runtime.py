@@ -737,7 +737,7 @@ def _import_cached(path: Path | None, threads: int) -> Any:
         return None
     try:
         compiled = _ov_core().import_model(io.BytesIO(path.read_bytes()), "CPU", _compile_properties(threads))
-        path.touch()  # most recently used: kept longest by _prune_cache
+        path.touch()  # most recently used: kept longest by prune_cache
         return compiled
     except Exception:  # noqa: BLE001 - a damaged or foreign cache entry: trace again
         log.info("could not import %s; tracing again", path)
@@ -754,15 +754,16 @@ def _save_compiled(compiled: Any, path: Path | None) -> None:
         exported = compiled.export_model()
         partial.write_bytes(exported.getvalue() if isinstance(exported, io.BytesIO) else bytes(exported))
         partial.replace(path)
-        _prune_cache(path.parent)
+        prune_cache(path.parent)
     except OSError as error:  # e.g. a read-only home: no cache, still compiled
         log.info("could not keep the compiled graph in %s: %s", path.parent, error)
 
 
-def _prune_cache(folder: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
-    """Delete the least recently used entries (a graph's .xml and .bin, or a compiled .blob)
-    beyond ``max_bytes`` (the newest one always stays)."""
-    entries = sorted([*folder.glob("*.xml"), *folder.glob("*.blob")], key=lambda p: p.stat().st_mtime, reverse=True)
+def prune_cache(folder: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
+    """Delete the least recently used entries (a compiled .blob, a graph's .xml and .bin from before,
+    or other kept data, .pt) beyond ``max_bytes`` (the newest one always stays)."""
+    kept = [*folder.glob("*.xml"), *folder.glob("*.blob"), *folder.glob("*.pt")]
+    entries = sorted(kept, key=lambda p: p.stat().st_mtime, reverse=True)
     total = 0
     for i, entry in enumerate(entries):
         files = [entry] if entry.suffix == ".blob" else [entry, entry.with_suffix(".bin")]
