@@ -15,9 +15,6 @@ on those classes. The bundled model is this adapter around EfficientNet-Lite0 (m
 from __future__ import annotations
 
 import copy
-import hashlib
-import logging
-import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import cast
@@ -29,9 +26,7 @@ from torch import nn
 from ..errors import UserError
 from ..types import MIN_SPAN, ScoreMeaning, Target
 from .base import CamLayer, ModelAdapter, PromptCache, frozen, parameter_units, units_label
-from .runtime import CompiledForward, Forward, cache_folder, prune_cache
-
-log = logging.getLogger(__name__)
+from .runtime import CompiledForward, Forward, cache_folder, keep_in_cache, tensors_digest
 
 LOG_PROBABILITY_MEANING = ScoreMeaning(
     "log-probability",
@@ -221,17 +216,13 @@ class ClassifierAdapter(ModelAdapter):
         state = getattr(self.embedder, "state_dict", None)
         path = None
         if folder is not None and callable(state):
-            digest = hashlib.blake2b(digest_size=20)
             # A module's repr lists its parts and settings; another object's may hold its address.
             described = (
                 repr(self.embedder) if isinstance(self.embedder, nn.Module) else type(self.embedder).__qualname__
             )
-            digest.update(f"{described}|{torch.__version__}|{_library_version(self.embedder)}".encode())
-            digest.update("\n".join(self.class_names).encode())
-            for name, tensor in state().items():
-                digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            path = folder / f"{digest.hexdigest()}.pt"
+            names = "\n".join(self.class_names)
+            signature = f"{described}|{torch.__version__}|{_library_version(self.embedder)}{names}"
+            path = folder / f"{tensors_digest(state().items(), signature)}.pt"
             try:
                 cached = torch.load(path, weights_only=True) if path.is_file() else None
             except Exception:  # noqa: BLE001 - a damaged cache entry: embed again
@@ -241,15 +232,7 @@ class ClassifierAdapter(ModelAdapter):
                 return cached
         with torch.no_grad():
             embeddings = self._embed(self.class_names)
-        if path is not None:
-            try:  # under a temporary name, then renamed: a reader never sees half a file
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
-                torch.save(embeddings, partial)
-                partial.replace(path)
-                prune_cache(path.parent)
-            except OSError as error:  # e.g. a read-only home: embedded in every process
-                log.info("could not keep the class embeddings in %s: %s", path.parent, error)
+        keep_in_cache(path, lambda partial: torch.save(embeddings, partial), "the class embeddings")
         return embeddings
 
     def _embed(self, texts: list[str]) -> torch.Tensor:

@@ -71,7 +71,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,16 +183,22 @@ def _state(module: nn.Module) -> tuple | None:
     return tuple(fingerprint)
 
 
-def _weights_digest(module: nn.Module, shape: tuple[int, ...], signature: str) -> str:
-    """A hash of the weights (names, shapes, values), the caller's ``signature`` (what else defines
-    the graph), the input shape and the versions: the disk cache's key. (A code change that keeps
-    the weights is caught by the probe, which then converts again.)"""
+def tensors_digest(named_tensors: Iterable[tuple[str, torch.Tensor]], signature: str) -> str:
+    """A hash of ``signature`` and the tensors (names, shapes, dtypes, values): a disk-cache key."""
     digest = hashlib.blake2b(digest_size=20)
-    digest.update(f"{signature}|{shape}|{_openvino.__version__}|{torch.__version__}".encode())
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+    digest.update(signature.encode())
+    for name, tensor in named_tensors:
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _weights_digest(module: nn.Module, shape: tuple[int, ...], signature: str) -> str:
+    """A hash of the weights, the caller's ``signature`` (what else defines the graph), the input
+    shape and the versions: the compiled graphs' cache key. (A code change that keeps the weights
+    is caught by the probe, which then converts again.)"""
+    versions = f"{signature}|{shape}|{_openvino.__version__}|{torch.__version__}"
+    return tensors_digest([*module.named_parameters(), *module.named_buffers()], versions)
 
 
 class CompiledForward:
@@ -745,18 +751,29 @@ def _import_cached(path: Path | None, threads: int) -> Any:
 
 
 def _save_compiled(compiled: Any, path: Path | None) -> None:
-    """Export the compiled model under a temporary name, then rename: a reader never sees half a file."""
+    """Export the compiled model to the cache (``keep_in_cache``)."""
+
+    def export(partial: Path) -> None:
+        exported = compiled.export_model()
+        partial.write_bytes(exported.getvalue() if isinstance(exported, io.BytesIO) else bytes(exported))
+
+    keep_in_cache(path, export, "the compiled graph")
+
+
+def keep_in_cache(path: Path | None, write: Callable[[Path], None], what: str) -> None:
+    """``write`` a cache entry under a temporary name, then rename it to ``path`` (a reader never
+    sees half a file) and prune the folder; a folder that cannot be written (a read-only home)
+    only costs the next process the work again."""
     if path is None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.partial")
-        exported = compiled.export_model()
-        partial.write_bytes(exported.getvalue() if isinstance(exported, io.BytesIO) else bytes(exported))
+        write(partial)
         partial.replace(path)
         prune_cache(path.parent)
-    except OSError as error:  # e.g. a read-only home: no cache, still compiled
-        log.info("could not keep the compiled graph in %s: %s", path.parent, error)
+    except OSError as error:
+        log.info("could not keep %s in %s: %s", what, path.parent, error)
 
 
 def prune_cache(folder: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
@@ -766,7 +783,7 @@ def prune_cache(folder: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
     entries = sorted(kept, key=lambda p: p.stat().st_mtime, reverse=True)
     total = 0
     for i, entry in enumerate(entries):
-        files = [entry] if entry.suffix == ".blob" else [entry, entry.with_suffix(".bin")]
+        files = [entry, entry.with_suffix(".bin")] if entry.suffix == ".xml" else [entry]
         total += sum(f.stat().st_size for f in files if f.exists())
         if i and total > max_bytes:
             for f in reversed(files):
